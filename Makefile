@@ -1,0 +1,43 @@
+# mmrepvgg: one command from a clean clone to a working environment, tests and demos.
+# `make test` is the README's (and CI's) test command.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+REQ := requirements
+# every package version verified together, transitive ones included
+CONSTRAINTS := $(REQ)/constraints.txt
+
+.PHONY: env test demo demo-cls
+.DEFAULT_GOAL := test
+
+env: $(VENV)/.stamp-env
+
+$(VENV)/.stamp-venv:
+	$(PYTHON) -m venv $(VENV)
+	touch $@
+
+# torch and the build tools first: mmcv's ops are compiled against this torch
+$(VENV)/.stamp-torch: $(VENV)/.stamp-venv $(REQ)/torch.txt $(REQ)/build.txt
+	$(PIP) install -c $(CONSTRAINTS) -r $(REQ)/torch.txt -r $(REQ)/build.txt
+	touch $@
+
+# built once per machine and cached as a wheel (~15 min the first time, seconds after)
+$(VENV)/.stamp-mmcv: $(VENV)/.stamp-torch tools/build_mmcv.sh
+	bash tools/build_mmcv.sh $(PY)
+	touch $@
+
+$(VENV)/.stamp-env: $(VENV)/.stamp-mmcv $(REQ)/runtime.txt $(REQ)/tests.txt $(CONSTRAINTS) setup.py
+	$(PIP) install -c $(CONSTRAINTS) -r $(REQ)/runtime.txt -r $(REQ)/tests.txt
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+test: env
+	$(PY) -m pytest tests
+
+demo: env
+	$(PY) tools/demo.py
+
+demo-cls: env
+	$(PY) tools/demo_cls.py
