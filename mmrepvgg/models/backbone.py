@@ -1,0 +1,166 @@
+"""The RepVGG backbone (paper Table 2) for mmseg and mmpretrain."""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..checkpoint import extract_state_dict, load_checkpoint_file, load_state_dict_strict
+from ..registry import MODELS, register_alias
+from .arch import ArchLike, PlanLike, arch_name, get_arch, layer_specs, resolve_dilation_plan
+from .block import RepVGGBlock, reparameterize
+
+
+@MODELS.register_module()
+class RepVGG(BaseModule):
+    """RepVGG backbone: a stem and four stages of :class:`RepVGGBlock`.
+
+    Paper stage 1 is ``stem``; paper stages 2-5 are ``stage_1`` .. ``stage_4`` and
+    ``out_indices`` 0-3 (as mmseg's and mmpretrain's ResNet count). The first layer of each
+    stage has stride 2 unless a dilation plan says otherwise.
+
+    Args:
+        arch: A name from :data:`mmrepvgg.models.arch.ARCH_ZOO` (``'A0'`` .. ``'B3g4'``,
+            ``'D2se'``) or a dict of :class:`~mmrepvgg.models.arch.RepVGGArch` fields.
+        in_channels: Input channels.
+        out_indices: Which of paper stages 2-5 (0-3) to output.
+        dilation_plan: None (classification), ``'full'``, ``'fast'`` or
+            ``dict(strides=..., dilations=...)``; see
+            :func:`~mmrepvgg.models.arch.resolve_dilation_plan`.
+        frozen_stages: Freeze the stem (0) and the first ``frozen_stages`` stages; -1: none.
+        norm_cfg: BN config (``dict(type='SyncBN')`` for multi-GPU segmentation).
+        act_cfg: Activation config.
+        norm_eval: Keep the BN layers in eval mode while training (frozen statistics).
+        with_cp: Gradient checkpointing in every block.
+        deploy: Build the plain (re-parameterized) model directly.
+        pretrained: Deprecated path to pretrained weights (mmseg's ``EncoderDecoder`` passes
+            it); same as ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``.
+        init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=PATH,
+            prefix='backbone.')`` loads weights strictly and weights-only (see
+            :meth:`init_weights`).
+
+    Example:
+        >>> import torch
+        >>> from mmrepvgg.models import RepVGG
+        >>> model = RepVGG('A0', out_indices=(0, 1, 2, 3)).eval()
+        >>> [tuple(o.shape) for o in model(torch.rand(1, 3, 64, 64))]
+        [(1, 48, 16, 16), (1, 96, 8, 8), (1, 192, 4, 4), (1, 1280, 2, 2)]
+    """
+
+    def __init__(self,
+                 arch: ArchLike = 'B2',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (3, ),
+                 dilation_plan: PlanLike = None,
+                 frozen_stages: int = -1,
+                 norm_cfg: dict = dict(type='BN', requires_grad=True),
+                 act_cfg: dict = dict(type='ReLU'),
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 deploy: bool = False,
+                 pretrained: str | None = None,
+                 init_cfg: dict | list | None = None) -> None:
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('Give pretrained or init_cfg, not both')
+            warnings.warn('pretrained is deprecated; use init_cfg=dict(type="Pretrained", '
+                          'checkpoint=...)', DeprecationWarning)
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg)
+        self.arch = get_arch(arch)
+        self.arch_name = arch_name(self.arch)
+        self.layout = resolve_dilation_plan(dilation_plan, self.arch.num_blocks)
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        out_indices = tuple(i % 4 if isinstance(i, int) and -4 <= i < 4 else i
+                            for i in out_indices)
+        if not out_indices or any(not isinstance(i, int) or not 0 <= i < 4 for i in out_indices):
+            raise ValueError(f'out_indices must be non-empty ints in [-4, 3] (paper stages '
+                             f'2-5), got {out_indices!r}')
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+
+        def block(spec):
+            return RepVGGBlock(spec.in_channels, spec.out_channels, spec.stride, spec.dilation,
+                               spec.groups, use_se=self.arch.use_se, norm_cfg=norm_cfg,
+                               act_cfg=act_cfg, deploy=deploy, with_cp=with_cp)
+
+        stem, *stages = layer_specs(self.arch, dilation_plan, in_channels)
+        self.stem = block(stem[0])
+        self.stage_names = []
+        for i, stage in enumerate(stages):
+            name = f'stage_{i + 1}'
+            self.add_module(name, nn.Sequential(*(block(spec) for spec in stage)))
+            self.stage_names.append(name)
+        self.out_channels = tuple(self.arch.stage_channels[i] for i in out_indices)
+        self._freeze_stages()
+
+    @property
+    def deploy(self) -> bool:
+        """Whether every block is folded."""
+        return all(m.deploy for m in self.modules() if isinstance(m, RepVGGBlock))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        x = self.stem(x)
+        outs = []
+        for i, name in enumerate(self.stage_names):
+            x = getattr(self, name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def _freeze_stages(self) -> None:
+        frozen = ['stem'] + self.stage_names[:self.frozen_stages] if self.frozen_stages >= 0 else []
+        for name in frozen:
+            module = getattr(self, name)
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'RepVGG':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def switch_to_deploy(self) -> None:
+        """Fold every block (the method name mmdeploy and mmpretrain call)."""
+        reparameterize(self)
+
+    def init_weights(self) -> None:
+        """Initialize, or load pretrained weights for ``init_cfg=dict(type='Pretrained')``.
+
+        Pretrained weights are loaded weights-only and strictly: a missing file, a file that
+        is not a plain checkpoint, or any missing, unexpected or mis-shaped key is an error.
+        ``prefix`` (e.g. ``'backbone.'``) selects the backbone in a whole-model checkpoint.
+        """
+        cfg = self.init_cfg
+        if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
+            super().init_weights()
+            return
+        path = cfg['checkpoint']
+        try:
+            obj = load_checkpoint_file(path)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f'Pretrained RepVGG weights not found: {path}. Convert ImageNet weights with '
+                'tools/convert_weights.py (README, "Pretrained weights"), or train from '
+                'scratch with --cfg-options model.backbone.init_cfg=None') from err
+        state = extract_state_dict(obj, cfg.get('prefix'))
+        load_state_dict_strict(self, state, source=str(path))
+        self._is_init = True
+        print_log(f'RepVGG-{self.arch_name}: loaded {len(state)} tensors from {path}',
+                  logger='current')
+
+
+register_alias('mmseg', 'MODELS', RepVGG)

@@ -1,0 +1,177 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mmrepvgg import RepVGG, RepVGGBlock, reparameterize
+from mmrepvgg.checkpoint import CheckpointError
+from mmrepvgg.models.arch import ARCH_ZOO, get_arch, layer_specs, resolve_dilation_plan
+from tests.helpers import randomize_bn_, rel_err
+
+PLANS = [None, 'full', 'fast']
+
+# Params (M) of the deployed classifier (1000 classes), paper Tables 4 and 5. The paper
+# truncates to two decimals (A0 has 8,309,384 parameters: "8.30").
+PAPER_PARAMS = {'A0': 8.30, 'A1': 12.78, 'A2': 25.49, 'B0': 14.33, 'B1': 51.82,
+                'B1g2': 41.36, 'B1g4': 36.12, 'B2': 80.31, 'B2g4': 55.77, 'B3': 110.96,
+                'B3g4': 75.62}
+
+
+@pytest.mark.parametrize('plan', PLANS)
+@pytest.mark.parametrize('arch', list(ARCH_ZOO))
+def test_every_arch_and_plan_folds_exactly(arch, plan):
+    """The folded model gives the training-time model's outputs (eval mode, BN running stats).
+
+    fp64 checks the algebra (1e-10). fp32 is checked as deployed: within 1e-5 of the output
+    scale on PyTorch's reference conv backend (measured worst case over all 42 cases:
+    6.2e-6), and within 2e-5 on the default oneDNN backend, whose own rounding differs
+    between the 3x3+1x1+BN path and the fused conv (worst case measured: 1.1e-5).
+    """
+    torch.manual_seed(0)
+    model = randomize_bn_(RepVGG(arch, out_indices=(0, 1, 2, 3), dilation_plan=plan), seed=1)
+    model.eval()
+    x = torch.randn(2, 3, 40, 48)
+    with torch.no_grad():
+        model64 = copy.deepcopy(model).double()
+        expected64 = model64(x.double())
+        for e, o in zip(expected64, reparameterize(model64)(x.double())):
+            assert rel_err(o, e) <= 1e-10
+        with torch.backends.mkldnn.flags(enabled=False):
+            expected_ref = model(x)
+        expected = model(x)
+        reparameterize(model)
+        assert model.deploy
+        with torch.backends.mkldnn.flags(enabled=False):
+            out_ref = model(x)
+        out = model(x)
+    for e, o in zip(expected_ref, out_ref):
+        assert rel_err(o, e) <= 1e-5
+    for e, o in zip(expected, out):
+        assert rel_err(o, e) <= 2e-5
+    # the directly built plain model has exactly the folded model's keys and shapes
+    plain = RepVGG(arch, out_indices=(0, 1, 2, 3), dilation_plan=plan, deploy=True)
+    plain.load_state_dict(model.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize('arch', list(PAPER_PARAMS))
+def test_params_match_paper(arch):
+    backbone = RepVGG(arch, deploy=True)
+    fc = nn.Linear(backbone.out_channels[0], 1000)
+    n = sum(p.numel() for m in (backbone, fc) for p in m.parameters())
+    assert n // 10_000 == round(PAPER_PARAMS[arch] * 100), n
+
+
+@pytest.mark.parametrize('plan,strides', [(None, (4, 8, 16, 32)), ('full', (4, 8, 8, 8)),
+                                          ('fast', (4, 8, 8, 8))])
+def test_stage_shapes_and_strides(plan, strides):
+    model = RepVGG('B1g2', out_indices=(0, 1, 2, 3), dilation_plan=plan).eval()
+    out = model(torch.rand(1, 3, 64, 96))
+    assert model.out_channels == (128, 256, 512, 2048)
+    for o, c, s in zip(out, model.out_channels, strides):
+        assert o.shape == (1, c, 64 // s, 96 // s)
+    assert model.layout.output_strides == strides
+
+
+def test_fast_plan_dilates_exactly_the_last_five_layers():
+    model = RepVGG('B2', dilation_plan='fast')
+    blocks = [m for m in model.modules() if isinstance(m, RepVGGBlock)]
+    dilations = [b.dilation for b in blocks]
+    assert dilations == [1] * (len(blocks) - 5) + [2, 2, 2, 2, 4]
+    assert [b.branch_3x3.conv.dilation[0] for b in blocks] == dilations
+    assert [b.branch_3x3.conv.padding[0] for b in blocks] == dilations
+    assert all(b.branch_1x1.conv.dilation == (1, 1) for b in blocks)
+    stage3 = list(model.stage_3)
+    assert [b.stride for b in stage3] == [1] * 16 and model.stage_4[0].stride == 1
+
+
+def test_full_plan_dilates_last_two_stages():
+    model = RepVGG('A0', dilation_plan='full')
+    assert {b.dilation for b in model.stage_3} == {2}
+    assert {b.dilation for b in model.stage_4} == {4}
+    assert {b.dilation for s in (model.stem, *model.stage_1, *model.stage_2) for b in [s]} == {1}
+
+
+def test_explicit_plans():
+    plan = dict(strides=(2, 2, 1, 2), dilations=(1, 1, [1] * 10 + [2, 3, 4, 5], 1))
+    layout = resolve_dilation_plan(plan, get_arch('A1').num_blocks)
+    assert layout.dilations[2][-4:] == (2, 3, 4, 5) and layout.output_strides == (4, 8, 8, 16)
+    model = RepVGG('A1', dilation_plan=plan, out_indices=(3, )).eval()
+    assert model(torch.rand(1, 3, 32, 32))[0].shape[-1] == 2
+
+
+@pytest.mark.parametrize('plan,match', [
+    ('half', 'Unknown dilation plan'),
+    (dict(strides=(2, 2, 1)), 'strides must be 4'),
+    (dict(strides=(2, 2, 3, 1)), 'strides must be 4'),
+    (dict(dilations=(1, 1, 2)), '4 entries'),
+    (dict(dilations=(1, 1, [2, 2], 4)), 'stage_3 list 2 layers, but that stage has 14'),
+    (dict(dilations=(1, 1, 0, 4)), 'positive ints'),
+    (dict(dilation=(1, 1, 2, 4)), 'Unknown keys'),
+])
+def test_malformed_plans_say_what_is_wrong(plan, match):
+    with pytest.raises(ValueError, match=match):
+        RepVGG('A0', dilation_plan=plan)
+
+
+def test_grouped_layers_follow_the_paper():
+    # 3rd, 5th, ..., 27th layer of RepVGG-B (0-based 2, 4, ..., 26); 1x1 branch too
+    blocks = [b for stage in layer_specs('B1g4') for b in stage]
+    assert [i for i, b in enumerate(blocks) if b.groups == 4] == list(range(2, 27, 2))
+    blocks = [b for stage in layer_specs('A0') for b in stage]
+    assert len(blocks) == 22 and all(b.groups == 1 for b in blocks)
+    model = RepVGG('B2g2')
+    layer2 = model.stage_1[1]
+    assert layer2.branch_3x3.conv.groups == layer2.branch_1x1.conv.groups == 2
+
+
+def test_arch_names_and_specs():
+    assert get_arch('RepVGG-B1g2') is ARCH_ZOO['B1g2'] and get_arch('b2') is ARCH_ZOO['B2']
+    custom = RepVGG(dict(num_blocks=(1, 1, 1, 1), width_factors=(0.25, 0.25, 0.25, 0.5)))
+    assert custom.arch_name == 'custom' and custom.out_channels == (256, )
+    with pytest.raises(KeyError, match='Unknown RepVGG arch'):
+        RepVGG('C9')
+    with pytest.raises(ValueError, match='missing keys'):
+        RepVGG(dict(num_blocks=(1, 1, 1, 1)))
+    with pytest.raises(ValueError, match='out_indices'):
+        RepVGG('A0', out_indices=(4, ))
+    with pytest.raises(ValueError, match='frozen_stages'):
+        RepVGG('A0', frozen_stages=5)
+
+
+def test_frozen_stages_and_norm_eval():
+    model = RepVGG('A0', frozen_stages=1, norm_eval=True).train()
+    assert not any(p.requires_grad for p in model.stem.parameters())
+    assert not any(p.requires_grad for p in model.stage_1.parameters())
+    assert all(p.requires_grad for p in model.stage_2.parameters())
+    assert not any(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_with_cp_gives_same_gradients():
+    torch.manual_seed(0)
+    a = RepVGG('A0', out_indices=(0, ))
+    b = RepVGG('A0', out_indices=(0, ), with_cp=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    a(x)[0].sum().backward()
+    b(x)[0].sum().backward()
+    torch.testing.assert_close(a.stem.branch_3x3.conv.weight.grad,
+                               b.stem.branch_3x3.conv.weight.grad)
+
+
+def test_pretrained_init_is_strict(tmp_path):
+    src = randomize_bn_(RepVGG('A0'))
+    path = tmp_path / 'cls.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in src.state_dict().items()}}, path)
+    model = RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                       prefix='backbone.'))
+    model.init_weights()
+    torch.testing.assert_close(model.stage_4[0].branch_3x3.norm.running_var,
+                               src.stage_4[0].branch_3x3.norm.running_var)
+    wrong = RepVGG('A1', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                       prefix='backbone.'))
+    with pytest.raises(CheckpointError, match='shape mismatch'):
+        wrong.init_weights()
+    missing = RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'no.pth')))
+    with pytest.raises(FileNotFoundError, match='convert_weights'):
+        missing.init_weights()

@@ -1,0 +1,74 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mmrepvgg import RepVGGBlock, reparameterize
+from tests.helpers import randomize_bn_, rel_err
+
+
+@pytest.mark.parametrize('in_ch,out_ch,stride,dilation,groups', [
+    (8, 8, 1, 1, 1),   # identity branch
+    (8, 16, 2, 1, 1),  # no identity branch
+    (8, 8, 1, 2, 1),   # dilated, identity
+    (8, 8, 1, 4, 4),   # dilated, grouped, identity
+    (8, 16, 1, 2, 2),  # dilated, grouped, no identity
+    (16, 16, 2, 1, 4), # strided, grouped
+    (8, 8, 1, 3, 8),   # depthwise
+])
+def test_block_folds_exactly(in_ch, out_ch, stride, dilation, groups):
+    torch.manual_seed(0)
+    block = randomize_bn_(RepVGGBlock(in_ch, out_ch, stride, dilation, groups)).eval()
+    assert (block.branch_norm is not None) == (in_ch == out_ch and stride == 1)
+    x = torch.randn(2, in_ch, 13, 11)  # odd, non-square
+    expected = block(x)
+    kernel, bias = block.equivalent_kernel_bias()
+    assert not block.deploy  # computing the kernel changes nothing
+    block.switch_to_deploy()
+    assert block.deploy and not hasattr(block, 'branch_3x3')
+    assert block.branch_reparam.dilation == (dilation, dilation)
+    assert block.branch_reparam.padding == (dilation, dilation)
+    torch.testing.assert_close(block.branch_reparam.weight, kernel)
+    assert rel_err(block(x), expected) <= 1e-5
+
+
+def test_block_with_se_folds_and_handles_non_square():
+    block = randomize_bn_(RepVGGBlock(8, 8, use_se=True)).eval()
+    x = torch.randn(1, 8, 7, 12)
+    expected = block(x)
+    reparameterize(block)
+    assert rel_err(block(x), expected) <= 1e-5
+
+
+def test_deploy_block_has_the_folded_keys():
+    block = RepVGGBlock(4, 4, deploy=True)
+    assert set(block.state_dict()) == {'branch_reparam.weight', 'branch_reparam.bias'}
+
+
+def test_training_mode_is_refused_and_model_untouched():
+    model = nn.Sequential(RepVGGBlock(4, 4), RepVGGBlock(4, 4))
+    model[0].eval()
+    with pytest.raises(RuntimeError, match='eval'):
+        reparameterize(model)
+    assert not model[0].deploy and not model[1].deploy
+
+
+def test_reparameterize_is_idempotent_and_keeps_dtype():
+    model = randomize_bn_(nn.Sequential(RepVGGBlock(4, 8, stride=2), RepVGGBlock(8, 8)))
+    model = model.double().eval()
+    x = torch.randn(1, 4, 9, 9, dtype=torch.float64)
+    expected = model(x)
+    reparameterize(model)
+    once = copy.deepcopy(model.state_dict())
+    reparameterize(model)
+    assert all(torch.equal(once[k], v) for k, v in model.state_dict().items())
+    assert model[0].branch_reparam.weight.dtype == torch.float64
+    assert rel_err(model(x), expected) <= 1e-12
+
+
+def test_bad_block_arguments():
+    with pytest.raises(ValueError, match='groups'):
+        RepVGGBlock(6, 8, groups=4)
+    with pytest.raises(ValueError, match='dilation'):
+        RepVGGBlock(4, 4, dilation=0)
