@@ -1,0 +1,284 @@
+"""Config preparation shared by ``tools/train.py``, ``tools/test.py`` and the demos.
+
+The functions here turn command-line choices into a ready mmengine :class:`Config`:
+work dir, AMP, resume, the deploy hook and prediction images, and the adaptations that a
+machine needs (no GPU; SyncBN on one process; a missing pretrained file).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import os.path as osp
+from typing import Any, Iterator, Mapping
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+#: Norm layer types that synchronize statistics across processes.
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
+
+
+def load_config(config: str | Config, cfg_options: Mapping | None = None,
+                work_dir: str | None = None, launcher: str = 'none') -> Config:
+    """Load a config, merge ``--cfg-options`` and set the work dir and launcher.
+
+    Args:
+        config: Config file (or an already loaded Config, which is copied).
+        cfg_options: ``--cfg-options`` overrides.
+        work_dir: Output folder; default: the config's ``work_dir`` or
+            ``./work_dirs/<config name>``.
+        launcher: ``'none'``, ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
+
+    Returns:
+        The config.
+    """
+    cfg = config.copy() if isinstance(config, Config) else Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(dict(cfg_options))
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        name = osp.splitext(osp.basename(cfg.filename or 'config.py'))[0]
+        cfg.work_dir = osp.join('./work_dirs', name)
+    return cfg
+
+
+def scope_of(cfg: Config) -> str:
+    """The config's default scope: ``'mmseg'``, ``'mmpretrain'`` or another."""
+    return cfg.get('default_scope') or 'mmengine'
+
+
+def _walk(obj: Any) -> Iterator[dict]:
+    if isinstance(obj, dict):
+        yield obj
+        for value in obj.values():
+            yield from _walk(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _walk(value)
+
+
+def replace_sync_bn(model_cfg: dict, new_type: str = 'BN') -> int:
+    """Replace every ``norm_cfg`` of type SyncBN in a model config, in place.
+
+    Args:
+        model_cfg: The ``model`` part of a config.
+        new_type: The replacement norm type.
+
+    Returns:
+        How many norm configs were changed.
+    """
+    changed = 0
+    for d in _walk(model_cfg):
+        if d.get('type') in SYNC_BN_TYPES:
+            d['type'] = new_type
+            changed += 1
+    return changed
+
+
+def use_cuda() -> bool:
+    """Whether mmengine will run on a GPU (``CUDA_VISIBLE_DEVICES=-1`` forces the CPU)."""
+    return torch.cuda.is_available()
+
+
+def adapt_to_machine(cfg: Config) -> Config:
+    """Make a config run where it is launched, logging every change.
+
+    - One process (``launcher='none'``): SyncBN needs no change. mmengine's runner turns
+      every SyncBN layer into a plain BN layer before training or testing (its
+      ``wrap_model``), so a SyncBN config trains on one GPU or the CPU as it is.
+    - Several processes on CPUs (``torchrun`` without a GPU): SyncBN only runs on GPUs, so
+      the model config gets plain BN (statistics per process); the process group uses
+      ``gloo`` instead of ``nccl`` and DDP gets no ``device_ids``.
+
+    Args:
+        cfg: The config (changed in place).
+
+    Returns:
+        The config.
+    """
+    distributed = cfg.get('launcher', 'none') != 'none'
+    if not distributed:
+        if any(d.get('type') in SYNC_BN_TYPES for d in _walk(cfg.get('model', {}))):
+            print_log('Single process: SyncBN layers will run as BN (mmengine reverts them '
+                      'when the model is not distributed)', logger='current')
+        return cfg
+    if use_cuda():
+        return cfg
+    n = replace_sync_bn(cfg.model)
+    env = cfg.setdefault('env_cfg', {})
+    dist_cfg = env.setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') != 'gloo':
+        dist_cfg['backend'] = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel',
+                                                    broadcast_buffers=False)
+    wrapper['device_ids'] = None  # CPU modules take no device ids
+    cfg.model_wrapper_cfg = wrapper
+    print_log(f'Distributed on CPU: gloo backend, DDP without device ids'
+              + (f', {n} SyncBN configs replaced by BN (SyncBN needs GPUs)' if n else ''),
+              logger='current', level=logging.WARNING)
+    return cfg
+
+
+def pretrained_files(model_cfg: Any) -> list[str]:
+    """Local files that ``init_cfg=dict(type='Pretrained', ...)`` entries will load."""
+    files = []
+    for d in _walk(model_cfg):
+        init = d.get('init_cfg')
+        for item in init if isinstance(init, (list, tuple)) else [init]:
+            if isinstance(item, dict) and item.get('type') == 'Pretrained':
+                path = str(item.get('checkpoint', ''))
+                if '://' not in path:
+                    files.append(path)
+    return files
+
+
+def check_pretrained(cfg: Config) -> None:
+    """Fail early, with instructions, if a pretrained file of the model is missing.
+
+    Args:
+        cfg: The config.
+
+    Raises:
+        FileNotFoundError: Naming every missing file and what to do.
+    """
+    missing = [f for f in pretrained_files(cfg.get('model', {})) if not osp.isfile(f)]
+    if missing:
+        raise FileNotFoundError(
+            'Pretrained weights not found: ' + ', '.join(missing) + '.\n'
+            '  RepVGG: convert ImageNet weights (official, mmpretrain or timm) into '
+            'checkpoints/ with tools/convert_weights.py, or train one with configs/repvgg-*_in1k.py '
+            '(docs/training.md, "Pretrained weights").\n'
+            '  ResNet baselines: save open-mmlab://resnet50_v1c / resnet101_v1c as '
+            'checkpoints/resnet50_v1c.pth / resnet101_v1c.pth.\n'
+            '  Or pass the path with --cfg-options model.backbone.init_cfg.checkpoint=PATH, or '
+            'train from scratch with --cfg-options model.backbone.init_cfg=None.')
+
+
+def prepare_train_config(config: str | Config,
+                         work_dir: str | None = None,
+                         resume: bool | str = False,
+                         amp: bool = False,
+                         cfg_options: Mapping | None = None,
+                         launcher: str = 'none') -> Config:
+    """The config for ``tools/train.py``.
+
+    Args:
+        config: Config file.
+        work_dir: Output folder.
+        resume: True: resume from the latest checkpoint in the work dir; a path: from it.
+        amp: Automatic mixed precision (the paper trains in fp32: off by default).
+        cfg_options: ``--cfg-options`` overrides.
+        launcher: Job launcher.
+
+    Returns:
+        The config.
+    """
+    cfg = load_config(config, cfg_options, work_dir, launcher)
+    if amp:
+        wrapper = cfg.optim_wrapper
+        if wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+            print_log('AMP is already enabled in the config', logger='current',
+                      level=logging.WARNING)
+        elif wrapper.get('type', 'OptimWrapper') != 'OptimWrapper':
+            raise ValueError(f'--amp needs optim_wrapper type OptimWrapper, got {wrapper.type}')
+        else:
+            wrapper.type = 'AmpOptimWrapper'
+            wrapper.loss_scale = 'dynamic'
+    if isinstance(resume, str):
+        cfg.resume, cfg.load_from = True, resume
+    else:
+        cfg.resume = bool(resume)
+    return adapt_to_machine(cfg)
+
+
+def add_deploy_hook(cfg: Config) -> Config:
+    """Add ``RepVGGDeployHook`` to ``custom_hooks`` (once): the model is folded after the
+    checkpoint is loaded, so the test runs the deployed (plain) network."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(str(h.get('type', '')).split('.')[-1] == 'RepVGGDeployHook' for h in hooks):
+        hooks.append(dict(type='RepVGGDeployHook'))
+    cfg.custom_hooks = hooks
+    return cfg
+
+
+def enable_prediction_images(cfg: Config, show_dir: str | None, show: bool = False,
+                             wait_time: float = 2.0) -> Config:
+    """Turn on the visualization hook to write prediction images.
+
+    mmseg's ``SegVisualizationHook`` saves through the visualizer into
+    ``<work_dir>/<timestamp>/<show_dir>/``; mmpretrain's ``VisualizationHook`` into
+    ``<work_dir>/<timestamp>/<show_dir>/`` as well (relative paths) or ``show_dir``.
+    """
+    hooks = cfg.get('default_hooks', {})
+    if 'visualization' not in hooks:
+        raise RuntimeError("--show/--show-dir need default_hooks.visualization "
+                           "(dict(type='SegVisualizationHook') or dict(type='VisualizationHook'))")
+    vis = hooks['visualization']
+    if scope_of(cfg) == 'mmpretrain':
+        vis['enable'] = True
+        vis['show'] = show
+        vis['wait_time'] = wait_time
+        vis['out_dir'] = show_dir
+    else:
+        vis['draw'] = True
+        if show:
+            vis['show'] = True
+            vis['wait_time'] = wait_time
+        if show_dir:
+            cfg.visualizer['save_dir'] = show_dir
+    return cfg
+
+
+def prepare_test_config(config: str | Config,
+                        checkpoint: str,
+                        work_dir: str | None = None,
+                        deploy: bool = False,
+                        show_dir: str | None = None,
+                        show: bool = False,
+                        out: str | None = None,
+                        cfg_options: Mapping | None = None,
+                        launcher: str = 'none') -> Config:
+    """The config for ``tools/test.py``.
+
+    Args:
+        config: Config file.
+        checkpoint: The checkpoint to test (training-time or deployed weights).
+        work_dir: Output folder for logs and metrics.
+        deploy: Fold the model through ``RepVGGDeployHook`` before testing.
+        show_dir: Write prediction images under this folder.
+        show: Show prediction images in a window.
+        out: Segmentation: folder for the raw predictions (``IoUMetric`` output_dir);
+            classification: a pickle of the results (``DumpResults``).
+        cfg_options: ``--cfg-options`` overrides.
+        launcher: Job launcher.
+
+    Returns:
+        The config.
+    """
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'Checkpoint not found: {checkpoint}')
+    cfg = load_config(config, cfg_options, work_dir, launcher)
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    if deploy:
+        add_deploy_hook(cfg)
+    if show or show_dir:
+        enable_prediction_images(cfg, show_dir, show)
+    if out:
+        if scope_of(cfg) == 'mmseg':
+            cfg.test_evaluator['output_dir'] = out
+            cfg.test_evaluator['keep_results'] = True
+        else:
+            evaluators = cfg.test_evaluator
+            evaluators = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
+            evaluators.append(dict(type='DumpResults', out_file_path=out))
+            cfg.test_evaluator = evaluators
+    return adapt_to_machine(cfg)
+
+
+def local_rank_env(local_rank: int) -> None:
+    """Set ``LOCAL_RANK`` from ``--local-rank`` if the launcher did not (OpenMMLab habit)."""
+    os.environ.setdefault('LOCAL_RANK', str(local_rank))
