@@ -1,0 +1,6 @@
+# RepVGG paper Table 8, row "ResNet-50" (77.17 mIoU): PSPNet-50 (dilated ResNet-50, mmseg's
+# ResNetV1c) with the same heads, data, crop and schedule as the RepVGG rows.
+_base_ = [
+    './_base_/models/pspnet_r50-d8.py', './_base_/datasets/cityscapes_713x713.py',
+    './_base_/seg_runtime.py', './_base_/schedules/poly_40e_cityscapes.py'
+]
