@@ -1,0 +1,29 @@
+"""Write a tiny synthetic Cityscapes in the official layout (polygons, label maps, images).
+
+    python tools/make_tiny_cityscapes.py data/tiny_cityscapes --prepare
+"""
+from __future__ import annotations
+
+import argparse
+
+from mmrepvgg.datasets import make_tiny_cityscapes, prepare_cityscapes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('root', help='output folder')
+    parser.add_argument('--num-train', type=int, default=8)
+    parser.add_argument('--num-val', type=int, default=4)
+    parser.add_argument('--size', type=int, nargs=2, default=(128, 256),
+                        metavar=('H', 'W'), help='image size')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--prepare', action='store_true',
+                        help='also make the train-id maps (tools/prepare_cityscapes.py)')
+    args = parser.parse_args(argv)
+    make_tiny_cityscapes(args.root, args.num_train, args.num_val, tuple(args.size), args.seed)
+    if args.prepare:
+        prepare_cityscapes(args.root)
+
+
+if __name__ == '__main__':
+    main()

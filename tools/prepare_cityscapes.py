@@ -1,0 +1,24 @@
+"""Make Cityscapes' ``*_gtFine_labelTrainIds.png`` from the official download.
+
+Unzip ``gtFine_trainvaltest.zip`` and ``leftImg8bit_trainvaltest.zip`` into one folder, then::
+
+    python tools/prepare_cityscapes.py data/cityscapes --nproc 8
+"""
+from __future__ import annotations
+
+import argparse
+
+from mmrepvgg.datasets import prepare_cityscapes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('root', help='Cityscapes root (holds leftImg8bit/ and gtFine/)')
+    parser.add_argument('--gt-dir', default='gtFine', help='annotation folder under root')
+    parser.add_argument('--nproc', type=int, default=1, help='worker processes')
+    args = parser.parse_args(argv)
+    prepare_cityscapes(args.root, gt_dir=args.gt_dir, nproc=args.nproc)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,59 @@
+"""Test a checkpoint, as trained or folded into the deployed (plain) RepVGG.
+
+Examples::
+
+    python tools/test.py configs/pspnet_repvgg-b2_cityscapes.py work_dirs/x/iter_7440.pth
+    python tools/test.py CONFIG CKPT --deploy --show-dir vis   # fold first, write images
+    bash tools/dist_test.sh CONFIG CKPT 8 --deploy
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from mmengine.config import DictAction
+
+import mmrepvgg  # noqa: F401  (registers the backbone and the deploy hook)
+from mmrepvgg.apis import prepare_test_config, test
+from mmrepvgg.checkpoint import install_mmengine_loader
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test a model with a RepVGG backbone')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir for logs and metrics')
+    parser.add_argument('--deploy', action='store_true',
+                        help='fold every RepVGG block (RepVGGDeployHook) after loading the '
+                        'checkpoint and test the plain model')
+    parser.add_argument('--out', help='segmentation: folder for the predicted label maps; '
+                        'classification: pickle file of the results')
+    parser.add_argument('--show', action='store_true', help='show prediction images')
+    parser.add_argument('--show-dir', help='write prediction images to this folder (under '
+                        'the work dir / timestamp when relative)')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow full unpickling of a checkpoint that weights-only loading '
+                        'refuses; only for files you trust')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config settings, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    install_mmengine_loader(trust=args.trust_checkpoint)
+    cfg = prepare_test_config(args.config, args.checkpoint, work_dir=args.work_dir,
+                              deploy=args.deploy, show_dir=args.show_dir, show=args.show,
+                              out=args.out, cfg_options=args.cfg_options,
+                              launcher=args.launcher)
+    return test(cfg)
+
+
+if __name__ == '__main__':
+    main()
