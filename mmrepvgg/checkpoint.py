@@ -4,15 +4,23 @@ Checkpoints are loaded with ``torch.load(weights_only=True)``, which cannot run 
 the file. A file that needs full unpickling is loaded only when the caller says it trusts
 it (``trust=True``, the tools' ``--trust-checkpoint``). Keys are matched strictly: every
 missing, unexpected or mis-shaped key is reported and the load fails.
+
+mmengine's own checkpoints (``iter_*.pth``, ``epoch_*.pth``) hold a few plain-data Python
+objects besides tensors (``HistoryBuffer`` in ``message_hub``, numpy arrays, scalars and
+dtypes). :func:`mmengine_safe_globals` allow-lists exactly those, so they load weights-only
+too; :func:`install_mmengine_loader` makes mmengine's ``load_from`` / ``--resume`` use this
+loader.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -40,31 +48,163 @@ def load_checkpoint_file(path: str | os.PathLike, *, trust: bool = False,
         CheckpointError: If the file is empty, truncated or corrupt, or needs full
             unpickling and ``trust`` is False.
     """
-    path = Path(path)
+    path = Path(os.path.expanduser(str(path)))
     if not path.is_file():
         raise FileNotFoundError(f'Checkpoint not found: {path}')
     if path.stat().st_size == 0:
         raise CheckpointError(f'Checkpoint {path} is empty')
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with _extra_safe_globals(mmengine_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if 'weights only' not in str(err).lower():
+        if 'weights only' not in str(err).lower() or not _looks_like_checkpoint(path):
             raise CheckpointError(f'Checkpoint {path} is truncated or corrupt: {err}') from err
         if not trust:
-            reason = str(err).strip().splitlines()
-            reason = next((line for line in reason if 'GLOBAL' in line or 'global' in line),
-                          reason[0] if reason else '')
+            reason = _weights_only_reason(err)
+            with contextlib.suppress(Exception):  # only the zip format can be scanned
+                unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                          if g not in _allowed_names()]
+                if unsafe:
+                    reason += f'; globals not allowed: {", ".join(unsafe)}'
             raise CheckpointError(
                 f'Checkpoint {path} holds Python objects that weights-only loading refuses '
                 f'({reason.strip()}). Loading it in full unpickles the file, which can run '
                 'arbitrary code: do so only for a file you trust, with --trust-checkpoint '
                 '(trust=True).') from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(f'Checkpoint {path} is truncated or corrupt: {err}') from err
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise CheckpointError(f'Checkpoint {path} is truncated or corrupt: {err}') from err
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """A torch zip archive or a pickle (protocol >= 2 starts with opcode PROTO, 0x80)."""
+    with open(path, 'rb') as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(path) or head[:1] == b'\x80'
+
+
+def _weights_only_reason(err: BaseException) -> str:
+    """The one line of torch's weights-only error that says what was refused."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if 'WeightsUnpickler error' in line:
+            rest = line.split('WeightsUnpickler error:', 1)[-1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else line)
+    return next((line for line in lines if 'GLOBAL' in line), lines[0] if lines else '')
+
+
+#: The statistics methods ``HistoryBuffer.__init__`` registers (its class dict is empty
+#: until a buffer is created).
+_HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
+
+
+def _history_buffer_getattr(obj: Any, name: str) -> Any:
+    """A ``getattr`` that only fetches a ``HistoryBuffer``'s statistics methods.
+
+    mmengine pickles ``HistoryBuffer._statistics_methods`` (the functions
+    ``HistoryBuffer.min``, ...) as ``builtins.getattr(HistoryBuffer, 'min')``. Allow-listing the real
+    ``getattr`` would let a checkpoint reach any attribute of any allowed object; this
+    stand-in is registered under that name instead and refuses everything else.
+    """
+    from mmengine.logging import HistoryBuffer
+    if ((obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) and isinstance(name, str)
+            and (name in _HISTORY_BUFFER_STATISTICS
+                 or name in HistoryBuffer._statistics_methods)):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(
+        f'weights-only load refused getattr({type(obj).__name__}, {name!r}): only '
+        'HistoryBuffer statistics methods are allowed')
+
+
+@functools.lru_cache(maxsize=None)
+def _mmengine_safe_globals() -> tuple:
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    try:  # numpy >= 2
+        from numpy._core import multiarray
+        np_core = 'numpy._core.multiarray'
+    except ImportError:  # pragma: no cover  (numpy 1.x)
+        from numpy.core import multiarray
+        np_core = 'numpy.core.multiarray'
+    # A numpy scalar or array is rebuilt with ``dtype(...)`` whose state is then set on an
+    # instance of its concrete class (``numpy.dtypes.Float64DType``): allow the numeric ones.
+    numeric = '?bBhHiIlLqQefdgFDG'
+    dtype_classes = tuple(dict.fromkeys(type(np.dtype(c)) for c in numeric))
+    return (
+        HistoryBuffer,
+        (multiarray._reconstruct, f'{np_core}._reconstruct'),
+        (multiarray.scalar, f'{np_core}.scalar'),
+        np.ndarray,
+        np.dtype,
+        *dtype_classes,
+        (_history_buffer_getattr, 'builtins.getattr'),
+    )
+
+
+@contextlib.contextmanager
+def _extra_safe_globals(extra: list) -> Iterator[None]:
+    """Like ``torch.serialization.safe_globals``, but leaves globals registered before alone.
+
+    torch's context manager removes every global it was given on exit, also those that
+    :func:`install_mmengine_loader` had added process-wide.
+    """
+    added = [g for g in extra if g not in torch.serialization.get_safe_globals()]
+    torch.serialization.add_safe_globals(added)
+    try:
+        yield
+    finally:
+        if added:
+            torch.serialization._weights_only_unpickler._remove_safe_globals(added)
+
+
+def _allowed_names() -> set[str]:
+    return {g[1] if isinstance(g, tuple) else f'{g.__module__}.{g.__qualname__}'
+            for g in mmengine_safe_globals()}
+
+
+def mmengine_safe_globals() -> list[Callable | tuple[Callable, str]]:
+    """The Python objects mmengine writes into its checkpoints, for weights-only loading.
+
+    Found empirically (tests/test_checkpoint.py trains a tiny mmengine Runner with
+    ``CheckpointHook`` and ``EMAHook`` and loads its checkpoint): ``HistoryBuffer``
+    (``message_hub``), numpy's array/scalar reconstructors, ``ndarray``, ``dtype`` and the numeric
+    dtype classes (``numpy.dtypes.Float64DType``, ...), and
+    ``getattr`` restricted to a ``HistoryBuffer``'s statistics methods. Everything else in
+    those files (tensors, ``OrderedDict``, ``Counter``, plain values) is allowed by torch.
+
+    Returns:
+        A list for ``torch.serialization.safe_globals`` / ``add_safe_globals``.
+    """
+    return list(_mmengine_safe_globals())
+
+
+def install_mmengine_loader(trust: bool = False) -> None:
+    """Make mmengine load local checkpoints with :func:`load_checkpoint_file`.
+
+    mmengine 0.10.7's ``load_from_local`` calls ``torch.load`` without ``weights_only``,
+    which on torch >= 2.6 means weights-only with no allow-list and fails on mmengine's
+    own checkpoints, so ``load_from`` and ``--resume`` break. This re-registers the local
+    scheme (prefix ``''``) with a loader that reads weights-only with
+    :func:`mmengine_safe_globals` allowed, and unpickles in full only when ``trust`` is
+    True. It also adds those globals process-wide (``add_safe_globals``) for mmengine's
+    other ``torch.load`` calls. Calling it again replaces the previous loader.
+
+    Args:
+        trust: Allow full unpickling of files that weights-only loading refuses (the
+            tools' ``--trust-checkpoint``). Only for files you trust.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    torch.serialization.add_safe_globals(mmengine_safe_globals())
+
+    def load_from_local_safe(filename: str, map_location: Any = None) -> Any:
+        return load_checkpoint_file(filename, trust=trust, map_location=map_location)
+
+    load_from_local_safe.trust = trust  # type: ignore[attr-defined]
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)
 
 
 def extract_state_dict(obj: Any, prefix: str | None = None) -> dict[str, Tensor]:
