@@ -1,0 +1,71 @@
+"""Read the paper's numbers from ``configs/metafile.yml``."""
+from __future__ import annotations
+
+import os.path as osp
+from dataclasses import dataclass, field
+
+#: The project's metafile (the paper's Tables 4, 5 and 8).
+DEFAULT_METAFILE = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
+                            'configs', 'metafile.yml')
+
+
+@dataclass
+class PaperModel:
+    """One model of the paper's tables.
+
+    Attributes:
+        name: As the paper names it (``'RepVGG-A0'``, ``'ResNet-50'``, ``'PSPNet-RepVGG-B2'``).
+        role: ``'ours'`` (RepVGG) or ``'baseline'``.
+        spec: What :func:`mmrepvgg.analysis.build_model` builds for it (arch or baseline
+            name), or None if this project cannot build it (EfficientNet, RegNetX, PSPNets).
+        task: ``'cls'`` or ``'seg'``.
+        paper: Speed (1080Ti), Params (M), Theo FLOPs (B), Wino MULs (B) as printed.
+        results: ``{table: metrics}``, e.g. ``{4: {'Top 1 Accuracy': 72.41}}``.
+    """
+
+    name: str
+    role: str
+    spec: str | None
+    task: str
+    paper: dict = field(default_factory=dict)
+    results: dict[int, dict] = field(default_factory=dict)
+
+    def top1(self, table: int | None = None) -> float | None:
+        """Top-1 of the given table (default: the first the model appears in)."""
+        if not self.results:
+            return None
+        res = self.results.get(table) if table is not None else next(iter(self.results.values()))
+        return None if res is None else res.get('Top 1 Accuracy', res.get('mIoU'))
+
+
+def load_metafile(path: str | None = None) -> dict[str, PaperModel]:
+    """Load the metafile.
+
+    Args:
+        path: Its path (default :data:`DEFAULT_METAFILE`).
+
+    Returns:
+        ``{name: PaperModel}`` in file order.
+    """
+    from mmengine.fileio import load
+    data = load(path or DEFAULT_METAFILE, file_format='yaml')
+    models = {}
+    for m in data['Models']:
+        results = {int(r['Table']): dict(r['Metrics']) for r in m.get('Results', [])}
+        task = 'seg' if any(r['Task'] == 'Semantic Segmentation' for r in m['Results']) else 'cls'
+        spec = m.get('Arch') if task == 'cls' else None
+        spec = spec or (m.get('Baseline') if task == 'cls' else None)
+        models[m['Name']] = PaperModel(m['Name'], m.get('Role', 'ours'), spec, task,
+                                       dict(m.get('Paper', {})), results)
+    return models
+
+
+def find_paper_model(name: str, models: dict[str, PaperModel]) -> PaperModel | None:
+    """The metafile entry of a measured model (``'RepVGG-A0'``, ``'A0'``, ``'ResNet-50'``)."""
+    if name in models:
+        return models[name]
+    lower = name.lower()
+    for m in models.values():
+        if m.name.lower() == lower or (m.spec and m.spec.lower() == lower):
+            return m
+    return None

@@ -1,0 +1,203 @@
+"""Build the models the analysis tools measure: RepVGG classifiers, baselines, configs.
+
+A *model spec* is one of
+
+- a RepVGG arch name from :data:`~mmrepvgg.models.arch.ARCH_ZOO` (``'A0'``, ``'RepVGG-B2'``):
+  an mmpretrain ``ImageClassifier`` with the RepVGG backbone, global pooling and a linear head;
+- a baseline name from :data:`BASELINES` (``'ResNet-50'``, ``'VGG-16'``, ``'ResNeXt-50'``):
+  the same classifier with mmpretrain's backbone;
+- a path to an mmengine config (``configs/pspnet_repvgg-b2_cityscapes.py``): its ``model``
+  is built in the config's ``default_scope`` (``mmseg`` for segmentors, ``mmpretrain`` for
+  classifiers).
+
+Every model is returned in eval mode, with SyncBN reverted to BN (the tools run on one device).
+"""
+from __future__ import annotations
+
+import copy
+import os.path as osp
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..models.arch import ARCH_ZOO, get_arch
+
+#: Baseline classifiers (paper Table 4) buildable from mmpretrain: name -> (backbone cfg,
+#: width of the last stage). ``VGG-16`` is built with BN (as the paper trains its baselines
+#: "with the same training settings"); with its conv-BN pairs fused it has exactly the
+#: parameters of the BN-free VGG-16 (138,357,544: the paper's "138.35"). The ``-caffe``
+#: ResNets put the stride in the first 1x1 conv of a bottleneck (ResNet v1), which is the
+#: variant whose FLOPs match the paper's ResNet-50/101/152 rows; mmpretrain's default
+#: (``pytorch`` style) strides the 3x3 conv.
+BASELINES: dict[str, tuple[dict, int | None]] = {
+    'ResNet-18': (dict(type='ResNet', depth=18), 512),
+    'ResNet-34': (dict(type='ResNet', depth=34), 512),
+    'ResNet-50': (dict(type='ResNet', depth=50), 2048),
+    'ResNet-101': (dict(type='ResNet', depth=101), 2048),
+    'ResNet-152': (dict(type='ResNet', depth=152), 2048),
+    'ResNet-50-caffe': (dict(type='ResNet', depth=50, style='caffe'), 2048),
+    'ResNet-101-caffe': (dict(type='ResNet', depth=101, style='caffe'), 2048),
+    'ResNet-152-caffe': (dict(type='ResNet', depth=152, style='caffe'), 2048),
+    'ResNeXt-50': (dict(type='ResNeXt', depth=50, groups=32, width_per_group=4), 2048),
+    'ResNeXt-101': (dict(type='ResNeXt', depth=101, groups=32, width_per_group=4), 2048),
+    'VGG-16': (dict(type='VGG', depth=16, norm_cfg=dict(type='BN'), num_classes=1000), None),
+}
+
+
+@dataclass
+class BuiltModel:
+    """A model ready to measure.
+
+    Attributes:
+        name: Display name (``'RepVGG-A0'``, ``'ResNet-50'``, the config's file stem).
+        model: The model, in eval mode.
+        task: ``'cls'`` or ``'seg'``.
+        family: ``'repvgg'`` if it holds RepVGG blocks, else ``'baseline'``.
+    """
+
+    name: str
+    model: nn.Module
+    task: str
+    family: str
+
+
+class TensorForward(nn.Module):
+    """Call an OpenMMLab model in ``mode='tensor'``: logits from an image batch.
+
+    Classifiers return the head's logits; segmentors their decode head's logits (at the
+    decode head's resolution, before resizing to the input).
+
+    Args:
+        model: An mmpretrain classifier or mmseg segmentor (or a plain module).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Any:
+        if _accepts_mode(self.model):
+            return self.model(x, mode='tensor')
+        return self.model(x)
+
+
+def _accepts_mode(model: nn.Module) -> bool:
+    return hasattr(model, 'data_preprocessor') and hasattr(model, 'extract_feat')
+
+
+def _classifier_cfg(backbone: dict, in_channels: int | None, num_classes: int) -> dict:
+    if in_channels is None:  # VGG has its own classifier
+        backbone = dict(backbone, num_classes=num_classes)
+        return dict(type='ImageClassifier', backbone=backbone)
+    return dict(type='ImageClassifier', backbone=backbone, neck=dict(type='GlobalAveragePooling'),
+                head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=in_channels))
+
+
+def _build(cfg: dict, scope: str) -> nn.Module:
+    import mmrepvgg  # noqa: F401  (registers mmrepvgg.RepVGG)
+    from mmengine.registry import DefaultScope
+    if scope == 'mmseg':
+        from mmseg.registry import MODELS
+        from mmseg.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+    else:
+        from mmpretrain.registry import MODELS
+        from mmpretrain.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope(scope):
+        return MODELS.build(copy.deepcopy(cfg))
+
+
+def _revert_sync_bn(model: nn.Module) -> nn.Module:
+    from mmengine.model import revert_sync_batchnorm
+    return revert_sync_batchnorm(model)
+
+
+def _has_repvgg(model: nn.Module) -> bool:
+    from ..models.block import RepVGGBlock
+    return any(isinstance(m, RepVGGBlock) for m in model.modules())
+
+
+def resolve_name(spec: str) -> tuple[str, str]:
+    """Classify a model spec.
+
+    Args:
+        spec: An arch name, a baseline name or a config path.
+
+    Returns:
+        ``(kind, canonical_name)`` with kind ``'repvgg'``, ``'baseline'`` or ``'config'``.
+
+    Raises:
+        KeyError: If ``spec`` is none of these.
+    """
+    if spec.endswith('.py') or osp.isfile(spec):
+        return 'config', spec
+    lower = {k.lower(): k for k in BASELINES}
+    if spec.lower() in lower:
+        return 'baseline', lower[spec.lower()]
+    try:
+        spec_arch = get_arch(spec)
+    except KeyError:
+        raise KeyError(f'Unknown model {spec!r}: give a RepVGG arch ({", ".join(ARCH_ZOO)}), '
+                       f'a baseline ({", ".join(BASELINES)}) or a config path') from None
+    name = next(k for k, v in ARCH_ZOO.items() if v == spec_arch)
+    return 'repvgg', name
+
+
+def build_model(spec: str, num_classes: int = 1000, deploy: bool = False,
+                cfg_options: dict | None = None) -> BuiltModel:
+    """Build a model to measure, in eval mode.
+
+    Args:
+        spec: A RepVGG arch name, a baseline name (:data:`BASELINES`) or a config path.
+        num_classes: Classes of the classifier head (arch and baseline names only).
+        deploy: Fold the RepVGG blocks (arch names build them folded; a config's model is
+            folded with :func:`mmrepvgg.reparameterize`). Baselines are not changed: see
+            :func:`mmrepvgg.analysis.fuse_conv_bn_pairs`.
+        cfg_options: Overrides merged into a config (``Config.merge_from_dict``).
+
+    Returns:
+        The built model with its name, task and family.
+    """
+    kind, name = resolve_name(spec)
+    if kind == 'repvgg':
+        width = get_arch(name).stage_channels[-1]
+        cfg = _classifier_cfg(dict(type='mmrepvgg.RepVGG', arch=name, deploy=deploy), width,
+                              num_classes)
+        return BuiltModel(f'RepVGG-{name}', _build(cfg, 'mmpretrain').eval(), 'cls', 'repvgg')
+    if kind == 'baseline':
+        backbone, width = BASELINES[name]
+        model = _build(_classifier_cfg(backbone, width, num_classes), 'mmpretrain')
+        return BuiltModel(name, model.eval(), 'cls', 'baseline')
+    from mmengine.config import Config
+    cfg = Config.fromfile(name)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    scope = cfg.get('default_scope') or 'mmpretrain'
+    model_cfg = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
+    # measuring random weights: never download or load a checkpoint
+    if isinstance(model_cfg.get('backbone'), dict):
+        model_cfg['backbone'].pop('init_cfg', None)
+        model_cfg['backbone'].pop('pretrained', None)
+    model_cfg.pop('pretrained', None)
+    model = _revert_sync_bn(_build(model_cfg, scope)).eval()
+    if deploy:
+        from ..models.block import reparameterize
+        reparameterize(model)
+    task = 'seg' if scope == 'mmseg' else 'cls'
+    family = 'repvgg' if _has_repvgg(model) else 'baseline'
+    return BuiltModel(osp.splitext(osp.basename(name))[0], model, task, family)
+
+
+def default_input_shape(task: str) -> tuple[int, int]:
+    """The paper's input size: 224x224 for classification, 713x713 for segmentation."""
+    return (713, 713) if task == 'seg' else (224, 224)
+
+
+def example_input(shape: tuple[int, int], batch: int = 1, device: str | torch.device = 'cpu',
+                  dtype: torch.dtype = torch.float32) -> Tensor:
+    """A random image batch of shape ``(batch, 3, H, W)``."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(batch, 3, *shape, generator=gen).to(device=device, dtype=dtype)

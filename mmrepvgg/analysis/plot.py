@@ -1,0 +1,89 @@
+"""Speed-accuracy plot like the paper's Fig. 1, from a benchmark json and the metafile."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .metafile import find_paper_model, load_metafile
+
+
+def speed_accuracy_points(report: dict, table: int = 4, variants: Sequence[str] = (
+        'deploy', 'fused'), metafile: str | None = None) -> list[dict]:
+    """Pair each measured model with its top-1 (or mIoU) from the metafile.
+
+    Args:
+        report: A :func:`mmrepvgg.analysis.benchmark.run_benchmark` result.
+        table: Which paper table the accuracy comes from (4: 120 epochs, 5: 200 epochs,
+            8: Cityscapes mIoU); models not in it are left out.
+        variants: The forms to plot (default: as deployed, the paper's protocol).
+        metafile: Path of the metafile (default: the project's).
+
+    Returns:
+        ``[dict(model, variant, family, speed, accuracy)]``.
+    """
+    paper = load_metafile(metafile)
+    points = []
+    for r in report['results']:
+        if r['variant'] not in variants:
+            continue
+        p = find_paper_model(r['model'], paper)
+        acc = p.top1(table) if p is not None else None
+        if acc is None:
+            continue
+        points.append(dict(model=r['model'], variant=r['variant'], family=r['family'],
+                           speed=r['examples_per_s'], accuracy=acc))
+    return points
+
+
+def plot_speed_accuracy(report: dict, out: str, table: int = 4,
+                        variants: Sequence[str] = ('deploy', 'fused'),
+                        metafile: str | None = None, title: str | None = None) -> list[dict]:
+    """Save a top-1 vs measured speed plot (RepVGG as a line, baselines as markers).
+
+    The axes name the device and the protocol the speed was measured with, so a reduced CPU
+    run is not mistaken for the paper's 1080Ti numbers.
+
+    Args:
+        report: A benchmark result (:func:`mmrepvgg.analysis.benchmark.run_benchmark`).
+        out: Where to save the figure (``.png``, ``.pdf``, ``.svg``).
+        table: Paper table of the accuracies (4, 5 or 8).
+        variants: Forms to plot.
+        metafile: Path of the metafile.
+        title: Figure title (default: the paper table).
+
+    Returns:
+        The plotted points.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    points = speed_accuracy_points(report, table, variants, metafile)
+    if not points:
+        raise ValueError(f'no benchmarked model has a result in paper Table {table}')
+    info, proto = report['device_info'], report['protocol']
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    ours = sorted((p for p in points if p['family'] == 'repvgg'), key=lambda p: p['speed'])
+    base = [p for p in points if p['family'] != 'repvgg']
+    if ours:
+        ax.plot([p['speed'] for p in ours], [p['accuracy'] for p in ours], '-o', color='C3',
+                label='RepVGG (deployed)')
+    if base:
+        ax.plot([p['speed'] for p in base], [p['accuracy'] for p in base], 's', color='C0',
+                label='baselines (conv-BN fused)')
+    for p in points:
+        ax.annotate(p['model'].replace('RepVGG-', ''), (p['speed'], p['accuracy']),
+                    textcoords='offset points', xytext=(4, 4), fontsize=8)
+    device = info.get('gpu') or info['cpu']
+    ax.set_xlabel(f"measured speed (examples/s): {device}, {info['torch_threads']} thread(s)\n"
+                  f"batch {proto['batch']} at {proto['shape'][0]}x{proto['shape'][1]}, "
+                  f"{proto['dtype']}, {proto['backend']}"
+                  + ('' if proto.get('paper_protocol') else ' (reduced protocol)'),
+                  fontsize=8)
+    metric = 'mIoU (%)' if table == 8 else 'ImageNet top-1 (%)'
+    ax.set_ylabel(f'{metric}, paper Table {table}')
+    ax.set_title(title or f"Accuracy (paper Table {table}) vs speed measured here", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return points

@@ -1,0 +1,85 @@
+"""FLOPs / Wino MULs / params in the paper's convention, checked by hand."""
+from fractions import Fraction
+
+import pytest
+import torch
+from torch import nn
+
+from mmrepvgg import RepVGG, reparameterize
+from mmrepvgg.analysis import count_complexity, winograd_factor
+from mmrepvgg.models.arch import layer_specs
+
+
+def tiny_model() -> nn.Module:
+    """Every case of the Wino rule on an 8x8 input (batch 1)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),             # 3x3 s1: Winograd
+        nn.BatchNorm2d(4),                                     # not a FLOP in the paper's count
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1),               # 3x3 s2: full cost
+        nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False),   # grouped 3x3 s1: Winograd
+        nn.Conv2d(8, 8, 1, bias=False),                        # 1x1: full cost
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2, bias=False),  # dilated 3x3: full cost
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),                              # FC: full cost
+    )
+
+
+def test_tiny_model_counts_by_hand():
+    c = count_complexity(tiny_model(), torch.zeros(1, 3, 8, 8))
+    # multiply-adds: out pixels * C_out * C_in / groups * k * k
+    conv_s1 = 8 * 8 * 4 * 3 * 9            # 6912
+    conv_s2 = 4 * 4 * 8 * 4 * 9            # 4608
+    conv_grouped = 4 * 4 * 8 * (8 // 2) * 9  # 4608
+    conv_1x1 = 4 * 4 * 8 * 8               # 1024
+    conv_dilated = 4 * 4 * 8 * 8 * 9       # 9216
+    fc = 128 * 10                          # 1280
+    assert c.flops == conv_s1 + conv_s2 + conv_grouped + conv_1x1 + conv_dilated + fc
+    wino = (Fraction(4, 9) * (conv_s1 + conv_grouped) + conv_s2 + conv_1x1 + conv_dilated
+            + fc)
+    assert c.wino_muls == pytest.approx(float(wino), abs=1e-6)
+    assert c.wino_muls == 3072 + 4608 + 2048 + 1024 + 9216 + 1280
+    params = (4 * 3 * 9) + 2 * 4 + (8 * 4 * 9 + 8) + 8 * 4 * 9 + 64 + 8 * 8 * 9 + (1280 + 10)
+    assert c.params == params
+    # BN is outside the paper's FLOPs but inside mmengine's total (eval, affine: 2 per element)
+    assert c.by_operator['batch_norm'] == 2 * 4 * 8 * 8
+    assert c.flops_all == c.flops + 2 * 4 * 8 * 8
+    assert [layer.wino_muls / layer.macs for layer in c.layers] == pytest.approx(
+        [4 / 9, 1, 4 / 9, 1, 1, 1])
+
+
+def test_winograd_factor_rule():
+    assert winograd_factor(nn.Conv2d(4, 4, 3)) == Fraction(4, 9)
+    assert winograd_factor(nn.Conv2d(4, 4, 3, groups=4)) == Fraction(4, 9)
+    assert winograd_factor(nn.Conv2d(4, 4, 3, stride=2)) == 1
+    assert winograd_factor(nn.Conv2d(4, 4, 3, dilation=2)) == 1
+    assert winograd_factor(nn.Conv2d(4, 4, 1)) == 1
+    assert winograd_factor(nn.Conv2d(4, 4, 5)) == 1
+    assert winograd_factor(nn.Linear(4, 4)) == 1
+
+
+ARCH = dict(num_blocks=(2, 2, 2, 1), width_factors=(0.25, 0.25, 0.25, 0.5), groups=2)
+
+
+@pytest.mark.parametrize('deploy', [True, False])
+def test_repvgg_with_strided_and_grouped_layers(deploy):
+    """Each block's count from the arch table: strided layers full cost, grouped stride-1
+    3x3 at 4/9; the training-time 1x1 branch always at full cost."""
+    size = 64
+    model = RepVGG(ARCH).eval()
+    if deploy:
+        reparameterize(model)
+    c = count_complexity(model, torch.zeros(1, 3, size, size))
+    flops, wino, hw, grouped = 0, Fraction(0), size, 0
+    for stage in layer_specs(ARCH):
+        for spec in stage:
+            hw //= spec.stride
+            macs3 = hw * hw * spec.out_channels * spec.in_channels // spec.groups * 9
+            macs1 = macs3 // 9
+            flops += macs3 + (0 if deploy else macs1)
+            wino += (Fraction(4, 9) if spec.stride == 1 else 1) * macs3 + (0 if deploy else macs1)
+            grouped += spec.groups > 1
+    assert grouped > 0 and hw == 2
+    assert c.flops == flops
+    assert c.wino_muls == pytest.approx(float(wino), abs=1e-6)
+    assert c.params == sum(p.numel() for p in model.parameters())

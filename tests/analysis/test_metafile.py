@@ -1,0 +1,34 @@
+"""configs/metafile.yml: the paper's numbers, and every model in it can be built."""
+import pytest
+from torch import nn
+
+from mmrepvgg import RepVGG
+from mmrepvgg.analysis import BASELINES, load_metafile
+from mmrepvgg.models.arch import ARCH_ZOO
+
+TABLE4_REPVGG = ['A0', 'A1', 'B0', 'A2', 'B1g4', 'B1g2', 'B1', 'B2g4', 'B2']
+TABLE5_REPVGG = ['B2g4', 'B3g4', 'B3']
+
+
+def test_tables_and_specs():
+    models = load_metafile()
+    t4 = [m.spec for m in models.values() if 4 in m.results and m.role == 'ours']
+    t5 = [m.spec for m in models.values() if 5 in m.results and m.role == 'ours']
+    assert t4 == TABLE4_REPVGG and t5 == TABLE5_REPVGG
+    for m in models.values():
+        if m.spec is not None:
+            assert m.spec in ARCH_ZOO or m.spec in BASELINES
+    assert models['RepVGG-A0'].top1(4) == 72.41
+    assert models['RepVGG-B2g4'].top1(4) == 78.50 and models['RepVGG-B2g4'].top1(5) == 79.38
+    assert models['PSPNet-RepVGG-B2'].results[8] == {'mIoU': 80.57, 'Mean Pixel Acc': 96.50}
+    assert len([m for m in models.values() if m.task == 'seg']) == 6
+
+
+@pytest.mark.parametrize('arch', sorted(set(TABLE4_REPVGG + TABLE5_REPVGG)))
+def test_paper_params_match_the_deployed_model(arch):
+    """Exact by construction: the paper truncates the parameter count to 2 decimals."""
+    paper = next(m for m in load_metafile().values() if m.spec == arch).paper
+    backbone = RepVGG(arch, deploy=True)
+    fc = nn.Linear(backbone.out_channels[0], 1000)
+    n = sum(p.numel() for m in (backbone, fc) for p in m.parameters())
+    assert n // 10_000 == round(paper['Params (M)'] * 100)
