@@ -30,7 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         'classification: pickle file of the results')
     parser.add_argument('--show', action='store_true', help='show prediction images')
     parser.add_argument('--show-dir', help='write prediction images to this folder (under '
-                        'the work dir / timestamp when relative)')
+                        'the work dir when relative)')
+    parser.add_argument('--show-interval', type=int, default=1,
+                        help='draw every n-th test image (default: all)')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow full unpickling of a checkpoint that weights-only loading '
                         'refuses; only for files you trust')
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     install_mmengine_loader(trust=args.trust_checkpoint)
     cfg = prepare_test_config(args.config, args.checkpoint, work_dir=args.work_dir,
                               deploy=args.deploy, show_dir=args.show_dir, show=args.show,
+                              show_interval=args.show_interval,
                               out=args.out, cfg_options=args.cfg_options,
                               launcher=args.launcher)
     return test(cfg)

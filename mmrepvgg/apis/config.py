@@ -205,18 +205,31 @@ def add_deploy_hook(cfg: Config) -> Config:
 
 
 def enable_prediction_images(cfg: Config, show_dir: str | None, show: bool = False,
-                             wait_time: float = 2.0) -> Config:
+                             wait_time: float = 2.0, interval: int = 1) -> Config:
     """Turn on the visualization hook to write prediction images.
 
-    mmseg's ``SegVisualizationHook`` saves through the visualizer into
-    ``<work_dir>/<timestamp>/<show_dir>/``; mmpretrain's ``VisualizationHook`` into
-    ``<work_dir>/<timestamp>/<show_dir>/`` as well (relative paths) or ``show_dir``.
+    A relative ``show_dir`` is taken under the work dir. mmseg's ``SegVisualizationHook``
+    saves through the visualizer into ``<show_dir>/vis_data/vis_image/``; mmpretrain's
+    ``VisualizationHook`` into ``<show_dir>/``.
+
+    Args:
+        cfg: The config (changed in place).
+        show_dir: Folder for the images (None: only ``show``).
+        show: Show the images in a window.
+        wait_time: Seconds each shown image stays.
+        interval: Draw every ``interval``-th test image (mmseg's hook defaults to 50).
+
+    Returns:
+        The config.
     """
     hooks = cfg.get('default_hooks', {})
     if 'visualization' not in hooks:
         raise RuntimeError("--show/--show-dir need default_hooks.visualization "
                            "(dict(type='SegVisualizationHook') or dict(type='VisualizationHook'))")
     vis = hooks['visualization']
+    vis['interval'] = interval
+    if show_dir and not osp.isabs(show_dir):
+        show_dir = osp.join(cfg.work_dir, show_dir)
     if scope_of(cfg) == 'mmpretrain':
         vis['enable'] = True
         vis['show'] = show
@@ -238,6 +251,7 @@ def prepare_test_config(config: str | Config,
                         deploy: bool = False,
                         show_dir: str | None = None,
                         show: bool = False,
+                        show_interval: int = 1,
                         out: str | None = None,
                         cfg_options: Mapping | None = None,
                         launcher: str = 'none') -> Config:
@@ -250,6 +264,7 @@ def prepare_test_config(config: str | Config,
         deploy: Fold the model through ``RepVGGDeployHook`` before testing.
         show_dir: Write prediction images under this folder.
         show: Show prediction images in a window.
+        show_interval: Draw every n-th test image.
         out: Segmentation: folder for the raw predictions (``IoUMetric`` output_dir);
             classification: a pickle of the results (``DumpResults``).
         cfg_options: ``--cfg-options`` overrides.
@@ -266,7 +281,7 @@ def prepare_test_config(config: str | Config,
     if deploy:
         add_deploy_hook(cfg)
     if show or show_dir:
-        enable_prediction_images(cfg, show_dir, show)
+        enable_prediction_images(cfg, show_dir, show, interval=show_interval)
     if out:
         if scope_of(cfg) == 'mmseg':
             cfg.test_evaluator['output_dir'] = out

@@ -3,10 +3,37 @@ from __future__ import annotations
 
 import importlib
 
+import torch.distributed as dist
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from .config import check_pretrained, scope_of
+from .config import check_pretrained, scope_of, use_cuda
+
+
+def init_cpu_distributed(cfg: Config) -> bool:
+    """Start the process group on CPUs before mmengine does.
+
+    mmengine 0.10.7's ``init_dist('pytorch')`` calls ``torch.cuda.set_device`` first, which
+    fails without a GPU. On CPUs this starts the group itself (gloo, ``env://`` from
+    torchrun's variables); the runner then finds it started and goes on.
+
+    Args:
+        cfg: The config (its ``launcher`` and ``env_cfg.dist_cfg``).
+
+    Returns:
+        Whether it started the group.
+    """
+    if cfg.get('launcher', 'none') != 'pytorch' or use_cuda() or not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return False
+    dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
+    backend = dist_cfg.pop('backend', 'gloo')
+    dist.init_process_group(backend=backend, **dist_cfg)
+    print_log(f'Process group on CPU: {backend}, rank {dist.get_rank()} of '
+              f'{dist.get_world_size()}', logger='current')
+    return True
 
 
 def build_runner(cfg: Config) -> Runner:
@@ -19,6 +46,7 @@ def build_runner(cfg: Config) -> Runner:
     Returns:
         The runner.
     """
+    init_cpu_distributed(cfg)
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
     scope = scope_of(cfg)

@@ -104,12 +104,22 @@ def _scene(rng: np.random.Generator, h: int, w: int, extra: Sequence[str]) -> li
              'vegetation': (0.15, 0.2), 'wall': (0.2, 0.12), 'terrain': (0.2, 0.08),
              'building': (0.2, 0.2), 'sky': (0.1, 0.05), 'road': (0.2, 0.05),
              'sidewalk': (0.2, 0.05)}
-    for label in list(extra) + list(rng.choice(list(sizes), size=3)):
+    def place(label: str, x_lo: float, x_hi: float) -> None:
         bw, bh = sizes[label]
-        bw, bh = bw * w * rng.uniform(0.8, 1.2), bh * h * rng.uniform(0.8, 1.2)
-        x0 = rng.uniform(0, w - bw)
-        y1 = rng.uniform(road_top + bh * 0.3, h) if label != 'sky' else rng.uniform(bh, horizon)
+        bw = min(bw * w * rng.uniform(0.8, 1.2), x_hi - x_lo)
+        bh = bh * h * rng.uniform(0.8, 1.2)
+        x0 = rng.uniform(x_lo, x_hi - bw)
+        if label == 'sky':
+            y1 = rng.uniform(bh, horizon)
+        else:
+            y1 = rng.uniform(min(road_top + bh * 0.3, h * 0.9), h * 0.9)
         objs.append((label, _rect(x0, max(0.0, y1 - bh), x0 + bw, y1)))
+
+    for label in rng.choice(list(sizes), size=3):
+        place(str(label), 0, w)
+    # the classes this image must show: drawn last, side by side, above the ego vehicle
+    for i, label in enumerate(extra):
+        place(label, w * i / len(extra), w * (i + 1) / len(extra))
     # the ego vehicle's bonnet: ignored (255) in train ids, as in the real data
     objs.append(('ego vehicle', [[0, h * 0.93], [w, h * 0.93], [w, h], [0, h]]))
     return [dict(label=label, polygon=[[round(float(x), 1), round(float(y), 1)] for x, y in poly])

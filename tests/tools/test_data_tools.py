@@ -1,0 +1,86 @@
+"""tools/make_tiny_cityscapes.py and tools/prepare_cityscapes.py (cityscapesscripts)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmrepvgg.datasets import TRAIN_CLASSES, make_digits_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_cityscapes_layout_and_prepare(tmp_path):
+    root = tmp_path / 'cs'
+    load_tool('make_tiny_cityscapes').main([str(root), '--num-train', '4', '--num-val', '2',
+                                            '--size', '64', '128'])
+    imgs = sorted((root / 'leftImg8bit').rglob('*_leftImg8bit.png'))
+    assert len(imgs) == 6
+    assert {p.parts[-3] for p in imgs} == {'train', 'val'}
+    for img in imgs:
+        split, city = img.parts[-3], img.parts[-2]
+        stem = img.name.replace('_leftImg8bit.png', '')
+        assert stem.startswith(city + '_')
+        gt = root / 'gtFine' / split / city
+        for suffix in ('polygons.json', 'labelIds.png', 'instanceIds.png', 'color.png'):
+            assert (gt / f'{stem}_gtFine_{suffix}').is_file()
+        assert not (gt / f'{stem}_gtFine_labelTrainIds.png').exists()  # prepare's job
+        poly = json.loads((gt / f'{stem}_gtFine_polygons.json').read_text())
+        assert (poly['imgHeight'], poly['imgWidth']) == (64, 128)
+        assert Image.open(img).size == (128, 64)
+
+    load_tool('prepare_cityscapes').main([str(root)])
+    labels = sorted(root.rglob('*_gtFine_labelTrainIds.png'))
+    assert len(labels) == 6
+    values = set()
+    for lbl in labels:
+        values |= set(np.unique(np.asarray(Image.open(lbl))).tolist())
+    assert values <= set(range(19)) | {255} and 255 in values  # ego vehicle is ignored
+    train_values = set()
+    for lbl in (root / 'gtFine' / 'train').rglob('*_labelTrainIds.png'):
+        train_values |= set(np.unique(np.asarray(Image.open(lbl))).tolist())
+    assert set(range(len(TRAIN_CLASSES))) <= train_values  # all 19 classes in train
+    assert (root / 'train.txt').read_text().splitlines()[0].startswith('aachen/aachen_')
+
+
+def test_prepare_without_polygons_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match='gtFine_trainvaltest.zip'):
+        load_tool('prepare_cityscapes').main([str(tmp_path)])
+
+
+def test_mmseg_reads_the_tiny_dataset(tmp_path):
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import DATASETS
+    root = tmp_path / 'cs'
+    load_tool('make_tiny_cityscapes').main([str(root), '--num-train', '2', '--num-val', '1',
+                                            '--size', '32', '64', '--prepare'])
+    init_default_scope('mmseg')
+    ds = DATASETS.build(dict(type='CityscapesDataset', data_root=str(root),
+                             data_prefix=dict(img_path='leftImg8bit/train',
+                                              seg_map_path='gtFine/train'),
+                             pipeline=[dict(type='LoadImageFromFile'),
+                                       dict(type='LoadAnnotations'),
+                                       dict(type='PackSegInputs')]))
+    assert len(ds) == 2
+    sample = ds[0]
+    assert tuple(sample['inputs'].shape) == (3, 32, 64)
+    assert sample['data_samples'].gt_sem_seg.data.shape[-2:] == (32, 64)
+
+
+def test_digits_folder(tmp_path):
+    counts = make_digits_folder(tmp_path, size=16)
+    assert counts == {'train': 1347, 'test': 450}
+    assert sorted(p.name for p in (tmp_path / 'train').iterdir()) == [str(i) for i in range(10)]
+    img = Image.open(next((tmp_path / 'test' / '3').iterdir()))
+    assert img.size == (16, 16) and img.mode == 'RGB'
