@@ -21,6 +21,7 @@ class PaperModel:
         task: ``'cls'`` or ``'seg'``.
         paper: Speed (1080Ti), Params (M), Theo FLOPs (B), Wino MULs (B) as printed.
         results: ``{table: metrics}``, e.g. ``{4: {'Top 1 Accuracy': 72.41}}``.
+        config: The project's config of the model, if there is one.
     """
 
     name: str
@@ -29,6 +30,7 @@ class PaperModel:
     task: str
     paper: dict = field(default_factory=dict)
     results: dict[int, dict] = field(default_factory=dict)
+    config: str | None = None
 
     def top1(self, table: int | None = None) -> float | None:
         """Top-1 of the given table (default: the first the model appears in)."""
@@ -56,16 +58,26 @@ def load_metafile(path: str | None = None) -> dict[str, PaperModel]:
         spec = m.get('Arch') if task == 'cls' else None
         spec = spec or (m.get('Baseline') if task == 'cls' else None)
         models[m['Name']] = PaperModel(m['Name'], m.get('Role', 'ours'), spec, task,
-                                       dict(m.get('Paper', {})), results)
+                                       dict(m.get('Paper', {})), results, m.get('Config'))
     return models
 
 
 def find_paper_model(name: str, models: dict[str, PaperModel]) -> PaperModel | None:
-    """The metafile entry of a measured model (``'RepVGG-A0'``, ``'A0'``, ``'ResNet-50'``)."""
+    """The metafile entry of a measured model.
+
+    Args:
+        name: ``'RepVGG-A0'``, ``'A0'``, ``'ResNet-50'`` or a config's file stem
+            (``'repvgg-a0_in1k'``, as :func:`build_model` names models built from configs).
+        models: :func:`load_metafile`'s result.
+
+    Returns:
+        The entry, or None.
+    """
     if name in models:
         return models[name]
     lower = name.lower()
     for m in models.values():
-        if m.name.lower() == lower or (m.spec and m.spec.lower() == lower):
+        stem = osp.splitext(osp.basename(m.config))[0].lower() if m.config else None
+        if lower in (m.name.lower(), (m.spec or '').lower(), stem):
             return m
     return None

@@ -32,3 +32,16 @@ def test_paper_params_match_the_deployed_model(arch):
     fc = nn.Linear(backbone.out_channels[0], 1000)
     n = sum(p.numel() for m in (backbone, fc) for p in m.parameters())
     assert n // 10_000 == round(paper['Params (M)'] * 100)
+
+
+def test_configs_exist_and_name_their_model():
+    import os.path as osp
+
+    from mmrepvgg.analysis import find_paper_model
+    models = load_metafile()
+    with_config = [m for m in models.values() if m.config]
+    assert len(with_config) >= 12
+    for m in with_config:
+        assert osp.isfile(m.config), m.config
+        stem = osp.splitext(osp.basename(m.config))[0]
+        assert find_paper_model(stem, models) is m
