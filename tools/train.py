@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from mmengine.config import DictAction
 
 import mmrepvgg  # noqa: F401  (registers the backbone and the deploy hook)
-from mmrepvgg.apis import prepare_train_config, train
+from mmrepvgg.apis import PretrainedNotFoundError, prepare_train_config, train
 from mmrepvgg.checkpoint import install_mmengine_loader
 
 
@@ -52,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
                                launcher=args.launcher)
     if args.auto_scale_lr:
         cfg.auto_scale_lr = dict(cfg.get('auto_scale_lr') or {}, enable=True)
-    train(cfg)
+    try:
+        train(cfg)
+    except PretrainedNotFoundError as err:  # a user error: the message, no traceback
+        sys.exit(f'error: {err}')
 
 
 if __name__ == '__main__':

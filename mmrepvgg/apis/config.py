@@ -122,6 +122,10 @@ def adapt_to_machine(cfg: Config) -> Config:
     return cfg
 
 
+class PretrainedNotFoundError(FileNotFoundError):
+    """A pretrained file named by the model's ``init_cfg`` does not exist."""
+
+
 def pretrained_files(model_cfg: Any) -> list[str]:
     """Local files that ``init_cfg=dict(type='Pretrained', ...)`` entries will load."""
     files = []
@@ -142,11 +146,11 @@ def check_pretrained(cfg: Config) -> None:
         cfg: The config.
 
     Raises:
-        FileNotFoundError: Naming every missing file and what to do.
+        PretrainedNotFoundError: Naming every missing file and what to do.
     """
     missing = [f for f in pretrained_files(cfg.get('model', {})) if not osp.isfile(f)]
     if missing:
-        raise FileNotFoundError(
+        raise PretrainedNotFoundError(
             'Pretrained weights not found: ' + ', '.join(missing) + '.\n'
             '  RepVGG: convert ImageNet weights (official, mmpretrain or timm) into '
             'checkpoints/ with tools/convert_weights.py, or train one with configs/repvgg-*_in1k.py '
