@@ -1,0 +1,4 @@
+"""Training-loop extensions: :class:`RepVGGDeployHook`."""
+from .hooks import RepVGGDeployHook
+
+__all__ = ['RepVGGDeployHook']

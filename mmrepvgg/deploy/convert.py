@@ -1,0 +1,401 @@
+"""Checkpoint conversion: fold a trained model into the plain one, and prove they agree.
+
+Library functions behind ``tools/deploy_convert.py`` (training-time checkpoint -> deployed
+checkpoint) and ``tools/convert_weights.py`` (other implementations' ImageNet weights ->
+mmrepvgg backbone weights for ``init_cfg``), also used by :class:`RepVGGDeployHook`.
+Loading is weights-only, key matching strict, writing atomic.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+from torch import Tensor, nn
+
+from ..checkpoint import (CheckpointError, check_state_dict, extract_state_dict,
+                          load_checkpoint_file, load_state_dict_strict, save_checkpoint_atomic)
+from ..models import ARCH_ZOO, RepVGG, RepVGGBlock, reparameterize
+from ..version import __version__
+from .keymaps import SOURCES, convert_keys, detect_source
+
+#: Default bound on the relative output difference (max |diff| / max |reference|) between
+#: the training-time and the folded model, in fp32. Exact folding measures 1e-6 - 2e-5 on
+#: deep models (tests/models/test_backbone.py); a real error (a BN in training mode, a
+#: wrong key) gives 1e-2 or more.
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass
+class FoldReport:
+    """What folding a model did and how close the outputs stayed.
+
+    Args:
+        folded: Blocks folded.
+        max_abs: Max absolute output difference (None if not verified).
+        max_rel: ``max_abs`` relative to the largest reference output.
+        input_shape: The shape of the verification input.
+    """
+
+    folded: int
+    max_abs: float | None = None
+    max_rel: float | None = None
+    input_shape: tuple[int, ...] | None = None
+
+    def summary(self) -> str:
+        text = f'folded {self.folded} RepVGG blocks'
+        if self.max_abs is not None:
+            text += (f'; outputs before vs after on input {self.input_shape}: max abs diff '
+                     f'{self.max_abs:.3g}, max rel diff {self.max_rel:.3g}')
+        return text
+
+
+# ------------------------------------------------------------------------------ models
+
+def find_backbone(model: nn.Module) -> RepVGG | None:
+    """The first :class:`RepVGG` inside ``model`` (None if there is none)."""
+    return next((m for m in model.modules() if isinstance(m, RepVGG)), None)
+
+
+def count_blocks(model: nn.Module, deployed: bool | None = None) -> int:
+    """How many :class:`RepVGGBlock` ``model`` has (only folded or unfolded ones if given)."""
+    return sum(1 for m in model.modules() if isinstance(m, RepVGGBlock)
+               and (deployed is None or m.deploy == deployed))
+
+
+def build_model(cfg: Config, deploy: bool = False) -> nn.Module:
+    """Build ``cfg.model`` on the CPU in eval mode, without loading pretrained weights.
+
+    SyncBN becomes BN (same parameters and buffers; no process group needed).
+
+    Args:
+        cfg: An mmseg or mmpretrain config whose model has an mmrepvgg RepVGG backbone.
+        deploy: Build the plain (folded) backbone directly.
+
+    Returns:
+        The model.
+    """
+    from mmengine.registry import MODELS, init_default_scope
+
+    from ..apis.config import replace_sync_bn
+    model_cfg = copy.deepcopy(cfg.model)
+    replace_sync_bn(model_cfg)
+    model_cfg.pop('pretrained', None)
+    backbone = model_cfg.get('backbone')
+    if isinstance(backbone, dict):
+        backbone['init_cfg'] = None
+        backbone.pop('pretrained', None)
+        if deploy:
+            backbone['deploy'] = True
+    init_default_scope(cfg.get('default_scope') or 'mmengine')
+    model = MODELS.build(model_cfg)
+    return model.eval()
+
+
+def input_shape_from_config(cfg: Config) -> tuple[int, int]:
+    """The ``(height, width)`` a config's model sees: crop size, preprocessor size or 224.
+
+    Looks at ``crop_size``, ``model.data_preprocessor.size``, then the test pipeline's
+    ``CenterCrop``/``RandomCrop``/``Resize`` sizes.
+    """
+    def pair(value: Any) -> tuple[int, int] | None:
+        if isinstance(value, int):
+            return value, value
+        if isinstance(value, Sequence) and len(value) == 2 and all(
+                isinstance(v, int) for v in value):
+            return int(value[0]), int(value[1])
+        return None
+
+    candidates = [cfg.get('crop_size'), (cfg.model.get('data_preprocessor') or {}).get('size')]
+    pipeline = (cfg.get('test_pipeline') or cfg.get('val_pipeline') or [])
+    for step in pipeline:
+        kind = str(step.get('type', ''))
+        if 'Crop' in kind:
+            candidates.append(step.get('crop_size'))
+        elif kind in ('ResizeEdge', 'Resize') and 'scale' in step:
+            scale = pair(step['scale'])  # mmseg/mmcv Resize scale is (w, h)
+            candidates.append(scale[::-1] if scale else None)
+    for value in candidates:
+        if pair(value):
+            return pair(value)
+    return 224, 224
+
+
+def flatten_outputs(out: Any) -> list[Tensor]:
+    """The tensors in a model output (tensor, tuple/list or dict of them), in order."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in flatten_outputs(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in flatten_outputs(v)]
+    return []
+
+
+def tensor_forward(model: nn.Module, inputs: Tensor, data_samples: Any = None) -> list[Tensor]:
+    """Run ``model`` on a preprocessed batch: ``mode='tensor'`` for OpenMMLab models."""
+    with torch.no_grad():
+        try:
+            out = model(inputs, data_samples, mode='tensor')
+        except TypeError:  # a plain nn.Module (e.g. a bare backbone)
+            out = model(inputs)
+    outputs = flatten_outputs(out)
+    if not outputs:
+        raise RuntimeError(f'{type(model).__name__} returned no tensors in mode="tensor"')
+    return outputs
+
+
+def compare_outputs(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> tuple[float, float]:
+    """Max absolute difference and that relative to the largest reference magnitude."""
+    if len(reference) != len(outputs):
+        raise RuntimeError(f'{len(reference)} outputs before folding, {len(outputs)} after')
+    max_abs, scale = 0.0, 0.0
+    for ref, out in zip(reference, outputs):
+        if ref.shape != out.shape:
+            raise RuntimeError(f'Output shape changed by folding: {tuple(ref.shape)} -> '
+                               f'{tuple(out.shape)}')
+        max_abs = max(max_abs, (out.double() - ref.double()).abs().max().item())
+        scale = max(scale, ref.double().abs().max().item())
+    return max_abs, max_abs / max(scale, 1e-12)
+
+
+def fold_and_verify(model: nn.Module, inputs: Tensor | None = None, data_samples: Any = None,
+                    tolerance: float | None = DEFAULT_TOLERANCE) -> FoldReport:
+    """Fold ``model`` in place (eval mode) and, given inputs, compare outputs before/after.
+
+    Args:
+        model: The training-time model; it is put in eval mode and folded in place.
+        inputs: A preprocessed batch (None: fold without verifying).
+        data_samples: Passed to the model with the inputs.
+        tolerance: Fail if the relative difference exceeds it (None: only report).
+
+    Returns:
+        A :class:`FoldReport`.
+
+    Raises:
+        RuntimeError: If the outputs differ by more than ``tolerance``.
+    """
+    model.eval()
+    reference = tensor_forward(model, inputs, data_samples) if inputs is not None else None
+    folded = count_blocks(model, deployed=False)
+    reparameterize(model)
+    report = FoldReport(folded)
+    if reference is not None:
+        report.max_abs, report.max_rel = compare_outputs(
+            reference, tensor_forward(model, inputs, data_samples))
+        report.input_shape = tuple(inputs.shape)
+        if tolerance is not None and not report.max_rel <= tolerance:
+            raise RuntimeError(
+                f'The folded model does not reproduce the training-time one: max rel diff '
+                f'{report.max_rel:.3g} > {tolerance:g} (max abs {report.max_abs:.3g}). Are '
+                'all BN running statistics loaded?')
+    return report
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+def load_mapped_state(checkpoint: str | os.PathLike, source: str | None = None,
+                      trust: bool = False) -> tuple[dict[str, Tensor], str, dict]:
+    """Load a checkpoint of any supported layout and rename its keys to mmrepvgg's.
+
+    Args:
+        checkpoint: The file.
+        source: One of :data:`~mmrepvgg.deploy.keymaps.SOURCES`; None: detect it.
+        trust: Allow full unpickling (``--trust-checkpoint``).
+
+    Returns:
+        ``(state, source, meta)``: whole-model keys (``backbone.*``, ``head.fc.*``, ...), the
+        layout, and the checkpoint's ``meta`` dict (empty if none).
+    """
+    obj = load_checkpoint_file(checkpoint, trust=trust)
+    state = extract_state_dict(obj)
+    if source is None:
+        source = detect_source(state)
+        print_log(f'{checkpoint}: detected {source} layout', logger='current')
+    elif source not in SOURCES:
+        raise ValueError(f'Unknown source {source!r}; expected one of {SOURCES}')
+    meta = obj.get('meta') if isinstance(obj, Mapping) else None
+    return convert_keys(state, source), source, dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def _refuse_existing(out: str | os.PathLike, force: bool) -> None:
+    if Path(out).exists() and not force:
+        raise FileExistsError(f'{out} exists; pass --force to overwrite it')
+
+
+def _plain(value: Any) -> Any:
+    """``value`` if it is made of plain Python types (loadable weights-only), else None."""
+    if value is None:
+        return None
+    for kind in (bool, int, float, str):  # also turns str subclasses (TorchVersion) plain
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return None if any(i is None for i, v in zip(items, value) if v is not None) else \
+            type(value)(items)
+    if isinstance(value, Mapping):
+        items = {str(k): _plain(v) for k, v in value.items()}
+        return None if any(items[str(k)] is None and v is not None
+                           for k, v in value.items()) else items
+    return None
+
+
+def deploy_meta(model: nn.Module, cfg: Config | None, **extra: Any) -> dict:
+    """The ``meta`` of a deployed checkpoint: arch, ``deploy=True``, config, versions."""
+    backbone = find_backbone(model)
+    meta = dict(arch=backbone.arch_name if backbone is not None else None,
+                arch_spec=dataclasses.asdict(backbone.arch) if backbone is not None else None,
+                deploy=True, mmrepvgg_version=__version__, torch_version=torch.__version__)
+    if cfg is not None:
+        meta.update(config=cfg.pretty_text, config_file=cfg.filename)
+    meta.update(extra)
+    return _plain(meta) or {}
+
+
+def convert_checkpoint(config: str | Config,
+                       checkpoint: str | os.PathLike,
+                       out: str | os.PathLike,
+                       source: str | None = None,
+                       verify: bool = True,
+                       force: bool = False,
+                       trust: bool = False,
+                       input_shape: tuple[int, int] | None = None,
+                       tolerance: float | None = DEFAULT_TOLERANCE,
+                       seed: int = 0) -> FoldReport:
+    """Training-time checkpoint -> deployed checkpoint for ``config``'s model.
+
+    Loads the checkpoint (any :data:`~mmrepvgg.deploy.keymaps.SOURCES` layout) strictly into
+    the config's model, folds it, optionally verifies the outputs on a random input of the
+    config's size, checks that the result loads strictly into the config's model built with
+    ``backbone.deploy=True``, and writes ``{'state_dict', 'meta'}`` atomically.
+
+    Args:
+        config: mmseg or mmpretrain config (path or Config).
+        checkpoint: Training-time checkpoint.
+        out: Destination file.
+        source: Checkpoint layout; None: detect it.
+        verify: Compare outputs before and after folding.
+        force: Overwrite ``out``.
+        trust: Allow full unpickling of the checkpoint.
+        input_shape: ``(H, W)`` of the verification input (default: from the config).
+        tolerance: Max relative output difference (None: report only).
+        seed: Seed of the verification input.
+
+    Returns:
+        The :class:`FoldReport`.
+    """
+    _refuse_existing(out, force)
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    model = build_model(cfg)
+    if count_blocks(model) == 0:
+        raise ValueError(f'The model of {cfg.filename} has no RepVGG blocks')
+    state, source, src_meta = load_mapped_state(checkpoint, source, trust)
+    if any('.branch_reparam.' in k for k in state):
+        raise CheckpointError(f'{checkpoint} is already deployed (it has branch_reparam '
+                              'weights); test it with model.backbone.deploy=True')
+    load_state_dict_strict(model, state, source=f'{checkpoint} ({source} layout)')
+    print_log(f'Loaded {len(state)} tensors from {checkpoint} ({source} layout)',
+              logger='current')
+    inputs = None
+    if verify:
+        h, w = input_shape or input_shape_from_config(cfg)
+        gen = torch.Generator().manual_seed(seed)
+        inputs = torch.randn(1, 3, h, w, generator=gen)
+    report = fold_and_verify(model, inputs, tolerance=tolerance)
+    print_log(report.summary(), logger='current')
+    folded_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    load_state_dict_strict(build_model(cfg, deploy=True), folded_state,
+                           source='the folded model')
+    meta = deploy_meta(model, cfg, source=source, source_checkpoint=str(checkpoint),
+                       max_abs_diff=report.max_abs, max_rel_diff=report.max_rel)
+    for key in ('dataset_meta', 'CLASSES', 'PALETTE'):
+        if _plain(src_meta.get(key)) is not None:
+            meta[key] = _plain(src_meta[key])
+    save_checkpoint_atomic({'state_dict': folded_state, 'meta': meta}, out, force=force)
+    print_log(f'Wrote deployed checkpoint {out}', logger='current')
+    return report
+
+
+def infer_arch(backbone_state: Mapping[str, Tensor]) -> str:
+    """The :data:`~mmrepvgg.models.ARCH_ZOO` name whose training-time backbone fits exactly.
+
+    Models are built on the ``meta`` device, so this costs no memory.
+
+    Raises:
+        CheckpointError: If no arch (or several) fits.
+    """
+    fits = []
+    for name in ARCH_ZOO:
+        with torch.device('meta'):
+            backbone = RepVGG(name, out_indices=(0, 1, 2, 3))
+        try:
+            check_state_dict(backbone, backbone_state)
+        except CheckpointError:
+            continue
+        fits.append(name)
+    if len(fits) != 1:
+        raise CheckpointError(
+            f'Cannot tell the arch from the weights ({"several fit: " + ", ".join(fits) if fits else "none of " + ", ".join(ARCH_ZOO) + " fits"}); '
+            'pass --arch')
+    return fits[0]
+
+
+def convert_backbone_weights(checkpoint: str | os.PathLike,
+                             out: str | os.PathLike,
+                             source: str | None = None,
+                             arch: str | dict | None = None,
+                             force: bool = False,
+                             trust: bool = False) -> dict:
+    """Other implementations' ImageNet weights -> mmrepvgg backbone weights (not folded).
+
+    The result holds ``backbone.*`` keys (the classifier head is dropped and listed), so a
+    segmentor loads it with ``init_cfg=dict(type='Pretrained', checkpoint=OUT,
+    prefix='backbone.')``. The backbone keys are checked strictly against ``arch``.
+
+    Args:
+        checkpoint: Training-time ImageNet weights (official, mmpretrain, timm or ours).
+        out: Destination file.
+        source: Layout; None: detect it.
+        arch: RepVGG arch (name or spec); None: infer it from the shapes.
+        force: Overwrite ``out``.
+        trust: Allow full unpickling of the checkpoint.
+
+    Returns:
+        The written ``meta``.
+    """
+    _refuse_existing(out, force)
+    state, source, _ = load_mapped_state(checkpoint, source, trust)
+    if any('.branch_reparam.' in k for k in state):
+        raise CheckpointError(f'{checkpoint} holds deployed (folded) weights; a backbone to '
+                              'fine-tune needs the training-time (multi-branch) ones')
+    backbone_state = {k[len('backbone.'):]: v for k, v in state.items()
+                      if k.startswith('backbone.')}
+    dropped = sorted(k for k in state if not k.startswith('backbone.'))
+    if not backbone_state:
+        raise CheckpointError(f'No backbone keys in {checkpoint} ({source} layout); keys look '
+                              f'like {sorted(state)[:4]}')
+    if dropped:
+        print_log(f'Dropping {len(dropped)} non-backbone tensors: {", ".join(dropped[:8])}'
+                  + (' ...' if len(dropped) > 8 else ''), logger='current')
+    if arch is None:
+        arch = infer_arch(backbone_state)
+        print_log(f'Weights fit RepVGG-{arch}', logger='current')
+    with torch.device('meta'):
+        backbone = RepVGG(arch, out_indices=(0, 1, 2, 3))
+    check_state_dict(backbone, backbone_state, source=f'{checkpoint} ({source} layout)')
+    meta = dict(arch=backbone.arch_name, arch_spec=dataclasses.asdict(backbone.arch),
+                deploy=False, source=source, source_checkpoint=str(checkpoint),
+                dropped_keys=dropped, mmrepvgg_version=__version__)
+    save_checkpoint_atomic(
+        {'state_dict': {f'backbone.{k}': v.detach().clone().contiguous()
+                        for k, v in backbone_state.items()},
+         'meta': _plain(meta)}, out, force=force)
+    print_log(f'Wrote {len(backbone_state)} backbone tensors (RepVGG-{backbone.arch_name}) to '
+              f'{out}', logger='current')
+    return meta

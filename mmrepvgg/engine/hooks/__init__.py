@@ -1,0 +1,3 @@
+from .deploy_hook import RepVGGDeployHook
+
+__all__ = ['RepVGGDeployHook']

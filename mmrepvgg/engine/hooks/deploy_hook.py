@@ -1,0 +1,171 @@
+"""``RepVGGDeployHook``: test the plain model, and write a deployed checkpoint after training."""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.dist import is_main_process
+from mmengine.hooks import EMAHook, Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from torch import nn
+
+from ...checkpoint import save_checkpoint_atomic
+from ...deploy.convert import (DEFAULT_TOLERANCE, FoldReport, _plain, count_blocks,
+                               deploy_meta, fold_and_verify)
+from ...models import reparameterize
+from ...registry import HOOKS, register_alias
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+def _first(batch: Any, n: int) -> Any:
+    """The first ``n`` samples of a collated batch (dict / list / tensor)."""
+    if isinstance(batch, dict):
+        return {k: _first(v, n) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple, torch.Tensor)):
+        return batch[:n]
+    return batch
+
+
+@HOOKS.register_module()
+class RepVGGDeployHook(Hook):
+    """Fold RepVGG blocks for testing; write a verified deployed checkpoint after training.
+
+    * ``before_test`` (after the checkpoint is loaded, before the test epoch): folds every
+      block of the model (and of an ``EMAHook``'s averaged copy, so its parameter swaps
+      stay consistent), so the plain model is the one evaluated and timed.
+    * ``after_train``: deep-copies the trained model (the EMA weights if an ``EMAHook`` is
+      present: they are what mmengine saves and evaluates), folds the copy, checks it
+      against the unfolded copy on the first ``num_samples`` samples of a val/test batch
+      (a random input if there is no such loader), logs the max abs/rel difference and
+      writes ``{'state_dict', 'meta'}`` to ``<last checkpoint stem>_deploy.pth`` beside the
+      last checkpoint (``<work_dir>/iter_N_deploy.pth`` / ``epoch_N_deploy.pth`` if there
+      is none). The live model is never folded during training or validation.
+
+    A model without RepVGG blocks is left alone with a warning.
+
+    Args:
+        fold_on_test: Fold before testing.
+        save_after_train: Write the deployed checkpoint after training.
+        num_samples: Samples of the verification batch.
+        tolerance: Max relative output difference allowed (None: only log it).
+        input_shape: ``(H, W)`` of the random input used without a val/test loader.
+        force: Overwrite an existing deployed checkpoint.
+    """
+
+    priority = 'LOW'  # after the checkpoint hook's saving in after_train
+
+    def __init__(self,
+                 fold_on_test: bool = True,
+                 save_after_train: bool = True,
+                 num_samples: int = 1,
+                 tolerance: float | None = DEFAULT_TOLERANCE,
+                 input_shape: tuple[int, int] = (224, 224),
+                 force: bool = True) -> None:
+        self.fold_on_test = fold_on_test
+        self.save_after_train = save_after_train
+        self.num_samples = num_samples
+        self.tolerance = tolerance
+        self.input_shape = tuple(input_shape)
+        self.force = force
+        self.deploy_checkpoint: Path | None = None
+        self.report: FoldReport | None = None
+
+    # ----------------------------------------------------------------- test time
+    def before_test(self, runner) -> None:
+        if not self.fold_on_test:
+            return
+        model = _unwrap(runner.model)
+        targets = [model] + [h.ema_model.module for h in self._ema_hooks(runner)]
+        if count_blocks(model) == 0:
+            print_log('RepVGGDeployHook: the model has no RepVGG blocks; nothing to fold',
+                      logger='current', level=logging.WARNING)
+            return
+        folded = count_blocks(model, deployed=False)
+        for target in targets:
+            reparameterize(target.eval())
+        print_log(f'RepVGGDeployHook: folded {folded} RepVGG blocks before testing'
+                  + (' (already deployed)' if folded == 0 else '')
+                  + (' (and the EMA copy)' if len(targets) > 1 else ''), logger='current')
+
+    # ----------------------------------------------------------------- after training
+    def after_train(self, runner) -> None:
+        if not self.save_after_train or not is_main_process():
+            return
+        source = self._trained_model(runner)
+        if count_blocks(source, deployed=False) == 0:
+            print_log('RepVGGDeployHook: the model has no unfolded RepVGG blocks; no deployed '
+                      'checkpoint written', logger='current', level=logging.WARNING)
+            return
+        model = copy.deepcopy(source).float()
+        inputs, data_samples = self._verification_batch(runner, model)
+        self.report = fold_and_verify(model, inputs, data_samples, tolerance=self.tolerance)
+        print_log(f'RepVGGDeployHook: {self.report.summary()}', logger='current')
+        path = self._deploy_path(runner)
+        meta = deploy_meta(model, runner.cfg, iter=runner.iter, epoch=runner.epoch,
+                           ema=bool(self._ema_hooks(runner)), max_abs_diff=self.report.max_abs,
+                           max_rel_diff=self.report.max_rel)
+        dataset_meta = getattr(model, 'dataset_meta', None)
+        if dataset_meta is None and runner.train_dataloader is not None:
+            dataset_meta = getattr(runner.train_dataloader.dataset, 'metainfo', None)
+        if _plain(dataset_meta):
+            meta['dataset_meta'] = _plain(dataset_meta)
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        save_checkpoint_atomic({'state_dict': state, 'meta': meta}, path, force=self.force)
+        self.deploy_checkpoint = path
+        print_log(f'RepVGGDeployHook: wrote deployed checkpoint {path}', logger='current')
+
+    # ----------------------------------------------------------------- helpers
+    @staticmethod
+    def _ema_hooks(runner) -> list[EMAHook]:
+        return [h for h in runner.hooks if isinstance(h, EMAHook) and hasattr(h, 'ema_model')]
+
+    def _trained_model(self, runner) -> nn.Module:
+        """The weights mmengine saves and evaluates: the EMA copy if there is one."""
+        ema = self._ema_hooks(runner)
+        return ema[0].ema_model.module if ema else _unwrap(runner.model)
+
+    def _verification_batch(self, runner, model: nn.Module) -> tuple[Any, Any]:
+        for name in ('val', 'test'):
+            loop = getattr(runner, f'_{name}_loop', None)
+            if loop is None:
+                continue
+            try:
+                dataloader = getattr(runner, f'{name}_loop').dataloader
+                batch = _first(next(iter(dataloader)), self.num_samples)
+            except Exception as err:  # noqa: BLE001  (fall back to a random input)
+                print_log(f'RepVGGDeployHook: no batch from the {name} loader ({err})',
+                          logger='current', level=logging.WARNING)
+                continue
+            with torch.no_grad():
+                data = model.data_preprocessor(batch, False)
+            inputs = data['inputs'] if isinstance(data, dict) else data[0]
+            samples = data.get('data_samples') if isinstance(data, dict) else None
+            return inputs.float(), samples
+        print_log('RepVGGDeployHook: no val/test loader; verifying on a random input of '
+                  f'size {self.input_shape}', logger='current', level=logging.WARNING)
+        device = next(model.parameters()).device
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(self.num_samples, 3, *self.input_shape, generator=gen).to(device), None
+
+    @staticmethod
+    def _deploy_path(runner) -> Path:
+        work_dir = Path(runner.work_dir)
+        last_file = work_dir / 'last_checkpoint'
+        if last_file.is_file():
+            last = Path(last_file.read_text().strip())
+            if last.name:
+                return last.with_name(f'{last.stem}_deploy.pth')
+        unit = f'iter_{runner.iter}' if runner.train_loop is not None and not getattr(
+            runner.train_loop, '_max_epochs', None) else f'epoch_{runner.epoch}'
+        return work_dir / f'{unit}_deploy.pth'
+
+
+register_alias('mmseg', 'HOOKS', RepVGGDeployHook)
+register_alias('mmpretrain', 'HOOKS', RepVGGDeployHook)

@@ -1,0 +1,51 @@
+"""Convert ImageNet RepVGG weights (official / mmpretrain / timm) to mmrepvgg backbone keys.
+
+The training-time (multi-branch) weights are renamed, not folded, so a segmentor can start
+from them through ``init_cfg=dict(type='Pretrained', checkpoint=OUT, prefix='backbone.')``.
+
+Examples::
+
+    python tools/convert_weights.py RepVGG-B2-train.pth checkpoints/repvgg-b2_in1k.pth \\
+        --source official
+    python tools/convert_weights.py timm_repvgg_b1g4.pth checkpoints/repvgg-b1g4_in1k.pth \\
+        --source timm --arch B1g4
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mmengine.logging import print_log
+
+import mmrepvgg  # noqa: F401
+from mmrepvgg.checkpoint import CheckpointError
+from mmrepvgg.deploy import SOURCES, convert_backbone_weights
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('checkpoint', help='ImageNet weights (training-time)')
+    parser.add_argument('out', help='backbone checkpoint to write')
+    parser.add_argument('--source', choices=SOURCES,
+                        help='checkpoint layout (default: detected from the keys)')
+    parser.add_argument('--arch', help='RepVGG arch, e.g. B2 (default: inferred from shapes)')
+    parser.add_argument('--force', action='store_true', help='overwrite OUT')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow full unpickling of a checkpoint that weights-only loading '
+                        'refuses (it can run code from the file): only for files you trust')
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        convert_backbone_weights(args.checkpoint, args.out, source=args.source, arch=args.arch,
+                                 force=args.force, trust=args.trust_checkpoint)
+    except (CheckpointError, FileExistsError, FileNotFoundError, KeyError, ValueError) as err:
+        print_log(f'convert_weights failed: {err}', logger='current', level=40)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
