@@ -105,8 +105,8 @@ def _history_buffer_getattr(obj: Any, name: str) -> Any:
     """A ``getattr`` that only fetches a ``HistoryBuffer``'s statistics methods.
 
     mmengine pickles ``HistoryBuffer._statistics_methods`` (the functions
-    ``HistoryBuffer.min``, ...) as ``builtins.getattr(HistoryBuffer, 'min')``. Allow-listing the real
-    ``getattr`` would let a checkpoint reach any attribute of any allowed object; this
+    ``HistoryBuffer.min``, ...) as ``builtins.getattr(HistoryBuffer, 'min')``. Allow-listing
+    the real ``getattr`` would let a checkpoint reach any attribute of any allowed object; this
     stand-in is registered under that name instead and refuses everything else.
     """
     from mmengine.logging import HistoryBuffer
@@ -267,7 +267,8 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str 
         for title, keys in (('missing', missing), ('unexpected', unexpected),
                             ('shape mismatch', shapes)):
             if keys:
-                shown = ', '.join(keys[:8]) + (f', ... ({len(keys)} in all)' if len(keys) > 8 else '')
+                more = f', ... ({len(keys)} in all)' if len(keys) > 8 else ''
+                shown = ', '.join(keys[:8]) + more
                 lines.append(f'  {title} ({len(keys)}): {shown}')
         raise CheckpointError('\n'.join(lines))
 

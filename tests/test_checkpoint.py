@@ -9,7 +9,7 @@ import pytest
 import torch
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint, load_from_local
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -88,6 +88,7 @@ def mmengine_ckpt(tmp_path_factory) -> Path:
 def test_mmengine_checkpoint_loads_weights_only_and_resumes(mmengine_ckpt, tmp_path,
                                                             pristine_loader):
     torch.serialization.clear_safe_globals()
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
     # The bug this works around: mmengine's own loader cannot read its own checkpoints.
     with pytest.raises(pickle.UnpicklingError):
         _load_checkpoint(str(mmengine_ckpt), map_location='cpu')

@@ -340,9 +340,9 @@ def infer_arch(backbone_state: Mapping[str, Tensor]) -> str:
             continue
         fits.append(name)
     if len(fits) != 1:
-        raise CheckpointError(
-            f'Cannot tell the arch from the weights ({"several fit: " + ", ".join(fits) if fits else "none of " + ", ".join(ARCH_ZOO) + " fits"}); '
-            'pass --arch')
+        found = (f'several fit: {", ".join(fits)}' if fits else
+                 f'none of {", ".join(ARCH_ZOO)} fits')
+        raise CheckpointError(f'Cannot tell the arch from the weights ({found}); pass --arch')
     return fits[0]
 
 
