@@ -199,11 +199,19 @@ def prepare_train_config(config: str | Config,
 
 
 def add_deploy_hook(cfg: Config) -> Config:
-    """Add ``RepVGGDeployHook`` to ``custom_hooks`` (once): the model is folded after the
-    checkpoint is loaded, so the test runs the deployed (plain) network."""
-    hooks = list(cfg.get('custom_hooks') or [])
-    if not any(str(h.get('type', '')).split('.')[-1] == 'RepVGGDeployHook' for h in hooks):
-        hooks.append(dict(type='RepVGGDeployHook'))
+    """Make ``RepVGGDeployHook`` fold the model before testing.
+
+    The hook folds after the checkpoint is loaded, so the test runs the deployed (plain)
+    network. Our configs list the hook with ``fold_on_test=False`` (it writes
+    ``*_deploy.pth`` after training); that entry is switched on, or one is added.
+    """
+    hooks = [dict(h) for h in (cfg.get('custom_hooks') or [])]
+    mine = [h for h in hooks if str(h.get('type', '')).split('.')[-1] == 'RepVGGDeployHook']
+    if mine:
+        for hook in mine:
+            hook['fold_on_test'] = True
+    else:
+        hooks.append(dict(type='RepVGGDeployHook', fold_on_test=True))
     cfg.custom_hooks = hooks
     return cfg
 

@@ -198,3 +198,16 @@ def test_missing_pretrained_file_is_a_clear_error():
         check_pretrained(load('pspnet_r101_cityscapes.py'))
     cfg.model.backbone.init_cfg = None
     check_pretrained(cfg)  # from scratch: nothing to check
+
+
+def test_deploy_hook_writes_after_training_and_folds_only_with_deploy(tmp_path):
+    from mmrepvgg.apis import prepare_test_config
+    ckpt = tmp_path / 'x.pth'
+    ckpt.write_bytes(b'0')
+    for name in ('pspnet_repvgg-b2_cityscapes.py', 'repvgg-a0_in1k.py'):
+        cfg = load(name)
+        (hook, ) = [h for h in cfg.custom_hooks if h.type == 'RepVGGDeployHook']
+        assert hook.fold_on_test is False
+        cfg = prepare_test_config(str(CONFIGS / name), str(ckpt), deploy=True)
+        (hook, ) = [h for h in cfg.custom_hooks if h.type == 'RepVGGDeployHook']
+        assert hook.fold_on_test is True
