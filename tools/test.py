@@ -9,12 +9,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
-
-from mmengine.config import DictAction
 
 import mmrepvgg  # noqa: F401  (registers the backbone and the deploy hook)
 from mmrepvgg.apis import prepare_test_config, test
+from mmrepvgg.apis.cli import add_runner_args, parse_runner_args
 from mmrepvgg.checkpoint import install_mmengine_loader
 
 
@@ -33,18 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         'the work dir when relative)')
     parser.add_argument('--show-interval', type=int, default=1,
                         help='draw every n-th test image (default: all)')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow full unpickling of a checkpoint that weights-only loading '
-                        'refuses; only for files you trust')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_runner_args(add_runner_args(parser), argv)
 
 
 def main(argv: list[str] | None = None) -> dict:

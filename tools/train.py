@@ -9,13 +9,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-from mmengine.config import DictAction
 
 import mmrepvgg  # noqa: F401  (registers the backbone and the deploy hook)
 from mmrepvgg.apis import PretrainedNotFoundError, prepare_train_config, train
+from mmrepvgg.apis.cli import add_runner_args, parse_runner_args
 from mmrepvgg.checkpoint import install_mmengine_loader
 
 
@@ -30,18 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='automatic mixed precision (the paper trains in fp32)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by (actual batch / base batch)')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow full unpickling of checkpoints that weights-only loading '
-                        'refuses (load_from, --resume); only for files you trust')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, key=value (e.g. model.backbone.init_cfg=None)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_runner_args(add_runner_args(parser), argv)
 
 
 def main(argv: list[str] | None = None) -> None:
