@@ -1,7 +1,8 @@
 # `make demo`: the real PSPNet RepVGG config (configs/pspnet_repvgg-b2_cityscapes.py) shrunk
-# to run in minutes on a CPU: a small RepVGG (the same blocks, 'full' dilation plan and
-# heads; RepVGG-A's layout with 1-2-4-1 layers and A0's widths), from scratch (no download), the tiny synthetic Cityscapes of
-# tools/make_tiny_cityscapes.py, 64x128 crops, a few hundred iterations.
+# to run in about a minute on a CPU: a small RepVGG (the same blocks, 'full' dilation plan
+# and heads; RepVGG-A's layout with 1-2-4-1 layers and A0's widths), from scratch (no
+# download), the tiny synthetic Cityscapes of tools/make_tiny_cityscapes.py, 64x128 crops,
+# 200 iterations.
 _base_ = '../pspnet_repvgg-b2_cityscapes.py'
 
 data_root = 'work_dirs/demo/tiny_cityscapes/'

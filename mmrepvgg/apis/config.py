@@ -153,7 +153,8 @@ def check_pretrained(cfg: Config) -> None:
         raise PretrainedNotFoundError(
             'Pretrained weights not found: ' + ', '.join(missing) + '.\n'
             '  RepVGG: convert ImageNet weights (official, mmpretrain or timm) into '
-            'checkpoints/ with tools/convert_weights.py, or train one with configs/repvgg-*_in1k.py '
+            'checkpoints/ with tools/convert_weights.py, or train one with '
+            'configs/repvgg-*_in1k.py '
             '(docs/training.md, "Pretrained weights").\n'
             '  ResNet baselines: save open-mmlab://resnet50_v1c / resnet101_v1c as '
             'checkpoints/resnet50_v1c.pth / resnet101_v1c.pth.\n'

@@ -52,7 +52,8 @@ def prepare_cityscapes(root: str | os.PathLike, gt_dir: str = 'gtFine', nproc: i
         FileNotFoundError: If ``root/gt_dir`` has no polygon files.
     """
     gt_root = Path(root) / gt_dir
-    polys = sorted(str(p) for p in gt_root.rglob('*_gtFine_polygons.json')) if gt_root.is_dir() else []
+    polys = sorted(str(p) for p in gt_root.rglob('*_gtFine_polygons.json')) \
+        if gt_root.is_dir() else []
     if not polys:
         raise FileNotFoundError(
             f'No *_gtFine_polygons.json under {gt_root}. Download gtFine_trainvaltest.zip and '

@@ -22,7 +22,8 @@ def env() -> dict:
 def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True,
                           timeout=timeout)
-    assert proc.returncode == 0, f'{" ".join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
+    assert proc.returncode == 0, (
+        f'{" ".join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
     return proc
 
 
