@@ -43,6 +43,35 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+DEMO_MARKER = '.mmrepvgg-demo'
+
+
+def fresh_work_dir(work_dir: str | Path) -> Path:
+    """Empty the demo's work dir, refusing to delete anything a demo did not make.
+
+    A folder is cleared only if it holds the marker file a previous demo run left; an
+    existing, non-empty folder without it is an error, so ``--work-dir`` never wipes data.
+
+    Args:
+        work_dir: The demo's output folder.
+
+    Returns:
+        The (now empty, marked) folder.
+
+    Raises:
+        FileExistsError: If the folder exists, is not empty and was not made by a demo.
+    """
+    work_dir = Path(work_dir)
+    if work_dir.exists() and any(work_dir.iterdir()):
+        if not (work_dir / DEMO_MARKER).is_file():
+            raise FileExistsError(f'{work_dir} exists and was not made by a demo; choose '
+                                  'another --work-dir or remove it yourself')
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / DEMO_MARKER).touch()
+    return work_dir
+
+
 @dataclass
 class DemoResult:
     """What a demo measured."""
@@ -144,9 +173,7 @@ def run_seg_demo(work_dir: str | Path = 'work_dirs/demo',
     from ..datasets import make_tiny_cityscapes, prepare_cityscapes
     t0 = time.time()
     nthreads = set_threads(threads)
-    work_dir = Path(work_dir)
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
+    work_dir = fresh_work_dir(work_dir)
     data_root = work_dir / 'tiny_cityscapes'
     result = DemoResult(work_dir=str(work_dir), metric='mIoU')
     install_mmengine_loader()
@@ -218,9 +245,7 @@ def run_cls_demo(work_dir: str | Path = 'work_dirs/demo_cls',
     from ..datasets import make_digits_folder
     t0 = time.time()
     nthreads = set_threads(threads)
-    work_dir = Path(work_dir)
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
+    work_dir = fresh_work_dir(work_dir)
     data_root = work_dir / 'digits'
     result = DemoResult(work_dir=str(work_dir), metric='top-1')
     install_mmengine_loader()
