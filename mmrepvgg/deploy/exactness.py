@@ -1,4 +1,4 @@
-"""How exact is re-parameterization? Fold errors per arch and dilation plan.
+"""How exact is re-parameterization? Fold errors per arch, dilation plan and block type.
 
 ``tools/check_exactness.py`` prints these for every variant; the figures in the README come
 from it.
@@ -62,7 +62,7 @@ def _max_rel(reference, outputs) -> float:
 
 
 def fold_errors(arch: ArchLike, plan: PlanLike = None, shape: tuple[int, int] = (40, 48),
-                seed: int = 0) -> FoldErrors:
+                seed: int = 0, block: str = 'RepVGGBlock') -> FoldErrors:
     """Fold a RepVGG backbone with randomized BNs and measure the output differences.
 
     Args:
@@ -70,12 +70,15 @@ def fold_errors(arch: ArchLike, plan: PlanLike = None, shape: tuple[int, int] = 
         plan: Dilation plan.
         shape: Input height and width (batch 2).
         seed: Seed of the weights, BN values and input.
+        block: Block type (``'RepVGGBlock'`` or ``'QARepVGGBlock'``).
 
     Returns:
         The relative errors of all four stage outputs, worst stage.
     """
     torch.manual_seed(seed)
-    model = randomize_bn_(RepVGG(arch, out_indices=(0, 1, 2, 3), dilation_plan=plan), seed + 1)
+    model = RepVGG(arch, out_indices=(0, 1, 2, 3), dilation_plan=plan,
+                   block_cfg=dict(type=block))
+    model = randomize_bn_(model, seed + 1)
     model.eval()
     x = torch.randn(2, 3, *shape)
     with torch.no_grad():

@@ -12,12 +12,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..checkpoint import extract_state_dict, load_checkpoint_file, load_state_dict_strict
 from ..registry import MODELS, register_alias
 from .arch import ArchLike, PlanLike, arch_name, get_arch, layer_specs, resolve_dilation_plan
-from .block import RepVGGBlock, reparameterize
+from .block import RepBlockBase, build_block, reparameterize
 
 
 @MODELS.register_module()
 class RepVGG(BaseModule):
-    """RepVGG backbone: a stem and four stages of :class:`RepVGGBlock`.
+    """RepVGG backbone: a stem and four stages of :class:`RepVGGBlock` (or QARepVGG blocks).
 
     Paper stage 1 is ``stem``; paper stages 2-5 are ``stage_1`` .. ``stage_4`` and
     ``out_indices`` 0-3 (as mmseg's and mmpretrain's ResNet count). The first layer of each
@@ -34,6 +34,9 @@ class RepVGG(BaseModule):
         frozen_stages: Freeze the stem (0) and the first ``frozen_stages`` stages; -1: none.
         norm_cfg: BN config (``dict(type='SyncBN')`` for multi-GPU segmentation).
         act_cfg: Activation config.
+        block_cfg: The block type of every layer: ``dict(type='RepVGGBlock')`` (the paper's)
+            or ``dict(type='QARepVGGBlock')`` (QARepVGG, quantization-friendly; folds to the
+            same plain model). Extra keys are passed to the block.
         norm_eval: Keep the BN layers in eval mode while training (frozen statistics).
         with_cp: Gradient checkpointing in every block.
         deploy: Build the plain (re-parameterized) model directly.
@@ -59,6 +62,7 @@ class RepVGG(BaseModule):
                  frozen_stages: int = -1,
                  norm_cfg: dict = dict(type='BN', requires_grad=True),
                  act_cfg: dict = dict(type='ReLU'),
+                 block_cfg: dict | None = dict(type='RepVGGBlock'),
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  deploy: bool = False,
@@ -88,12 +92,15 @@ class RepVGG(BaseModule):
         self.norm_eval = norm_eval
 
         def block(spec):
-            return RepVGGBlock(spec.in_channels, spec.out_channels, spec.stride, spec.dilation,
-                               spec.groups, use_se=self.arch.use_se, norm_cfg=norm_cfg,
-                               act_cfg=act_cfg, deploy=deploy, with_cp=with_cp)
+            return build_block(block_cfg, in_channels=spec.in_channels,
+                               out_channels=spec.out_channels, stride=spec.stride,
+                               dilation=spec.dilation, groups=spec.groups,
+                               use_se=self.arch.use_se, norm_cfg=norm_cfg, act_cfg=act_cfg,
+                               deploy=deploy, with_cp=with_cp)
 
         stem, *stages = layer_specs(self.arch, dilation_plan, in_channels)
         self.stem = block(stem[0])
+        self.block_type = type(self.stem).__name__
         self.stage_names = []
         for i, stage in enumerate(stages):
             name = f'stage_{i + 1}'
@@ -105,7 +112,7 @@ class RepVGG(BaseModule):
     @property
     def deploy(self) -> bool:
         """Whether every block is folded."""
-        return all(m.deploy for m in self.modules() if isinstance(m, RepVGGBlock))
+        return all(m.deploy for m in self.modules() if isinstance(m, RepBlockBase))
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         x = self.stem(x)

@@ -1,4 +1,4 @@
-"""The RepVGG block (paper Sect. 3.2-3.3) and model-wide re-parameterization."""
+"""The RepVGG and QARepVGG blocks (paper Sect. 3.2-3.3) and model-wide re-parameterization."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -60,15 +60,22 @@ class SEModule(nn.Module):
         return x * w
 
 
-@MODELS.register_module()
-class RepVGGBlock(BaseModule):
-    """RepVGG block: ``act(bn(conv3x3(x)) + bn(conv1x1(x)) + bn(x))``, or one 3x3 conv.
+class RepBlockBase(BaseModule):
+    """What every re-parameterizable block shares: arguments, forward, folding, deploy form.
 
-    The identity branch (a BN) exists only when input and output channels match and the
-    stride is 1. The 1x1 branch has the same stride and groups as the 3x3 one and padding 0;
-    with dilation ``d`` the 3x3 conv pads by ``d`` so the 1x1 kernel stays on its centre tap.
-    :meth:`switch_to_deploy` folds the branches into ``branch_reparam``, a single 3x3 conv with
-    bias (Sect. 3.3).
+    A block is ``act(se(body(x)))`` during training, where ``body`` is the multi-branch
+    sum that a subclass defines, and ``act(se(branch_reparam(x)))`` once folded:
+    ``branch_reparam`` is one 3x3 conv with bias (keys ``branch_reparam.{weight,bias}``),
+    the same for every block type, so deployed checkpoints of the same arch are
+    interchangeable. A subclass builds its branches (:meth:`_build_branches`), sums them
+    (:meth:`_body`), lists its BNs (:meth:`_norms`) and says how they fold
+    (:meth:`_fuse`, which must go through :func:`mmrepvgg.models.fusion.fuse_branches`);
+    :meth:`switch_to_deploy`, :meth:`equivalent_kernel_bias`, :meth:`norms` and the
+    training-mode refusal are shared.
+
+    The 1x1 branch has the same stride and groups as the 3x3 one and padding 0; with
+    dilation ``d`` the 3x3 conv pads by ``d`` so the 1x1 kernel stays on its centre tap. The
+    identity branch exists only when input and output channels match and the stride is 1.
 
     Args:
         in_channels: Input channels.
@@ -84,6 +91,11 @@ class RepVGGBlock(BaseModule):
         init_cfg: mmengine init config.
     """
 
+    #: The training-time submodules that folding replaces by ``branch_reparam``.
+    _branch_names: tuple[str, ...] = ()
+    #: Why the block refuses ``use_se`` (None: it takes SE and still folds exactly).
+    no_se_reason: str | None = None
+
     def __init__(self,
                  in_channels: int,
                  out_channels: int,
@@ -97,6 +109,9 @@ class RepVGGBlock(BaseModule):
                  with_cp: bool = False,
                  init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg)
+        if use_se and self.no_se_reason:
+            raise ValueError(f'{type(self).__name__} does not support use_se (arch D2se): '
+                             f'{self.no_se_reason}; use RepVGGBlock for D2se')
         for name, value in (('stride', stride), ('dilation', dilation), ('groups', groups)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be a positive int, got {value!r}')
@@ -111,22 +126,37 @@ class RepVGGBlock(BaseModule):
             self.branch_reparam = nn.Conv2d(in_channels, out_channels, 3, stride, dilation,
                                             dilation, groups, bias=True)
         else:
-            self.branch_3x3 = _conv_norm(in_channels, out_channels, 3, stride, dilation,
-                                         dilation, groups, norm_cfg)
-            self.branch_1x1 = _conv_norm(in_channels, out_channels, 1, stride, 0, 1, groups,
-                                         norm_cfg)
-            self.branch_norm = (build_norm_layer(norm_cfg, in_channels)[1]
-                                if in_channels == out_channels and stride == 1 else None)
+            self._build_branches(norm_cfg)
         self.se = SEModule(out_channels) if use_se else None
         self.act = _build_act(act_cfg)
 
+    @property
+    def has_identity(self) -> bool:
+        """Whether the training-time block has an identity branch (in == out, stride 1)."""
+        return self.in_channels == self.out_channels and self.stride == 1
+
+    # ------------------------------------------------------------ what a block type defines
+
+    def _build_branches(self, norm_cfg: dict) -> None:
+        """Create the training-time submodules named in :attr:`_branch_names`."""
+        raise NotImplementedError
+
+    def _body(self, x: Tensor) -> Tensor:
+        """The training-time multi-branch output, before SE and the activation."""
+        raise NotImplementedError
+
+    def _norms(self) -> list[nn.Module]:
+        """The training-time BN layers that folding consumes."""
+        raise NotImplementedError
+
+    def _fuse(self) -> tuple[Tensor, Tensor]:
+        """The folded 3x3 kernel and bias (:func:`~mmrepvgg.models.fusion.fuse_branches`)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------- shared
+
     def _branches(self, x: Tensor) -> Tensor:
-        if self.deploy:
-            out = self.branch_reparam(x)
-        else:
-            out = self.branch_3x3(x) + self.branch_1x1(x)
-            if self.branch_norm is not None:
-                out = out + self.branch_norm(x)
+        out = self.branch_reparam(x) if self.deploy else self._body(x)
         return self.se(out) if self.se is not None else out
 
     def forward(self, x: Tensor) -> Tensor:
@@ -138,10 +168,7 @@ class RepVGGBlock(BaseModule):
 
     def norms(self) -> list[nn.Module]:
         """The BN layers that folding would consume (empty once deployed)."""
-        if self.deploy:
-            return []
-        norms = [self.branch_3x3.norm, self.branch_1x1.norm]
-        return norms + ([self.branch_norm] if self.branch_norm is not None else [])
+        return [] if self.deploy else self._norms()
 
     def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
         """The 3x3 kernel and bias of the equivalent plain conv; the block is not changed.
@@ -151,9 +178,7 @@ class RepVGGBlock(BaseModule):
         if self.deploy:
             return self.branch_reparam.weight.detach(), self.branch_reparam.bias.detach()
         with torch.no_grad():
-            return fuse_branches((self.branch_3x3.conv.weight, self.branch_3x3.norm),
-                                 (self.branch_1x1.conv.weight, self.branch_1x1.norm),
-                                 self.branch_norm, self.groups)
+            return self._fuse()
 
     def switch_to_deploy(self) -> None:
         """Fold the branches into one 3x3 conv in place (idempotent).
@@ -165,9 +190,10 @@ class RepVGGBlock(BaseModule):
             return
         if any(norm.training for norm in self.norms()):
             raise RuntimeError(
-                'RepVGGBlock.switch_to_deploy() folds the BN running statistics, but a BN of '
-                'this block is in training mode, where it normalizes with batch statistics: '
-                'the folded block would not give the same outputs. Call model.eval() first.')
+                f'{type(self).__name__}.switch_to_deploy() folds the BN running statistics, '
+                'but a BN of this block is in training mode, where it normalizes with batch '
+                'statistics: the folded block would not give the same outputs. Call '
+                'model.eval() first.')
         kernel, bias = self.equivalent_kernel_bias()
         conv3 = self.branch_3x3.conv
         with torch.device('meta'):  # no random init of weights that are replaced at once
@@ -177,13 +203,124 @@ class RepVGGBlock(BaseModule):
         reparam.weight = nn.Parameter(kernel.detach(), requires_grad=requires_grad)
         reparam.bias = nn.Parameter(bias.detach(), requires_grad=requires_grad)
         reparam.train(self.training)
-        del self.branch_3x3, self.branch_1x1, self.branch_norm
+        for name in self._branch_names:
+            delattr(self, name)
         self.branch_reparam = reparam
         self.deploy = True
 
 
+@MODELS.register_module()
+class RepVGGBlock(RepBlockBase):
+    """RepVGG block: ``act(bn(conv3x3(x)) + bn(conv1x1(x)) + bn(x))``, or one 3x3 conv.
+
+    Branches: ``branch_3x3`` (conv + BN), ``branch_1x1`` (conv + BN) and ``branch_norm``
+    (the identity branch, a BN; None without identity). :meth:`switch_to_deploy` folds them
+    into ``branch_reparam``, a single 3x3 conv with bias (Sect. 3.3). Arguments and the
+    shared behaviour: :class:`RepBlockBase`.
+    """
+
+    _branch_names = ('branch_3x3', 'branch_1x1', 'branch_norm')
+
+    def _build_branches(self, norm_cfg: dict) -> None:
+        args = (self.in_channels, self.out_channels)
+        self.branch_3x3 = _conv_norm(*args, 3, self.stride, self.dilation, self.dilation,
+                                     self.groups, norm_cfg)
+        self.branch_1x1 = _conv_norm(*args, 1, self.stride, 0, 1, self.groups, norm_cfg)
+        self.branch_norm = (build_norm_layer(norm_cfg, self.in_channels)[1]
+                            if self.has_identity else None)
+
+    def _body(self, x: Tensor) -> Tensor:
+        out = self.branch_3x3(x) + self.branch_1x1(x)
+        if self.branch_norm is not None:
+            out = out + self.branch_norm(x)
+        return out
+
+    def _norms(self) -> list[nn.Module]:
+        norms = [self.branch_3x3.norm, self.branch_1x1.norm]
+        return norms + ([self.branch_norm] if self.branch_norm is not None else [])
+
+    def _fuse(self) -> tuple[Tensor, Tensor]:
+        return fuse_branches((self.branch_3x3.conv.weight, self.branch_3x3.norm),
+                             (self.branch_1x1.conv.weight, self.branch_1x1.norm),
+                             self.branch_norm, self.groups)
+
+
+@MODELS.register_module()
+class QARepVGGBlock(RepBlockBase):
+    """Quantization-friendly RepVGG block: ``act(post_norm(bn(conv3x3(x)) + conv1x1(x) + x))``.
+
+    QARepVGG (Chu et al. 2022, "Make RepVGG Greater Again: A Quantization-aware Approach";
+    the default ``QARepVGGBlockV2`` of its code): the 1x1 branch is a bare conv and the
+    identity branch the bare input (both without BN), and one BN (``post_norm``) follows the
+    sum. Keys: ``branch_3x3.{conv,norm}``, ``branch_1x1.weight``, ``post_norm``. It folds
+    exactly, as :class:`RepVGGBlock` does, into ``branch_reparam`` (one 3x3 conv with bias),
+    so the deployed model is the plain RepVGG with the same parameter count. A stride-1 block
+    with identity holds 2 BNs (RepVGG's: 3).
+
+    Squeeze-and-excitation (``use_se``, arch D2se) is refused: QARepVGG puts the post BN
+    after SE, and SE's per-sample channel gate does not commute with the BN's shift, so
+    ``post_norm(se(.))`` cannot be folded into the conv before SE.
+    """
+
+    _branch_names = ('branch_3x3', 'branch_1x1', 'post_norm')
+
+    no_se_reason = 'its post BN comes after SE and does not fold into the conv before SE'
+
+    def _build_branches(self, norm_cfg: dict) -> None:
+        args = (self.in_channels, self.out_channels)
+        self.branch_3x3 = _conv_norm(*args, 3, self.stride, self.dilation, self.dilation,
+                                     self.groups, norm_cfg)
+        self.branch_1x1 = nn.Conv2d(*args, 1, self.stride, 0, 1, self.groups, bias=False)
+        self.post_norm = build_norm_layer(norm_cfg, self.out_channels)[1]
+
+    def _body(self, x: Tensor) -> Tensor:
+        out = self.branch_3x3(x) + self.branch_1x1(x)
+        if self.has_identity:
+            out = out + x
+        return self.post_norm(out)
+
+    def _norms(self) -> list[nn.Module]:
+        return [self.branch_3x3.norm, self.post_norm]
+
+    def _fuse(self) -> tuple[Tensor, Tensor]:
+        return fuse_branches((self.branch_3x3.conv.weight, self.branch_3x3.norm),
+                             (self.branch_1x1.weight, None), self.has_identity, self.groups,
+                             post_norm=self.post_norm)
+
+
+#: The block types ``RepVGG(block_cfg=...)`` accepts, by registered name.
+BLOCK_TYPES = ('RepVGGBlock', 'QARepVGGBlock')
+
+
+def build_block(block_cfg: dict | None, **kwargs) -> RepBlockBase:
+    """Build a block from ``block_cfg`` (its ``type`` and extra options) and ``kwargs``.
+
+    The type is looked up in mmrepvgg's own MODELS registry whatever the default scope, so
+    ``'QARepVGGBlock'`` works in mmseg and mmpretrain configs alike.
+
+    Args:
+        block_cfg: ``dict(type='RepVGGBlock' | 'QARepVGGBlock' | a block class, ...)``;
+            None: ``RepVGGBlock``.
+        kwargs: The layer's arguments (channels, stride, ...), which ``block_cfg`` may not set.
+
+    Returns:
+        The block.
+    """
+    cfg = dict(block_cfg or {})
+    block_type = cfg.pop('type', 'RepVGGBlock')
+    cls = block_type if isinstance(block_type, type) else MODELS.get(block_type)
+    if not (isinstance(cls, type) and issubclass(cls, RepBlockBase)):
+        raise ValueError(f'block_cfg type {block_type!r} is not a RepVGG block type; '
+                         f'use one of {", ".join(BLOCK_TYPES)}')
+    clash = sorted(set(cfg) & set(kwargs))
+    if clash:
+        raise ValueError(f'block_cfg may not set {clash}: the backbone sets them per layer '
+                         '(give norm_cfg, act_cfg, with_cp and deploy to RepVGG itself)')
+    return cls(**kwargs, **cfg)
+
+
 def reparameterize(model: nn.Module, verbose: bool = False) -> nn.Module:
-    """Fold every :class:`RepVGGBlock` inside ``model`` in place and return ``model``.
+    """Fold every RepVGG block (any :class:`RepBlockBase`) in ``model`` in place; return it.
 
     Works on any module holding blocks: a block, a backbone, a classifier, a segmentor.
     It is idempotent and keeps each block's dtype and device. It checks every block before
@@ -199,9 +336,9 @@ def reparameterize(model: nn.Module, verbose: bool = False) -> nn.Module:
     Raises:
         RuntimeError: If a BN of a block to fold is in training mode (call ``model.eval()``).
     """
-    blocks = [m for m in model.modules() if isinstance(m, RepVGGBlock) and not m.deploy]
+    blocks = [m for m in model.modules() if isinstance(m, RepBlockBase) and not m.deploy]
     training = [name for name, m in model.named_modules()
-                if isinstance(m, RepVGGBlock) and any(n.training for n in m.norms())]
+                if isinstance(m, RepBlockBase) and any(n.training for n in m.norms())]
     if training:
         raise RuntimeError(
             f'reparameterize() uses the BN running statistics, but {len(training)} block(s) '

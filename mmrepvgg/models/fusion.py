@@ -1,7 +1,9 @@
 """Structural re-parameterization math (paper Sect. 3.3, Eq. 1-4).
 
-The one implementation of the fusion used by the block, the deploy hook, the converter and
-the tests. Everything here is pure: it computes kernels and biases and changes no module.
+The one implementation of the fusion used by both block types (:class:`RepVGGBlock` and
+:class:`QARepVGGBlock`, whose extra BN after the branch sum folds here too), the deploy
+hook, the converter and the tests. Everything here is pure: it computes kernels and biases
+and changes no module.
 
 BN statistics: folding uses each BN's *running* mean and variance, i.e. the inference-time
 BN of Eq. 2. A BN in training mode normalizes with batch statistics instead, so a fused
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def bn_scale_shift(norm: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+def bn_scale_shift(norm: _BatchNorm) -> tuple[Tensor, Tensor]:
     """The per-channel affine map of an inference-time BN (Eq. 2), in float64.
 
     Args:
@@ -38,7 +41,7 @@ def bn_scale_shift(norm: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tenso
     return scale, beta - mean * scale
 
 
-def fuse_conv_bn(kernel: Tensor, norm: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+def fuse_conv_bn(kernel: Tensor, norm: _BatchNorm) -> tuple[Tensor, Tensor]:
     """Fold a BN into the bias-free conv kernel before it (Eq. 3).
 
     Args:
@@ -95,14 +98,22 @@ def pad_to_3x3(kernel: Tensor) -> Tensor:
 _SLICE_ELEMENTS = 2**17
 
 
-def fuse_branches(conv3x3: tuple[Tensor, nn.modules.batchnorm._BatchNorm],
-                  conv1x1: tuple[Tensor, nn.modules.batchnorm._BatchNorm] | None,
-                  identity: nn.modules.batchnorm._BatchNorm | None,
-                  groups: int) -> tuple[Tensor, Tensor]:
-    """The single 3x3 kernel and bias equal to the sum of a block's branches (Eq. 1).
+def fuse_branches(conv3x3: tuple[Tensor, _BatchNorm],
+                  conv1x1: tuple[Tensor, _BatchNorm | None] | None,
+                  identity: _BatchNorm | bool | None,
+                  groups: int,
+                  post_norm: _BatchNorm | None = None) -> tuple[Tensor, Tensor]:
+    """The single 3x3 kernel and bias equal to a block's branches (Eq. 1), for both blocks.
+
+    RepVGG (Eq. 1-4): ``bn3(conv3(x)) + bn1(conv1(x)) + bn0(x)``. QARepVGG (Chu et al. 2022,
+    its ``QARepVGGBlockV2``): ``post_norm(bn3(conv3(x)) + conv1(x) + x)``, a 1x1 branch and an
+    identity without BN and one BN on the sum. Both are affine in ``x``, so both fold into
+    one 3x3 conv with bias: the branches are summed as below, then a post BN with
+    ``post(y) = y * s + t`` scales that kernel by ``s`` and maps its bias ``b`` to
+    ``b * s + t`` (the same as shifting the BN's running mean by ``-b``).
 
     The padded 1x1 kernel (:func:`pad_to_3x3`) and the identity kernel
-    (:func:`identity_kernel`) are zero except at the centre tap, so their BN-scaled values
+    (:func:`identity_kernel`) are zero except at the centre tap, so their (BN-scaled) values
     are added to the centre tap of the scaled 3x3 kernel directly: the same float64 sums as
     adding the padded kernels, without materializing them. Each output channel's fused
     kernel depends only on that channel's weights and statistics, so the work is done in
@@ -111,9 +122,12 @@ def fuse_branches(conv3x3: tuple[Tensor, nn.modules.batchnorm._BatchNorm],
 
     Args:
         conv3x3: Kernel and BN of the 3x3 branch.
-        conv1x1: Kernel and BN of the 1x1 branch, or None.
-        identity: BN of the identity branch, or None.
+        conv1x1: Kernel of the 1x1 branch and its BN (None: a bare conv), or None for no
+            1x1 branch.
+        identity: The identity branch: its BN, ``True`` for the bare input (no BN), or
+            None/``False`` for none.
         groups: Groups of both conv branches.
+        post_norm: A BN applied to the sum of the branches, or None.
 
     Returns:
         ``(kernel, bias)`` in the dtype of the 3x3 kernel.
@@ -127,19 +141,31 @@ def fuse_branches(conv3x3: tuple[Tensor, nn.modules.batchnorm._BatchNorm],
         k1, norm1 = conv1x1
         if k1.shape[-2:] != (1, 1):
             raise ValueError(f'expected a 1x1 kernel, got {tuple(k1.shape)}')
-        scale1, shift1 = bn_scale_shift(norm1)
-        centre += k1[:, :, 0, 0] * scale1.reshape(-1, 1)
-        bias = bias + shift1
-    if identity is not None:
-        scale0, shift0 = bn_scale_shift(identity)
+        if norm1 is None:
+            centre += k1[:, :, 0, 0]
+        else:
+            scale1, shift1 = bn_scale_shift(norm1)
+            centre += k1[:, :, 0, 0] * scale1.reshape(-1, 1)
+            bias = bias + shift1
+    if identity is not None and identity is not False:
         idx = torch.arange(kernel3.shape[0], device=kernel3.device)
-        centre[idx, idx % kernel3.shape[1]] += scale0  # identity_kernel's ones, scaled
-        bias = bias + shift0
+        if identity is True:
+            centre[idx, idx % kernel3.shape[1]] += 1  # identity_kernel's ones
+        else:
+            scale0, shift0 = bn_scale_shift(identity)
+            centre[idx, idx % kernel3.shape[1]] += scale0  # identity_kernel's ones, scaled
+            bias = bias + shift0
+    post_scale = None
+    if post_norm is not None:
+        post_scale, post_shift = bn_scale_shift(post_norm)
+        bias = bias * post_scale + post_shift
     fused = torch.empty_like(kernel3)
     step = max(1, _SLICE_ELEMENTS // kernel3[0].numel())
     for start in range(0, kernel3.shape[0], step):
         rows = slice(start, start + step)
         kernel = torch.mul(kernel3[rows], scale[rows].reshape(-1, 1, 1, 1))  # float64
         kernel[:, :, 1, 1] += centre[rows]
+        if post_scale is not None:
+            kernel *= post_scale[rows].reshape(-1, 1, 1, 1)
         fused[rows] = kernel  # rounded once to the kernel's dtype
     return fused, bias.to(kernel3.dtype)

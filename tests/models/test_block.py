@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmrepvgg import RepVGGBlock, reparameterize
+from mmrepvgg import QARepVGGBlock, RepVGGBlock, reparameterize
 from tests.helpers import randomize_bn_, rel_err
 
 
@@ -106,3 +106,91 @@ def test_deployed_conv_keeps_frozen_weights_frozen():
     block.switch_to_deploy()
     assert not any(p.requires_grad for p in block.parameters())
     assert all(p.device.type == 'cpu' for p in block.parameters())  # not left on 'meta'
+
+
+# ------------------------------------------------------------------------------ QARepVGG
+
+BLOCK_CASES = [
+    (8, 8, 1, 1, 1),   # identity branch
+    (8, 16, 2, 1, 1),  # no identity branch
+    (8, 8, 1, 4, 4),   # dilated, grouped, identity
+    (8, 16, 1, 2, 2),  # dilated, grouped, no identity
+    (16, 16, 2, 1, 4), # strided, grouped
+    (8, 8, 1, 3, 8),   # depthwise, dilated
+]
+
+
+@pytest.mark.parametrize('in_ch,out_ch,stride,dilation,groups', BLOCK_CASES)
+def test_qa_block_folds_exactly(in_ch, out_ch, stride, dilation, groups):
+    torch.manual_seed(0)
+    block = randomize_bn_(QARepVGGBlock(in_ch, out_ch, stride, dilation, groups)).eval()
+    assert block.has_identity == (in_ch == out_ch and stride == 1)
+    x = torch.randn(2, in_ch, 13, 11)
+    expected = block(x)
+    block64 = copy.deepcopy(block).double()
+    expected64 = block64(x.double())
+    kernel, bias = block.equivalent_kernel_bias()
+    assert not block.deploy
+    reparameterize(block)
+    reparameterize(block64)
+    assert block.deploy and not hasattr(block, 'post_norm') and not hasattr(block, 'branch_1x1')
+    assert block.branch_reparam.dilation == block.branch_reparam.padding == (dilation, dilation)
+    assert block.branch_reparam.groups == groups and block.branch_reparam.stride == (stride, ) * 2
+    torch.testing.assert_close(block.branch_reparam.weight, kernel)
+    torch.testing.assert_close(block.branch_reparam.bias, bias)
+    assert rel_err(block64(x.double()), expected64) <= 1e-12
+    assert rel_err(block(x), expected) <= 1e-5
+
+
+def test_qa_block_layout_and_keys():
+    block = QARepVGGBlock(8, 8)
+    bns = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) == 2  # the 3x3 branch's and the post BN (RepVGG: 3)
+    assert len([m for m in RepVGGBlock(8, 8).modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)]) == 3
+    assert block.norms() == [block.branch_3x3.norm, block.post_norm]
+    keys = set(block.state_dict())
+    assert 'branch_1x1.weight' in keys and 'post_norm.running_var' in keys
+    assert not any(k.startswith(('branch_norm', 'branch_1x1.norm', 'branch_1x1.conv'))
+                   for k in keys)
+    assert len([m for m in QARepVGGBlock(8, 16, stride=2).modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)]) == 2
+
+
+def test_qa_block_deploys_as_the_repvgg_block():
+    qa = reparameterize(randomize_bn_(QARepVGGBlock(8, 8, dilation=2, groups=2)).eval())
+    plain = RepVGGBlock(8, 8, dilation=2, groups=2, deploy=True)
+    plain.load_state_dict(qa.state_dict(), strict=True)
+    assert set(qa.state_dict()) == {'branch_reparam.weight', 'branch_reparam.bias'}
+    assert set(QARepVGGBlock(4, 4, deploy=True).state_dict()) == set(plain.state_dict())
+
+
+def test_qa_training_mode_is_refused_and_model_untouched():
+    model = nn.Sequential(QARepVGGBlock(4, 4), RepVGGBlock(4, 4), QARepVGGBlock(4, 4))
+    model.eval()
+    model[2].post_norm.train()  # only the post BN trains: still refused
+    with pytest.raises(RuntimeError, match='eval'):
+        reparameterize(model)
+    assert not any(b.deploy for b in model)
+    with pytest.raises(RuntimeError, match='QARepVGGBlock.switch_to_deploy'):
+        model[2].switch_to_deploy()
+    model.eval()
+    reparameterize(model)
+    assert all(b.deploy for b in model)
+
+
+def test_qa_block_refuses_se():
+    with pytest.raises(ValueError, match='QARepVGGBlock does not support use_se'):
+        QARepVGGBlock(8, 8, use_se=True)
+
+
+def test_qa_block_with_cp_gives_the_same_gradients():
+    torch.manual_seed(0)
+    a = QARepVGGBlock(8, 8)
+    b = QARepVGGBlock(8, 8, with_cp=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 8, 9, 9, requires_grad=True)
+    a(x).square().sum().backward()
+    b(x).square().sum().backward()
+    torch.testing.assert_close(a.branch_1x1.weight.grad, b.branch_1x1.weight.grad)
+    torch.testing.assert_close(a.post_norm.weight.grad, b.post_norm.weight.grad)

@@ -51,15 +51,29 @@ def test_fuse_branches_keeps_dtype():
     assert kernel.dtype == bias.dtype == torch.float16
 
 
-def _reference_fusion(k3, bn3, k1, bn1, bn0, groups):
-    """Eq. 1-4 written out with the padded 1x1 and the full identity kernel."""
+def _reference_fusion(k3, bn3, k1, bn1, bn0, groups, post=None):
+    """Eq. 1-4 written out with the padded 1x1 and the full identity kernel.
+
+    ``bn1=None`` is a bare 1x1 conv, ``bn0=True`` a bare identity (QARepVGG); ``post`` a BN
+    on the sum, folded as QARepVGG's code does: its running mean shifted by the bias.
+    """
     kernel, bias = fuse_conv_bn(k3, bn3)
     if k1 is not None:
-        kk, bb = fuse_conv_bn(pad_to_3x3(k1), bn1)
+        if bn1 is None:
+            kk, bb = pad_to_3x3(k1).double(), 0
+        else:
+            kk, bb = fuse_conv_bn(pad_to_3x3(k1), bn1)
         kernel, bias = kernel + kk, bias + bb
-    if bn0 is not None:
+    if bn0 is True:
+        kernel = kernel + identity_kernel(k3.shape[0], groups)
+    elif bn0 is not None:
         kk, bb = fuse_conv_bn(identity_kernel(k3.shape[0], groups), bn0)
         kernel, bias = kernel + kk, bias + bb
+    if post is not None:
+        std = (post.running_var.double() + post.eps).sqrt()
+        gamma, beta = post.weight.double(), post.bias.double()
+        kernel = kernel * (gamma / std).reshape(-1, 1, 1, 1)
+        bias = beta - (post.running_mean.double() - bias) * gamma / std
     return kernel.float(), bias.float()
 
 
@@ -80,6 +94,36 @@ def test_fuse_branches_is_bit_identical_to_the_padded_sum(monkeypatch, groups, w
     ref_kernel, ref_bias = _reference_fusion(k3, bn3, k1, bn1, bn0 if with_identity else None,
                                              groups)
     assert torch.equal(kernel, ref_kernel) and torch.equal(bias, ref_bias)
+
+
+@pytest.mark.parametrize('groups', [1, 2, 8])
+@pytest.mark.parametrize('with_identity', [True, False])
+@pytest.mark.parametrize('slice_elements', [1, 50, 2**17])
+def test_qa_fold_is_bit_identical_to_the_padded_sum(monkeypatch, groups, with_identity,
+                                                     slice_elements):
+    # QARepVGG: bare 1x1, bare identity, post BN; same shortcut and slicing, same bits
+    import mmrepvgg.models.fusion as fusion
+    monkeypatch.setattr(fusion, '_SLICE_ELEMENTS', slice_elements)
+    torch.manual_seed(10 + groups)
+    k3, k1 = torch.randn(16, 16 // groups, 3, 3), torch.randn(16, 16 // groups, 1, 1)
+    bn3, post = (randomize_bn_(nn.BatchNorm2d(16)).eval() for _ in range(2))
+    kernel, bias = fuse_branches((k3, bn3), (k1, None), with_identity, groups, post_norm=post)
+    ref_kernel, ref_bias = _reference_fusion(k3, bn3, k1, None, True if with_identity else None,
+                                             groups, post)
+    assert torch.equal(kernel, ref_kernel) and torch.equal(bias, ref_bias)
+
+
+def test_post_norm_fold_matches_the_modules():
+    torch.manual_seed(0)
+    conv3 = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2, bias=False)
+    conv1 = nn.Conv2d(8, 8, 1, groups=2, bias=False)
+    bn3, post = (randomize_bn_(nn.BatchNorm2d(8)).eval() for _ in range(2))
+    x = torch.randn(2, 8, 9, 7, dtype=torch.float64)
+    conv3, conv1, bn3, post = (m.double() for m in (conv3, conv1, bn3, post))
+    expected = post(bn3(conv3(x)) + conv1(x) + x)
+    kernel, bias = fuse_branches((conv3.weight, bn3), (conv1.weight, None), True, 2, post)
+    out = F.conv2d(x, kernel, bias, padding=2, dilation=2, groups=2)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_fuse_branches_rejects_wrong_kernel_sizes():
