@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from ..checkpoint import (CheckpointError, check_state_dict, extract_state_dict,
                           load_checkpoint_file, load_state_dict_strict, save_checkpoint_atomic)
-from ..models import ARCH_ZOO, RepVGG, RepVGGBlock, reparameterize
+from ..models import ARCH_ZOO, RepBlockBase, RepVGG, reparameterize
 from ..version import __version__
-from .keymaps import SOURCES, convert_keys, detect_source
+from .keymaps import SOURCES, convert_keys, detect_block_type, detect_source
 
 #: Default bound on the relative output difference (max |diff| / max |reference|) between
 #: the training-time and the folded model, in fp32. Exact folding measures 1e-6 - 2e-5 on
@@ -63,8 +63,8 @@ def find_backbone(model: nn.Module) -> RepVGG | None:
 
 
 def count_blocks(model: nn.Module, deployed: bool | None = None) -> int:
-    """How many :class:`RepVGGBlock` ``model`` has (only folded or unfolded ones if given)."""
-    return sum(1 for m in model.modules() if isinstance(m, RepVGGBlock)
+    """How many RepVGG blocks (any type) ``model`` has (only folded or unfolded ones if given)."""
+    return sum(1 for m in model.modules() if isinstance(m, RepBlockBase)
                and (deployed is None or m.deploy == deployed))
 
 
@@ -251,6 +251,7 @@ def deploy_meta(model: nn.Module, cfg: Config | None, **extra: Any) -> dict:
     backbone = find_backbone(model)
     meta = dict(arch=backbone.arch_name if backbone is not None else None,
                 arch_spec=dataclasses.asdict(backbone.arch) if backbone is not None else None,
+                block=backbone.block_type if backbone is not None else None,
                 deploy=True, mmrepvgg_version=__version__, torch_version=torch.__version__)
     if cfg is not None:
         meta.update(config=cfg.pretty_text, config_file=cfg.filename)
@@ -299,6 +300,7 @@ def convert_checkpoint(config: str | Config,
     if any('.branch_reparam.' in k for k in state):
         raise CheckpointError(f'{checkpoint} is already deployed (it has branch_reparam '
                               'weights); test it with model.backbone.deploy=True')
+    check_block_type(model, state, str(checkpoint))
     load_state_dict_strict(model, state, source=f'{checkpoint} ({source} layout)')
     print_log(f'Loaded {len(state)} tensors from {checkpoint} ({source} layout)',
               logger='current')
@@ -322,18 +324,47 @@ def convert_checkpoint(config: str | Config,
     return report
 
 
-def infer_arch(backbone_state: Mapping[str, Tensor]) -> str:
+def check_block_type(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Refuse a training-time checkpoint of the other block type than ``model``'s.
+
+    Args:
+        model: A model with a RepVGG backbone.
+        state: Its checkpoint, in mmrepvgg's layout.
+        source: The checkpoint's name, for the message.
+
+    Raises:
+        CheckpointError: If the keys say RepVGGBlock and the model has QARepVGGBlock, or
+            the other way round.
+    """
+    backbone = find_backbone(model)
+    found = detect_block_type(state)
+    if backbone is None or found is None or found == backbone.block_type:
+        return
+    raise CheckpointError(
+        f'{source} holds {found} weights but the model is built with {backbone.block_type}; '
+        f"set model.backbone.block_cfg=dict(type='{found}') (e.g. --cfg-options "
+        f'model.backbone.block_cfg.type={found}) or use a {found} config')
+
+
+def infer_arch(backbone_state: Mapping[str, Tensor], block: str | None = None) -> str:
     """The :data:`~mmrepvgg.models.ARCH_ZOO` name whose training-time backbone fits exactly.
 
     Models are built on the ``meta`` device, so this costs no memory.
 
+    Args:
+        backbone_state: Backbone keys (no ``backbone.`` prefix).
+        block: Block type; None: detected from the keys (:func:`detect_block_type`).
+
     Raises:
         CheckpointError: If no arch (or several) fits.
     """
+    block = block or detect_block_type(backbone_state) or 'RepVGGBlock'
     fits = []
     for name in ARCH_ZOO:
+        if block != 'RepVGGBlock' and ARCH_ZOO[name].use_se:
+            continue  # only RepVGGBlock takes SE
         with torch.device('meta'):
-            backbone = RepVGG(name, out_indices=(0, 1, 2, 3))
+            backbone = RepVGG(name, out_indices=(0, 1, 2, 3), block_cfg=dict(type=block))
         try:
             check_state_dict(backbone, backbone_state)
         except CheckpointError:
@@ -342,7 +373,8 @@ def infer_arch(backbone_state: Mapping[str, Tensor]) -> str:
     if len(fits) != 1:
         found = (f'several fit: {", ".join(fits)}' if fits else
                  f'none of {", ".join(ARCH_ZOO)} fits')
-        raise CheckpointError(f'Cannot tell the arch from the weights ({found}); pass --arch')
+        raise CheckpointError(f'Cannot tell the {block} arch from the weights ({found}); '
+                              'pass --arch')
     return fits[0]
 
 
@@ -356,7 +388,8 @@ def convert_backbone_weights(checkpoint: str | os.PathLike,
 
     The result holds ``backbone.*`` keys (the classifier head is dropped and listed), so a
     segmentor loads it with ``init_cfg=dict(type='Pretrained', checkpoint=OUT,
-    prefix='backbone.')``. The backbone keys are checked strictly against ``arch``.
+    prefix='backbone.')``. The backbone keys are checked strictly against ``arch`` with the
+    block type the keys show (QARepVGG weights need a ``QARepVGGBlock`` backbone).
 
     Args:
         checkpoint: Training-time ImageNet weights (official, mmpretrain, timm or ours).
@@ -383,19 +416,21 @@ def convert_backbone_weights(checkpoint: str | os.PathLike,
     if dropped:
         print_log(f'Dropping {len(dropped)} non-backbone tensors: {", ".join(dropped[:8])}'
                   + (' ...' if len(dropped) > 8 else ''), logger='current')
+    block = detect_block_type(backbone_state) or 'RepVGGBlock'
     if arch is None:
-        arch = infer_arch(backbone_state)
-        print_log(f'Weights fit RepVGG-{arch}', logger='current')
+        arch = infer_arch(backbone_state, block)
+        print_log(f'Weights fit RepVGG-{arch} ({block})', logger='current')
     with torch.device('meta'):
-        backbone = RepVGG(arch, out_indices=(0, 1, 2, 3))
+        backbone = RepVGG(arch, out_indices=(0, 1, 2, 3), block_cfg=dict(type=block))
     check_state_dict(backbone, backbone_state, source=f'{checkpoint} ({source} layout)')
     meta = dict(arch=backbone.arch_name, arch_spec=dataclasses.asdict(backbone.arch),
+                block=block,
                 deploy=False, source=source, source_checkpoint=str(checkpoint),
                 dropped_keys=dropped, mmrepvgg_version=__version__)
     save_checkpoint_atomic(
         {'state_dict': {f'backbone.{k}': v.detach().clone().contiguous()
                         for k, v in backbone_state.items()},
          'meta': _plain(meta)}, out, force=force)
-    print_log(f'Wrote {len(backbone_state)} backbone tensors (RepVGG-{backbone.arch_name}) to '
-              f'{out}', logger='current')
+    print_log(f'Wrote {len(backbone_state)} backbone tensors (RepVGG-{backbone.arch_name}, '
+              f'{block}) to {out}', logger='current')
     return meta

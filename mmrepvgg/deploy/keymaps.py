@@ -21,6 +21,13 @@ timm       ``stem`` / ``stages.{N-1}.{i}``,  ``head.fc.*``
            ``bn``, ``attn.fc{1,2}``
 mmrepvgg   unchanged (a DDP ``module.`` prefix is stripped on loading)
 ========== ================================ ====================================
+
+QARepVGG (``QARepVGGBlock``) checkpoints: ours have ``branch_3x3.{conv,norm}``, a bare
+``branch_1x1.weight`` and ``post_norm`` (no ``branch_norm``); QARepVGG's official code
+(cxxgtxy/QARepVGG, ``QARepVGGBlockV2``) is the official RepVGG layout with a bare
+``rbr_1x1.weight`` and a block-level ``bn`` (the post BN), which the ``official`` rules map to
+``post_norm``. :func:`detect_block_type` tells the two block types apart, so a QARepVGG
+checkpoint is never loaded as a RepVGG one (or the other way round).
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ KEY_RULES: dict[str, tuple[tuple[str, str], ...]] = {
         (r'\.rbr_1x1\.', '.branch_1x1.'),
         (r'\.rbr_identity\.', '.branch_norm.'),
         (r'\.rbr_reparam\.', '.branch_reparam.'),
+        # QARepVGG's post BN is the block's own ``bn`` (a branch's BN is ``rbr_dense.bn``)
+        (r'^(backbone\.(?:stem|stage_[1-4]\.\d+))\.bn\.', r'\1.post_norm.'),
         (r'\.bn\.', '.norm.'),
         (r'^linear\.', 'head.fc.'),
     ),
@@ -126,3 +135,32 @@ def detect_source(state: Mapping[str, Tensor]) -> str:
             return source
     raise CheckpointError('Cannot tell the checkpoint layout from its keys (first: '
                           f'{sorted(keys)[:4]}); pass --source {{{",".join(SOURCES)}}}')
+
+
+#: Keys (in mmrepvgg's layout, see :func:`convert_keys`) that only one block type has.
+_BLOCK_SIGNATURES = (
+    ('QARepVGGBlock', re.compile(r'\.(post_norm\.|branch_1x1\.weight$)')),
+    ('RepVGGBlock', re.compile(r'\.(branch_norm\.|branch_1x1\.(conv|norm)\.)')),
+)
+
+
+def detect_block_type(state: Mapping[str, Tensor]) -> str | None:
+    """The block type a (mapped) training-time state dict was saved from.
+
+    Args:
+        state: A state dict in mmrepvgg's layout (after :func:`convert_keys`).
+
+    Returns:
+        ``'RepVGGBlock'``, ``'QARepVGGBlock'``, or None when no key tells (a deployed
+        checkpoint: both block types fold to the same plain conv).
+
+    Raises:
+        CheckpointError: If the keys mix both block types.
+    """
+    found = [name for name, pattern in _BLOCK_SIGNATURES
+             if any(pattern.search(k) for k in state)]
+    if len(found) > 1:
+        raise CheckpointError('The checkpoint mixes RepVGGBlock keys (branch_norm, '
+                              'branch_1x1.conv) and QARepVGGBlock keys (post_norm, bare '
+                              'branch_1x1.weight)')
+    return found[0] if found else None

@@ -18,7 +18,8 @@ from mmengine.config import Config
 
 import mmrepvgg  # noqa: F401
 from mmrepvgg.checkpoint import CheckpointError, load_checkpoint_file
-from mmrepvgg.deploy import build_model, convert_backbone_weights, convert_checkpoint, detect_source
+from mmrepvgg.deploy import (build_model, convert_backbone_weights, convert_checkpoint,
+                             convert_keys, detect_block_type, detect_source)
 from mmrepvgg.models import RepVGG
 from tests.helpers import randomize_bn_, rel_err
 
@@ -41,14 +42,14 @@ NUM_CLASSES = 10
 SIZE = (40, 48)
 
 
-def cls_config(groups: int = 1, use_se: bool = False) -> Config:
+def cls_config(groups: int = 1, use_se: bool = False, block: str = 'RepVGGBlock') -> Config:
     arch = dict(num_blocks=NUM_BLOCKS, width_factors=WIDTHS, groups=groups, use_se=use_se)
     return Config(dict(
         default_scope='mmpretrain',
         crop_size=SIZE,
         model=dict(type='ImageClassifier',
                    backbone=dict(type='mmrepvgg.RepVGG', arch=arch, out_indices=(3, ),
-                                 norm_cfg=dict(type='SyncBN')),
+                                 norm_cfg=dict(type='SyncBN'), block_cfg=dict(type=block)),
                    neck=dict(type='GlobalAveragePooling'),
                    head=dict(type='LinearClsHead', num_classes=NUM_CLASSES, in_channels=256))))
 
@@ -102,12 +103,13 @@ def timm_model(groups: int, use_se: bool):
 
 
 #: ours -> official, written independently of mmrepvgg.deploy.keymaps (the reference layout
-#: of DingXiaoH/RepVGG repvgg.py: stage0..4, rbr_dense/rbr_1x1/rbr_identity, bn, linear).
+#: of DingXiaoH/RepVGG repvgg.py: stage0..4, rbr_dense/rbr_1x1/rbr_identity, bn, linear;
+#: cxxgtxy/QARepVGG's QARepVGGBlockV2 adds a bare rbr_1x1 conv and the block's own bn).
 OFFICIAL_NAMES = [('backbone.stem.', 'stage0.'), ('backbone.stage_1.', 'stage1.'),
                   ('backbone.stage_2.', 'stage2.'), ('backbone.stage_3.', 'stage3.'),
                   ('backbone.stage_4.', 'stage4.'), ('branch_3x3.', 'rbr_dense.'),
                   ('branch_1x1.', 'rbr_1x1.'), ('branch_norm.', 'rbr_identity.'),
-                  ('.norm.', '.bn.'), ('head.fc.', 'linear.')]
+                  ('post_norm.', 'bn.'), ('.norm.', '.bn.'), ('head.fc.', 'linear.')]
 
 
 def official_state(model) -> dict:
@@ -120,14 +122,14 @@ def official_state(model) -> dict:
     return state
 
 
-def source_model(source: str, groups: int, use_se: bool):
+def source_model(source: str, groups: int, use_se: bool, block: str = 'RepVGGBlock'):
     torch.manual_seed(0)
     if source == 'mmpretrain':
         model = mmpretrain_model(groups, use_se)
     elif source == 'timm':
         model = timm_model(groups, use_se)
     else:  # official / mmrepvgg: our training-time model is the reference
-        model = build_model(cls_config(groups, use_se))
+        model = build_model(cls_config(groups, use_se, block))
         for m in model.modules():
             if isinstance(m, torch.nn.Conv2d):
                 torch.nn.init.normal_(m.weight, std=0.2)
@@ -170,6 +172,54 @@ def test_each_source_round_trips(tmp_path, source, groups, use_se):
     assert rel_err(logits(deployed, x), expected) <= 1e-5
 
 
+@pytest.mark.parametrize('source', ['mmrepvgg', 'official'])
+@pytest.mark.parametrize('groups', [1, 2])
+def test_qa_checkpoints_round_trip(tmp_path, source, groups):
+    """Ours and QARepVGG's official layout (bare rbr_1x1, block-level bn) fold exactly."""
+    block = 'QARepVGGBlock'
+    original = source_model(source, groups, False, block)
+    state = saved_state(source, original)
+    flat = state.get('state_dict', state)
+    assert detect_source(flat) == source
+    if source == 'official':
+        assert 'stage1.0.bn.weight' in flat and 'stage1.0.rbr_1x1.weight' in flat
+    assert detect_block_type(convert_keys(flat, source)) == block
+    torch.save(state, tmp_path / 'train.pth')
+    cfg = cls_config(groups, block=block)
+    report = convert_checkpoint(cfg, tmp_path / 'train.pth', tmp_path / 'deploy.pth',
+                                verify=True)
+    assert report.folded == 9 and report.max_rel <= 1e-5
+    saved = torch.load(tmp_path / 'deploy.pth', weights_only=True)
+    assert saved['meta']['block'] == block
+    # the deployed QARepVGG is the plain RepVGG: it loads into either config
+    for plain_block in ('RepVGGBlock', block):
+        deployed = build_model(cls_config(groups, block=plain_block), deploy=True)
+        deployed.load_state_dict(saved['state_dict'], strict=True)
+    assert detect_block_type(saved['state_dict']) is None
+    x = torch.randn(2, 3, *SIZE)
+    assert rel_err(logits(deployed, x), logits(original, x)) <= 1e-5
+
+
+@pytest.mark.parametrize('saved_block,config_block', [('QARepVGGBlock', 'RepVGGBlock'),
+                                                      ('RepVGGBlock', 'QARepVGGBlock')])
+def test_the_other_block_type_is_refused_by_name(tmp_path, saved_block, config_block):
+    for source in ('mmrepvgg', 'official'):
+        state = saved_state(source, source_model(source, 1, False, saved_block))
+        torch.save(state, tmp_path / 'train.pth')
+        with pytest.raises(CheckpointError, match=f'holds {saved_block} weights but the model '
+                           f'is built with {config_block}'):
+            convert_checkpoint(cls_config(block=config_block), tmp_path / 'train.pth',
+                               tmp_path / 'out.pth')
+        assert not (tmp_path / 'out.pth').exists()
+
+
+def test_mixed_block_keys_are_refused():
+    state = {'backbone.stem.post_norm.weight': torch.ones(1),
+             'backbone.stem.branch_norm.weight': torch.ones(1)}
+    with pytest.raises(CheckpointError, match='mixes'):
+        detect_block_type(state)
+
+
 def test_segmentor_config_through_the_tool(tmp_path):
     cfg = seg_config()
     cfg_file = tmp_path / 'seg_cfg.py'
@@ -208,6 +258,24 @@ def test_convert_weights_feeds_init_cfg(tmp_path, source):
         feats = original.forward_features(x) if source == 'timm' else \
             original.backbone(x)[0]
     assert rel_err(backbone(x)[0], feats) <= 1e-6
+
+
+def test_convert_weights_infers_arch_and_block_of_qarepvgg_weights(tmp_path):
+    """QARepVGG's official ImageNet layout -> a QARepVGGBlock backbone, arch inferred."""
+    torch.manual_seed(0)
+    original = randomize_bn_(RepVGG('A0', block_cfg=dict(type='QARepVGGBlock'))).eval()
+    state = official_state(torch.nn.ModuleDict(dict(backbone=original)))
+    state.update({'linear.weight': torch.zeros(1000, 1280), 'linear.bias': torch.zeros(1000)})
+    torch.save(state, tmp_path / 'qa.pth')
+    meta = convert_backbone_weights(tmp_path / 'qa.pth', tmp_path / 'out.pth')
+    assert (meta['arch'], meta['block'], meta['source']) == ('A0', 'QARepVGGBlock', 'official')
+    backbone = RepVGG('A0', block_cfg=dict(type='QARepVGGBlock'),
+                      init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'out.pth'),
+                                    prefix='backbone.'))
+    backbone.init_weights()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(backbone.eval()(x)[0], original(x)[0]) == 0
 
 
 def test_convert_weights_infers_a_zoo_arch(tmp_path):

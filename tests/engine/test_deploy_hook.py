@@ -24,9 +24,11 @@ ARCH = dict(num_blocks=(1, 1, 1, 1), width_factors=(0.25, 0.25, 0.25, 0.5))
 
 class TinyClassifier(BaseModel):
 
-    def __init__(self, with_repvgg: bool = True, deploy: bool = False) -> None:
+    def __init__(self, with_repvgg: bool = True, deploy: bool = False,
+                 block: str = 'RepVGGBlock') -> None:
         super().__init__()
-        self.backbone = (RepVGG(ARCH, deploy=deploy) if with_repvgg else
+        self.backbone = (RepVGG(ARCH, deploy=deploy, block_cfg=dict(type=block))
+                         if with_repvgg else
                          nn.Sequential(nn.Conv2d(3, 256, 3, 2, 1), nn.BatchNorm2d(256)))
         self.fc = nn.Linear(256, 3)
 
@@ -156,6 +158,20 @@ def test_synthetic_input_without_val_loader(tmp_path):
     saved = torch.load(tmp_path / 'iter_3_deploy.pth', weights_only=True)
     plain = TinyClassifier(deploy=True)
     plain.load_state_dict(saved['state_dict'], strict=True)
+
+
+def test_qa_model_deploys_to_the_plain_repvgg(tmp_path):
+    model = TinyClassifier(block='QARepVGGBlock')
+    runner = _runner(tmp_path, ema=False, val=False, model=model)
+    runner.train()
+    hook = next(h for h in runner.hooks if isinstance(h, RepVGGDeployHook))
+    assert hook.report.folded == 5 and hook.report.max_rel <= 1e-5
+    assert not model.backbone.deploy  # the live model is never folded
+    saved = torch.load(tmp_path / 'iter_3_deploy.pth', weights_only=True)
+    assert saved['meta']['block'] == 'QARepVGGBlock'
+    TinyClassifier(deploy=True).load_state_dict(saved['state_dict'], strict=True)
+    hook.before_test(SimpleNamespace(model=model, hooks=[]))
+    assert model.backbone.deploy and count_blocks(model, deployed=True) == 5
 
 
 def test_model_without_repvgg_blocks_is_a_noop(tmp_path, caplog):
