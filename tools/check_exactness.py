@@ -8,6 +8,7 @@ Example::
 
     python tools/check_exactness.py                 # all 14 archs x {none, full, fast}
     python tools/check_exactness.py --arch B2 --plan fast
+    python tools/check_exactness.py --block QARepVGGBlock   # QARepVGG (every arch but D2se)
 """
 from __future__ import annotations
 
@@ -16,24 +17,32 @@ import argparse
 from mmengine.utils import ProgressBar
 
 from mmrepvgg.deploy.exactness import fold_errors
+from mmrepvgg.models import BLOCK_TYPES
 from mmrepvgg.models.arch import ARCH_ZOO
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
-    parser.add_argument('--arch', nargs='+', default=list(ARCH_ZOO), help='arch names')
+    parser.add_argument('--arch', nargs='+', help='arch names (default: every arch the block '
+                        'type takes: all 14 for RepVGGBlock, all but D2se for QARepVGGBlock)')
     parser.add_argument('--plan', nargs='+', default=['none', 'full', 'fast'],
                         choices=['none', 'full', 'fast'], help='dilation plans')
     parser.add_argument('--shape', nargs=2, type=int, default=(40, 48), metavar=('H', 'W'))
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--block', default='RepVGGBlock', choices=BLOCK_TYPES,
+                        help='block type of every layer')
     args = parser.parse_args()
+    if args.arch is None:
+        args.arch = [a for a in ARCH_ZOO
+                     if args.block == 'RepVGGBlock' or not ARCH_ZOO[a].use_se]
     cases = [(a, p) for a in args.arch for p in args.plan]
     rows, bar = [], ProgressBar(len(cases))
     for arch, plan in cases:
         rows.append((arch, plan, fold_errors(arch, None if plan == 'none' else plan,
-                                             tuple(args.shape), args.seed)))
+                                             tuple(args.shape), args.seed, args.block)))
         bar.update()
-    print('\n\n| arch | plan | fp64 | fp32 reference backend | fp32 default backend |')
+    print(f'\n\n{args.block}\n')
+    print('| arch | plan | fp64 | fp32 reference backend | fp32 default backend |')
     print('|---|---|---|---|---|')
     for arch, plan, e in rows:
         print(f'| {arch} | {plan} | {e.fp64:.1e} | {e.fp32_reference:.1e} | {e.fp32_default:.1e} |')

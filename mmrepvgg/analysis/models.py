@@ -4,6 +4,8 @@ A *model spec* is one of
 
 - a RepVGG arch name from :data:`~mmrepvgg.models.arch.ARCH_ZOO` (``'A0'``, ``'RepVGG-B2'``):
   an mmpretrain ``ImageClassifier`` with the RepVGG backbone, global pooling and a linear head;
+- ``'QARepVGG-'`` + an arch name (``'QARepVGG-A0'``): the same with QARepVGG blocks
+  (``block_cfg=dict(type='QARepVGGBlock')``; every arch but D2se);
 - a baseline name from :data:`BASELINES` (``'ResNet-50'``, ``'VGG-16'``, ``'ResNeXt-50'``):
   the same classifier with mmpretrain's backbone;
 - a path to an mmengine config (``configs/pspnet_repvgg-b2_cityscapes.py``): its ``model``
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os.path as osp
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,8 +119,12 @@ def _revert_sync_bn(model: nn.Module) -> nn.Module:
 
 
 def _has_repvgg(model: nn.Module) -> bool:
-    from ..models.block import RepVGGBlock
-    return any(isinstance(m, RepVGGBlock) for m in model.modules())
+    from ..models.block import RepBlockBase
+    return any(isinstance(m, RepBlockBase) for m in model.modules())
+
+
+#: ``QARepVGG-<arch>``: a RepVGG classifier built with QARepVGG blocks.
+_QA_PREFIX = re.compile(r'^qa[-_]?repvgg[-_]?', re.IGNORECASE)
 
 
 def resolve_name(spec: str) -> tuple[str, str]:
@@ -127,13 +134,21 @@ def resolve_name(spec: str) -> tuple[str, str]:
         spec: An arch name, a baseline name or a config path.
 
     Returns:
-        ``(kind, canonical_name)`` with kind ``'repvgg'``, ``'baseline'`` or ``'config'``.
+        ``(kind, canonical_name)`` with kind ``'repvgg'``, ``'qarepvgg'`` (canonical name: the
+        arch), ``'baseline'`` or ``'config'``.
 
     Raises:
         KeyError: If ``spec`` is none of these.
     """
     if spec.endswith('.py') or osp.isfile(spec):
         return 'config', spec
+    if _QA_PREFIX.match(spec):
+        archs = {k.lower(): k for k, v in ARCH_ZOO.items() if not v.use_se}
+        arch = _QA_PREFIX.sub('', spec).lower()
+        if arch not in archs:
+            raise KeyError(f'Unknown model {spec!r}: QARepVGG takes a RepVGG arch without SE '
+                           f'({", ".join(archs.values())})')
+        return 'qarepvgg', archs[arch]
     lower = {k.lower(): k for k in BASELINES}
     if spec.lower() in lower:
         return 'baseline', lower[spec.lower()]
@@ -162,11 +177,13 @@ def build_model(spec: str, num_classes: int = 1000, deploy: bool = False,
         The built model with its name, task and family.
     """
     kind, name = resolve_name(spec)
-    if kind == 'repvgg':
+    if kind in ('repvgg', 'qarepvgg'):
         width = get_arch(name).stage_channels[-1]
-        cfg = _classifier_cfg(dict(type='mmrepvgg.RepVGG', arch=name, deploy=deploy), width,
-                              num_classes)
-        return BuiltModel(f'RepVGG-{name}', _build(cfg, 'mmpretrain').eval(), 'cls', 'repvgg')
+        block = 'QARepVGGBlock' if kind == 'qarepvgg' else 'RepVGGBlock'
+        cfg = _classifier_cfg(dict(type='mmrepvgg.RepVGG', arch=name, deploy=deploy,
+                                   block_cfg=dict(type=block)), width, num_classes)
+        display = f'{"QARepVGG" if kind == "qarepvgg" else "RepVGG"}-{name}'
+        return BuiltModel(display, _build(cfg, 'mmpretrain').eval(), 'cls', 'repvgg')
     if kind == 'baseline':
         backbone, width = BASELINES[name]
         model = _build(_classifier_cfg(backbone, width, num_classes), 'mmpretrain')

@@ -87,3 +87,12 @@ def test_onnxruntime_backend_when_installed():
     report = run_benchmark(['A0'], batch=1, shape=(32, 32), warmup=1, iters=2,
                            backend='onnxruntime', variants=('deploy', ))
     assert report['results'][0]['examples_per_s'] > 0
+
+
+def test_qarepvgg_variants():
+    from mmrepvgg.analysis.benchmark import prepare_variants
+    qa = prepare_variants('QARepVGG-A0', ('train', 'deploy'), num_classes=10)
+    plain = prepare_variants('A0', ('deploy', ), num_classes=10)
+    assert [(v.model, v.variant) for v in qa] == [('QARepVGG-A0', 'train'),
+                                                   ('QARepVGG-A0', 'deploy')]
+    assert qa[1].params == plain[0].params and qa[0].params != qa[1].params

@@ -83,3 +83,24 @@ def test_repvgg_with_strided_and_grouped_layers(deploy):
     assert c.flops == flops
     assert c.wino_muls == pytest.approx(float(wino), abs=1e-6)
     assert c.params == sum(p.numel() for p in model.parameters())
+
+
+def test_qarepvgg_names_build_and_count_as_the_plain_repvgg():
+    """``QARepVGG-A0`` in complexity/benchmark: deployed, the same model as RepVGG-A0."""
+    from mmrepvgg.analysis import build_model
+    from mmrepvgg.analysis.complexity import model_complexity
+    from mmrepvgg.analysis.models import resolve_name
+    assert resolve_name('QARepVGG-A0') == ('qarepvgg', 'A0')
+    assert resolve_name('qarepvgg_b1g2') == ('qarepvgg', 'B1g2')
+    assert resolve_name('RepVGG-A0') == ('repvgg', 'A0')
+    with pytest.raises(KeyError, match='without SE'):
+        resolve_name('QARepVGG-D2se')
+    built = build_model('QARepVGG-A0', num_classes=10)
+    assert built.name == 'QARepVGG-A0' and built.family == 'repvgg'
+    assert built.model.backbone.block_type == 'QARepVGGBlock'
+    qa = model_complexity('QARepVGG-A0', (32, 32), num_classes=10)
+    plain = model_complexity('A0', (32, 32), num_classes=10)
+    assert qa['deploy'] == plain['deploy']
+    # training time: no BN on the 1x1 and identity branches, one post BN per block
+    assert qa['train']['params_m'] < plain['train']['params_m']
+    assert qa['train']['flops_b'] == plain['train']['flops_b']
