@@ -1,4 +1,4 @@
-"""Read the paper's numbers from ``configs/metafile.yml``."""
+"""Read the paper's numbers (and the QARepVGG configs' rows) from ``configs/metafile.yml``."""
 from __future__ import annotations
 
 import os.path as osp
@@ -22,6 +22,9 @@ class PaperModel:
         paper: Speed (1080Ti), Params (M), Theo FLOPs (B), Wino MULs (B) as printed.
         results: ``{table: metrics}``, e.g. ``{4: {'Top 1 Accuracy': 72.41}}``.
         config: The project's config of the model, if there is one.
+        collection: ``'RepVGG'`` (the paper's tables) or ``'QARepVGG'`` (this project's
+            QARepVGG configs).
+        status: E.g. ``'not yet trained here'`` for a config without results.
     """
 
     name: str
@@ -31,6 +34,8 @@ class PaperModel:
     paper: dict = field(default_factory=dict)
     results: dict[int, dict] = field(default_factory=dict)
     config: str | None = None
+    collection: str = 'RepVGG'
+    status: str | None = None
 
     def top1(self, table: int | None = None) -> float | None:
         """Top-1 of the given table (default: the first the model appears in)."""
@@ -53,12 +58,14 @@ def load_metafile(path: str | None = None) -> dict[str, PaperModel]:
     data = load(path or DEFAULT_METAFILE, file_format='yaml')
     models = {}
     for m in data['Models']:
-        results = {int(r['Table']): dict(r['Metrics']) for r in m.get('Results', [])}
-        task = 'seg' if any(r['Task'] == 'Semantic Segmentation' for r in m['Results']) else 'cls'
+        results = {int(r['Table']): dict(r['Metrics']) for r in m.get('Results') or []}
+        tasks = [r['Task'] for r in m.get('Results') or []] or [m.get('Task')]
+        task = 'seg' if 'Semantic Segmentation' in tasks else 'cls'
         spec = m.get('Arch') if task == 'cls' else None
         spec = spec or (m.get('Baseline') if task == 'cls' else None)
         models[m['Name']] = PaperModel(m['Name'], m.get('Role', 'ours'), spec, task,
-                                       dict(m.get('Paper', {})), results, m.get('Config'))
+                                       dict(m.get('Paper', {})), results, m.get('Config'),
+                                       m.get('In Collection', 'RepVGG'), m.get('Status'))
     return models
 
 

@@ -154,7 +154,7 @@ def check_pretrained(cfg: Config) -> None:
             'Pretrained weights not found: ' + ', '.join(missing) + '.\n'
             '  RepVGG: convert ImageNet weights (official, mmpretrain or timm) into '
             'checkpoints/ with tools/convert_weights.py, or train one with '
-            'configs/repvgg-*_in1k.py '
+            'configs/repvgg-*_in1k.py (QARepVGG: configs/qarepvgg-*_in1k.py) '
             '(docs/training.md, "Pretrained weights").\n'
             '  ResNet baselines: save open-mmlab://resnet50_v1c / resnet101_v1c as '
             'checkpoints/resnet50_v1c.pth / resnet101_v1c.pth.\n'

@@ -21,7 +21,17 @@ def test_tables_and_specs():
     assert models['RepVGG-A0'].top1(4) == 72.41
     assert models['RepVGG-B2g4'].top1(4) == 78.50 and models['RepVGG-B2g4'].top1(5) == 79.38
     assert models['PSPNet-RepVGG-B2'].results[8] == {'mIoU': 80.57, 'Mean Pixel Acc': 96.50}
-    assert len([m for m in models.values() if m.task == 'seg']) == 6
+    assert len([m for m in models.values() if m.task == 'seg' and m.collection == 'RepVGG']) == 6
+
+
+def test_qarepvgg_rows_are_configs_not_yet_trained():
+    qa = [m for m in load_metafile().values() if m.collection == 'QARepVGG']
+    assert [m.name for m in qa] == ['QARepVGG-A0', 'QARepVGG-B0', 'QARepVGG-B1g2',
+                                    'QARepVGG-B1g4', 'QARepVGG-B2', 'PSPNet-QARepVGG-B1g2-fast']
+    for m in qa:
+        assert m.status == 'not yet trained here' and not m.results and m.spec is None
+        assert m.config and 'qarepvgg' in m.config and m.role == 'ours'
+    assert [m.task for m in qa] == ['cls'] * 5 + ['seg']
 
 
 @pytest.mark.parametrize('arch', sorted(set(TABLE4_REPVGG + TABLE5_REPVGG)))

@@ -1,6 +1,7 @@
 """Every config loads, builds its model and follows the paper's protocol (Sect. 4.1, 4.3)."""
 from __future__ import annotations
 
+import os.path as osp
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,13 @@ SEG = {  # paper Table 8 rows
     'pspnet_repvgg-b2-fast_cityscapes.py': ('B2', 'fast'),
     'pspnet_repvgg-b1g2_cityscapes.py': ('B1g2', 'full'),
     'pspnet_repvgg-b1g2-fast_cityscapes.py': ('B1g2', 'fast'),
+    'pspnet_qarepvgg-b1g2-fast_cityscapes.py': ('B1g2', 'fast'),  # QARepVGG blocks
     'pspnet_r50_cityscapes.py': (50, None),
     'pspnet_r101_cityscapes.py': (101, None),
 }
 CLS_120E = ['A0', 'A1', 'B0', 'A2', 'B1g4', 'B1g2', 'B1', 'B2g4', 'B2']  # paper Table 4
 CLS_200E = ['B2g4', 'B3g4', 'B3']  # paper Table 5
+CLS_QA = ['A0', 'B0', 'B1g2', 'B1g4', 'B2']  # QARepVGG (B1g2: PSPNet's pretraining)
 ALL = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob('*.py') if '_base_' not in p.parts)
 
 
@@ -57,7 +60,10 @@ def test_config_loads_and_builds(name):
     model = build_model(cfg)
     if cfg.model.backbone.type.endswith('RepVGG'):
         assert isinstance(model.backbone, RepVGG)
-    if name in ('pspnet_repvgg-b2_cityscapes.py', 'repvgg-a0_in1k.py') or name.startswith('demo/'):
+        qa = 'qarepvgg' in name
+        assert model.backbone.block_type == ('QARepVGGBlock' if qa else 'RepVGGBlock')
+    if name in ('pspnet_repvgg-b2_cityscapes.py', 'repvgg-a0_in1k.py',
+                'qarepvgg-a0_in1k.py') or name.startswith('demo/'):
         model.eval()
         size = 64 if cfg.default_scope == 'mmseg' else 32
         with torch.no_grad():
@@ -83,7 +89,11 @@ def test_pspnet_protocol(name):
         assert m.auxiliary_head.in_channels == channels[2]  # paper stage 4
         init = m.backbone.init_cfg
         assert init.type == 'Pretrained' and init.prefix == 'backbone.'
-        assert init.checkpoint == f'checkpoints/repvgg-{arch.lower()}_in1k.pth'
+        family = 'qarepvgg' if 'qarepvgg' in name else 'repvgg'
+        assert init.checkpoint == f'checkpoints/{family}-{arch.lower()}_in1k.pth'
+        assert osp.isfile(CONFIGS / f'{family}-{arch.lower()}_in1k.py')  # trains those weights
+        block = m.backbone.get('block_cfg', dict(type='RepVGGBlock'))
+        assert block['type'] == ('QARepVGGBlock' if family == 'qarepvgg' else 'RepVGGBlock')
     else:
         assert m.backbone.type == 'ResNetV1c' and m.backbone.depth == arch
         assert m.backbone.dilations == (1, 1, 2, 4) and m.backbone.strides == (1, 2, 1, 1)
@@ -137,6 +147,49 @@ def test_imagenet_200e_protocol(arch):
     assert (cosine.type, cosine.begin, cosine.end) == ('CosineAnnealingLR', 5, 200)
     assert cfg.train_cfg.max_epochs == 200
     assert cfg.optim_wrapper.optimizer.lr == 0.1 and cfg.train_dataloader.batch_size == 32
+
+
+@pytest.mark.parametrize('arch', CLS_QA)
+def test_qarepvgg_imagenet_protocol(arch):
+    """RepVGG's 120-epoch recipe (same data, batch, lr, schedule) with QARepVGG's wd 4e-5."""
+    cfg, ref = load(f'qarepvgg-{arch.lower()}_in1k.py'), load('repvgg-a0_in1k.py')
+    assert cfg.model.backbone.type == 'mmrepvgg.RepVGG' and cfg.model.backbone.arch == arch
+    assert cfg.model.backbone.block_cfg == dict(type='QARepVGGBlock')
+    assert cfg.model.head.in_channels == get_arch(arch).stage_channels[3]
+    for key in ('train_pipeline', 'test_pipeline', 'param_scheduler', 'train_cfg',
+                'auto_scale_lr', 'custom_hooks'):
+        assert cfg[key] == ref[key], key
+    assert cfg.train_dataloader.batch_size == ref.train_dataloader.batch_size == 32
+    assert cfg.model.head.loss == ref.model.head.loss
+    opt, ref_opt = cfg.optim_wrapper, ref.optim_wrapper
+    assert opt.optimizer.weight_decay == 4e-5
+    assert {**opt.optimizer, 'weight_decay': 1e-4} == ref_opt.optimizer
+    assert opt.paramwise_cfg == ref_opt.paramwise_cfg
+
+
+def _decay_by_param(name: str) -> tuple[nn.Module, dict]:
+    from mmengine.optim import build_optim_wrapper
+    cfg = load(name)
+    model = build_model(cfg)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    decay = {id(p): g['weight_decay'] for g in wrapper.optimizer.param_groups
+             for p in g['params']}
+    return model, {name: decay[id(p)] for name, p in model.named_parameters()}
+
+
+def test_qarepvgg_weight_decay_on_kernels_and_the_bare_1x1_not_on_bns():
+    """QARepVGG's rule: 4e-5 on every conv/fc kernel, the bare 1x1 included; 0 on the
+    post BN, the 3x3 branch's BN and the biases."""
+    model, decay = _decay_by_param('qarepvgg-a0_in1k.py')
+    modules = dict(model.named_modules())
+    for name, value in decay.items():
+        module = modules[name.rsplit('.', 1)[0]]
+        if isinstance(module, _BatchNorm) or name.endswith('bias'):
+            assert value == 0, name
+        else:
+            assert isinstance(module, (nn.Conv2d, nn.Linear)) and value == 4e-5, name
+    assert decay['backbone.stage_1.0.branch_1x1.weight'] == 4e-5
+    assert decay['backbone.stage_1.0.post_norm.weight'] == 0
 
 
 def test_weight_decay_only_on_conv_and_fc_kernels():
