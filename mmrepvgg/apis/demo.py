@@ -134,7 +134,7 @@ def _test(config: str, checkpoint: str, work_dir: Path, name: str, *, deploy: bo
                               deploy=deploy, show_dir=show_dir, cfg_options=cfg_options)
     # one visualizer instance per runner in this process (mmengine keeps them by name)
     if cfg.get('visualizer'):
-        cfg.visualizer.name = f'visualizer_{name}'
+        cfg.visualizer.name = f'visualizer_{name}_{work_dir}'
     return test(cfg)
 
 
@@ -230,7 +230,8 @@ def run_seg_demo(work_dir: str | Path = 'work_dirs/demo',
 def run_cls_demo(work_dir: str | Path = 'work_dirs/demo_cls',
                  config: str = CLS_DEMO_CONFIG,
                  max_epochs: int | None = None,
-                 threads: int | None = None) -> DemoResult:
+                 threads: int | None = None,
+                 seed: int | None = None) -> DemoResult:
     """Digits image folder -> train a RepVGG classifier -> test trained and deployed.
 
     Args:
@@ -238,6 +239,7 @@ def run_cls_demo(work_dir: str | Path = 'work_dirs/demo_cls',
         config: The demo config (derived from ``configs/repvgg-a0_in1k.py``).
         max_epochs: Override the config's epochs.
         threads: torch threads (None: see :func:`set_threads`).
+        seed: Override the config's training seed (``randomness.seed``).
 
     Returns:
         The measurements (``metric`` is top-1 accuracy in %).
@@ -264,8 +266,10 @@ def run_cls_demo(work_dir: str | Path = 'work_dirs/demo_cls',
         opts.update({'train_cfg.max_epochs': max_epochs, 'train_cfg.val_interval': max_epochs,
                      'default_hooks.checkpoint.interval': max_epochs,
                      'param_scheduler.T_max': max_epochs, 'param_scheduler.end': max_epochs})
+    if seed is not None:
+        opts['randomness.seed'] = seed
     cfg = prepare_train_config(config, work_dir=str(work_dir / 'train'), cfg_options=opts)
-    cfg.visualizer.name = 'visualizer_cls_train'
+    cfg.visualizer.name = f'visualizer_cls_train_{work_dir}'
     train(cfg)
     result.checkpoint = _latest_checkpoint(work_dir / 'train')
     result.seconds['train'] = time.time() - t

@@ -1,0 +1,333 @@
+"""RepVGG vs QARepVGG on scikit-learn's digits: accuracy and int8 weight error, per seed.
+
+The library behind ``tools/compare_qa_digits.py``. For each block type and seed it trains
+the ``make demo-cls`` classifier (:func:`mmrepvgg.apis.demo.run_cls_demo`: the same data,
+recipe and epochs; only ``block_cfg`` differs between ``configs/demo/repvgg-small_digits.py``
+and ``configs/demo/qarepvgg-small_digits.py``), then on the held-out 450 images:
+
+- fp32 top-1 as trained and deployed, as the mmengine runner tests them (the deployed one
+  through ``RepVGGDeployHook``), and again here on the preprocessed tensors, before and
+  after :func:`mmrepvgg.reparameterize`;
+- the int8 weight-quantization error of every folded kernel
+  (:func:`mmrepvgg.analysis.folded_kernel_errors`: SQNR per channel and per tensor);
+- int8 top-1 through :func:`int8_top1`, the one step that needs the ONNX Runtime quantizer.
+  It is not wired in yet, so it reports "not measured"; no number is ever made up.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+from torch import Tensor, nn
+
+from ..analysis.quant_error import errors_to_dicts, folded_kernel_errors, summarize_errors
+from ..checkpoint import extract_state_dict, load_checkpoint_file, load_state_dict_strict
+from ..models import reparameterize
+from .demo import CLS_DEMO_CONFIG, REPO, fresh_work_dir, run_cls_demo
+
+QA_DEMO_CONFIG = 'configs/demo/qarepvgg-small_digits.py'
+#: The two arms of the comparison: block type -> demo config.
+DEMO_CONFIGS = {'RepVGGBlock': CLS_DEMO_CONFIG, 'QARepVGGBlock': QA_DEMO_CONFIG}
+SHORT_NAMES = {'RepVGGBlock': 'RepVGG', 'QARepVGGBlock': 'QARepVGG'}
+INT8_NOT_MEASURED = ('int8 top-1 not measured: the ONNX Runtime static quantizer '
+                     '(mmrepvgg/deploy/quantize.py) is not wired into int8_top1() yet')
+
+
+@dataclass
+class Int8Result:
+    """int8 top-1 of a deployed classifier (None when not measured).
+
+    Attributes:
+        per_channel: Top-1 (%) with per-channel weight scales.
+        per_tensor: Top-1 (%) with per-tensor weight scales.
+        note: How it was measured, or why it was not.
+    """
+
+    per_channel: float | None = None
+    per_tensor: float | None = None
+    note: str = INT8_NOT_MEASURED
+
+    @property
+    def measured(self) -> bool:
+        return self.per_channel is not None or self.per_tensor is not None
+
+
+@dataclass
+class DigitsData:
+    """Preprocessed digits tensors, as the config's data preprocessor makes them.
+
+    Attributes:
+        test_inputs: The 450 held-out images, ``(N, 3, 32, 32)``.
+        test_labels: Their labels.
+        calib_inputs: Training images without augmentation (int8 calibration).
+    """
+
+    test_inputs: Tensor
+    test_labels: Tensor
+    calib_inputs: Tensor
+
+
+def int8_top1(model: nn.Module, data: DigitsData) -> Int8Result:
+    """int8 top-1 of a deployed (folded) classifier, per-channel and per-tensor weights.
+
+    The place where ONNX Runtime static quantization (``mmrepvgg/deploy/quantize.py``) plugs
+    in: export ``model`` (``mode='tensor'``, input ``(N, 3, 32, 32)``) to ONNX, quantize it
+    statically (int8 weights and activations, calibrated on ``data.calib_inputs``) once with
+    per-channel and once with per-tensor weight scales, run both on ``data.test_inputs`` and
+    return the top-1 (%) against ``data.test_labels``. Until that quantizer is wired in here,
+    nothing is measured and the result says so.
+
+    Args:
+        model: The deployed classifier, eval mode, CPU, fp32.
+        data: Test and calibration tensors.
+
+    Returns:
+        The int8 top-1s, or an unmeasured result with the reason.
+    """
+    return Int8Result()
+
+
+@dataclass
+class RunResult:
+    """One block type and seed."""
+
+    block: str
+    seed: int
+    checkpoint: str
+    runner_trained: float
+    runner_deployed: float
+    trained: float
+    deployed: float
+    int8: Int8Result
+    weight_error: dict
+    layers: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def load_demo_config(config: str, data_root: str | Path) -> Config:
+    """The demo config with its data under ``data_root``.
+
+    The top-level ``data_preprocessor`` goes into ``model`` as mmengine's runner puts it
+    (without it the model would see unnormalized pixels).
+    """
+    cfg = Config.fromfile(config if os.path.isfile(config) else str(REPO / config))
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = str(data_root)
+    if cfg.get('data_preprocessor') is not None:
+        cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
+    return cfg
+
+
+def load_digits_data(cfg: Config, model: nn.Module, calib_samples: int = 256) -> DigitsData:
+    """The test split and a calibration set, through the config's pipeline and preprocessor.
+
+    Args:
+        cfg: A digits demo config (see :func:`load_demo_config`).
+        model: The classifier; its ``data_preprocessor`` turns batches into tensors.
+        calib_samples: Training images for calibration (the test pipeline, no augmentation).
+
+    Returns:
+        The tensors.
+    """
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import DATASETS, init_default_scope
+    init_default_scope(cfg.default_scope)
+
+    def tensors(dataset_cfg, count: int | None = None) -> tuple[Tensor, Tensor]:
+        dataset = DATASETS.build(dataset_cfg)
+        order = range(len(dataset))
+        if count is not None:  # a random subset, all classes (the folders are sorted)
+            gen = torch.Generator().manual_seed(0)
+            order = torch.randperm(len(dataset), generator=gen)[:count].tolist()
+        xs, ys = [], []
+        for start in range(0, len(order), 64):
+            batch = pseudo_collate([dataset[i] for i in order[start:start + 64]])
+            data = model.data_preprocessor(batch, False)
+            xs.append(data['inputs'])
+            ys.append(torch.cat([s.gt_label for s in data['data_samples']]))
+        return torch.cat(xs), torch.cat(ys)
+
+    test_x, test_y = tensors(copy.deepcopy(cfg.test_dataloader.dataset))
+    calib_cfg = copy.deepcopy(cfg.test_dataloader.dataset)  # test pipeline: no augmentation
+    calib_cfg.data_prefix = cfg.train_dataloader.dataset.data_prefix
+    calib_x, _ = tensors(calib_cfg, calib_samples)
+    return DigitsData(test_x, test_y, calib_x)
+
+
+def top1(model: nn.Module, inputs: Tensor, labels: Tensor, batch: int = 150) -> float:
+    """Top-1 (%) of a classifier called with ``mode='tensor'``."""
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch):
+            logits = model(inputs[i:i + batch], mode='tensor')
+            correct += (logits.argmax(dim=1) == labels[i:i + batch]).sum().item()
+    return 100.0 * correct / len(inputs)
+
+
+def evaluate_checkpoint(config: str, checkpoint: str | Path, data_root: str | Path,
+                        int8: Callable[[nn.Module, DigitsData], Int8Result] = int8_top1
+                        ) -> dict:
+    """fp32 top-1 trained and folded, folded-kernel int8 error and int8 top-1 of a checkpoint.
+
+    Args:
+        config: The demo config it was trained with.
+        checkpoint: A training-time checkpoint.
+        data_root: The digits image folder.
+        int8: The int8 step (default :func:`int8_top1`).
+
+    Returns:
+        ``dict(trained, deployed, int8, weight_error, layers)``.
+    """
+    from ..deploy.convert import build_model
+    cfg = load_demo_config(config, data_root)
+    model = build_model(cfg)
+    state = extract_state_dict(load_checkpoint_file(checkpoint))
+    load_state_dict_strict(model, state, source=str(checkpoint))
+    data = load_digits_data(cfg, model)
+    trained = top1(model, data.test_inputs, data.test_labels)
+    reparameterize(model.eval())
+    deployed = top1(model, data.test_inputs, data.test_labels)
+    layers = folded_kernel_errors(model)
+    return dict(trained=trained, deployed=deployed, int8=int8(model, data),
+                weight_error=summarize_errors(layers), layers=errors_to_dicts(layers))
+
+
+def compare_blocks(work_dir: str | Path = 'work_dirs/compare_qa_digits',
+                   seeds: tuple[int, ...] = (0, 1, 2),
+                   blocks: tuple[str, ...] = tuple(DEMO_CONFIGS),
+                   max_epochs: int | None = None,
+                   threads: int | None = None,
+                   int8: Callable[[nn.Module, DigitsData], Int8Result] = int8_top1) -> dict:
+    """Train and measure every block type for every seed; write json and markdown.
+
+    Args:
+        work_dir: Output folder (emptied first if a previous comparison or demo made it).
+        seeds: Training seeds.
+        blocks: Block types (keys of :data:`DEMO_CONFIGS`).
+        max_epochs: Override the demo's 8 epochs.
+        threads: torch threads (None: 1 on a busy machine, else all cores).
+        int8: The int8 step.
+
+    Returns:
+        The report (also in ``work_dir/qa_digits.json`` and ``.md``).
+    """
+    unknown = [b for b in blocks if b not in DEMO_CONFIGS]
+    if unknown or not blocks or not seeds:
+        raise ValueError(f'blocks must be among {list(DEMO_CONFIGS)} and seeds non-empty, got '
+                         f'blocks={list(blocks)}, seeds={list(seeds)}')
+    work_dir = fresh_work_dir(work_dir)
+    runs, total, t0 = [], len(blocks) * len(seeds), time.time()
+    for i, (seed, block) in enumerate((s, b) for s in seeds for b in blocks):
+        print_log(f'[compare {i + 1}/{total}] {block}, seed {seed}', logger='current')
+        t = time.time()
+        run_dir = work_dir / f'{SHORT_NAMES[block].lower()}_seed{seed}'
+        demo = run_cls_demo(run_dir, DEMO_CONFIGS[block], max_epochs, threads, seed=seed)
+        measured = evaluate_checkpoint(DEMO_CONFIGS[block], demo.checkpoint,
+                                       run_dir / 'digits', int8)
+        if abs(measured['trained'] - demo.trained) > 1e-6:  # same model, same 450 images
+            raise RuntimeError(f'top-1 here ({measured["trained"]:.2f}) differs from the '
+                               f'runner\'s ({demo.trained:.2f}) for {demo.checkpoint}: the '
+                               'evaluation tensors are not what the model was tested on')
+        runs.append(RunResult(block, seed, demo.checkpoint, demo.trained, demo.deployed,
+                              seconds=time.time() - t, **measured))
+    report = dict(seeds=list(seeds), blocks=list(blocks), max_epochs=max_epochs,
+                  threads=torch.get_num_threads(), torch=torch.__version__,
+                  seconds=time.time() - t0, int8_measured=all(r.int8.measured for r in runs),
+                  runs=[dict(asdict(r), int8=dict(asdict(r.int8), measured=r.int8.measured))
+                        for r in runs])
+    report['summary'] = summarize_runs(report['runs'])
+    _write_atomic(work_dir / 'qa_digits.json', json.dumps(report, indent=2))
+    _write_atomic(work_dir / 'qa_digits.md', comparison_markdown(report))
+    return report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+#: Summary columns: name -> how to read it from a run dict.
+_COLUMNS = {
+    'runner_trained': lambda r: r['runner_trained'],
+    'runner_deployed': lambda r: r['runner_deployed'],
+    'trained': lambda r: r['trained'],
+    'deployed': lambda r: r['deployed'],
+    'sqnr_per_channel_min': lambda r: r['weight_error']['per_channel']['min_db'],
+    'sqnr_per_channel_median': lambda r: r['weight_error']['per_channel']['median_db'],
+    'sqnr_per_tensor_min': lambda r: r['weight_error']['per_tensor']['min_db'],
+    'sqnr_per_tensor_median': lambda r: r['weight_error']['per_tensor']['median_db'],
+    'max_over_std_max': lambda r: r['weight_error']['max_over_std']['max'],
+}
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    """Mean and standard deviation over seeds of every column, per block type (int8 only if
+    every run measured it)."""
+    summary = {}
+    for block in dict.fromkeys(r['block'] for r in runs):
+        mine = [r for r in runs if r['block'] == block]
+        summary[block] = {k: _mean_std([f(r) for r in mine]) for k, f in _COLUMNS.items()}
+        for key in ('per_channel', 'per_tensor'):
+            values = [r['int8'][key] for r in mine]
+            summary[block][f'int8_{key}'] = (_mean_std(values) if None not in values
+                                             else None)
+    return summary
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return 'not measured' if value is None else f'{value:.{digits}f}'
+
+
+def comparison_markdown(report: dict) -> str:
+    """The report as markdown: one row per run, then mean ± std per block type."""
+    head = ('| block | seed | fp32 top-1 trained | fp32 top-1 deployed | int8 top-1 per-channel '
+            '| int8 top-1 per-tensor | weight SQNR per-channel min / median (dB) '
+            '| weight SQNR per-tensor min / median (dB) | max abs(w)/std(w) |')
+    lines = [f'RepVGG vs QARepVGG on scikit-learn digits (450 test images), seeds '
+             f'{report["seeds"]}, torch threads {report["threads"]}.', '', head,
+             '|' + '---|' * 9]
+    for r in report['runs']:
+        we = r['weight_error']
+        lines.append(
+            f'| {SHORT_NAMES.get(r["block"], r["block"])} | {r["seed"]} | {r["trained"]:.2f} '
+            f'| {r["deployed"]:.2f} | {_fmt(r["int8"]["per_channel"])} '
+            f'| {_fmt(r["int8"]["per_tensor"])} | {we["per_channel"]["min_db"]:.1f} / '
+            f'{we["per_channel"]["median_db"]:.1f} | {we["per_tensor"]["min_db"]:.1f} / '
+            f'{we["per_tensor"]["median_db"]:.1f} | {we["max_over_std"]["max"]:.1f} |')
+    for block, s in report['summary'].items():
+        def ms(key: str, digits: int = 2) -> str:
+            if s.get(key) is None:
+                return 'not measured'
+            return f'{s[key][0]:.{digits}f} ± {s[key][1]:.{digits}f}'
+        lines.append(
+            f'| **{SHORT_NAMES.get(block, block)}** | mean ± std | {ms("trained")} '
+            f'| {ms("deployed")} | {ms("int8_per_channel")} | {ms("int8_per_tensor")} '
+            f'| {ms("sqnr_per_channel_min", 1)} / {ms("sqnr_per_channel_median", 1)} '
+            f'| {ms("sqnr_per_tensor_min", 1)} / {ms("sqnr_per_tensor_median", 1)} '
+            f'| {ms("max_over_std_max", 1)} |')
+    lines += ['', 'fp32 top-1 from the tensors here; the mmengine runner reported '
+              + ', '.join(f'{SHORT_NAMES.get(r["block"], r["block"])}/{r["seed"]}: '
+                          f'{r["runner_trained"]:.2f} trained, {r["runner_deployed"]:.2f} '
+                          'deployed' for r in report['runs']) + '.',
+              'Weight SQNR: symmetric int8 ([-127, 127]) of each block\'s folded 3x3 kernel, '
+              'min and median over the layers (mmrepvgg.analysis.quant_error).']
+    if not report['int8_measured']:
+        lines.append(f'**{INT8_NOT_MEASURED}.**')
+    return '\n'.join(lines) + '\n'

@@ -1,0 +1,113 @@
+"""The RepVGG vs QARepVGG digits comparison: evaluation, orchestration and report, without
+training (an untrained model is evaluated; the orchestration runs on stand-ins)."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+import mmrepvgg.apis.qa_compare as qa_compare
+from mmrepvgg.analysis.quant_error import LayerQuantError, summarize_errors
+from mmrepvgg.apis.demo import DemoResult
+from mmrepvgg.apis.qa_compare import (DEMO_CONFIGS, INT8_NOT_MEASURED, QA_DEMO_CONFIG,
+                                      Int8Result, comparison_markdown, evaluate_checkpoint,
+                                      int8_top1, load_demo_config)
+from mmrepvgg.deploy import build_model
+from tests.helpers import randomize_bn_
+
+
+def test_evaluate_checkpoint(tmp_path):
+    from mmrepvgg.datasets import make_digits_folder
+    digits = tmp_path / 'digits'
+    make_digits_folder(digits)
+    torch.manual_seed(0)
+    model = randomize_bn_(build_model(load_demo_config(QA_DEMO_CONFIG, digits)))
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, tmp_path / 'qa.pth')
+    seen = {}
+
+    def int8(deployed, data):
+        seen.update(deploy=deployed.backbone.deploy, test=data.test_inputs.shape,
+                    labels=data.test_labels.bincount().tolist(), calib=data.calib_inputs.shape)
+        return Int8Result(per_channel=40.0, per_tensor=30.0, note='stand-in')
+
+    out = evaluate_checkpoint(QA_DEMO_CONFIG, tmp_path / 'qa.pth', digits, int8)
+    assert 0 <= out['trained'] <= 100
+    assert abs(out['trained'] - out['deployed']) <= 100 / 450  # at most one of 450 images
+    assert [layer['name'] for layer in out['layers']] == [
+        'backbone.stem', 'backbone.stage_1.0', 'backbone.stage_2.0', 'backbone.stage_2.1',
+        'backbone.stage_3.0', 'backbone.stage_3.1', 'backbone.stage_3.2', 'backbone.stage_3.3',
+        'backbone.stage_4.0']
+    assert out['weight_error']['layers'] == 9 and out['int8'].per_tensor == 30.0
+    # the int8 step gets the folded model, the 450 test images (every class) and calibration
+    assert seen['deploy'] and seen['test'] == (450, 3, 32, 32) and len(seen['labels']) == 10
+    assert min(seen['labels']) >= 40 and seen['calib'] == (256, 3, 32, 32)
+
+
+def test_the_int8_step_measures_nothing_until_wired():
+    result = int8_top1(torch.nn.Identity(), None)
+    assert not result.measured and result.per_channel is None and result.per_tensor is None
+    assert result.note == INT8_NOT_MEASURED and 'not measured' in result.note
+
+
+def _stand_ins(monkeypatch, calls: list, int8: Int8Result, offset: float = 0.0):
+    def demo(work_dir, config, max_epochs, threads, seed):
+        calls.append((config, seed))
+        return DemoResult(str(work_dir), f'{work_dir}/epoch_8.pth', 'top-1', 90.0 + seed,
+                          90.0 + seed)
+
+    def evaluate(config, checkpoint, data_root, int8_step):
+        assert int8_step is qa_compare.int8_top1 and str(data_root).endswith('digits')
+        layers = [LayerQuantError(f'backbone.stage_1.{i}', (8, 8, 3, 3), 40.0 + i, 30.0 + i,
+                                  1.0, 5.0 + i) for i in range(3)]
+        seed = int(re.search(r'seed(\d+)', checkpoint).group(1))
+        return dict(trained=90.0 + seed + offset, deployed=90.0 + seed, int8=int8,
+                    weight_error=summarize_errors(layers), layers=[])
+
+    monkeypatch.setattr(qa_compare, 'run_cls_demo', demo)
+    monkeypatch.setattr(qa_compare, 'evaluate_checkpoint', evaluate)
+
+
+def test_compare_blocks_report(tmp_path, monkeypatch):
+    calls = []
+    _stand_ins(monkeypatch, calls, Int8Result())
+    report = qa_compare.compare_blocks(tmp_path / 'cmp', seeds=(0, 1))
+    assert calls == [(DEMO_CONFIGS['RepVGGBlock'], 0), (DEMO_CONFIGS['QARepVGGBlock'], 0),
+                     (DEMO_CONFIGS['RepVGGBlock'], 1), (DEMO_CONFIGS['QARepVGGBlock'], 1)]
+    assert [(r['block'], r['seed']) for r in report['runs']] == [
+        ('RepVGGBlock', 0), ('QARepVGGBlock', 0), ('RepVGGBlock', 1), ('QARepVGGBlock', 1)]
+    assert not report['int8_measured']
+    s = report['summary']['QARepVGGBlock']
+    assert s['runner_trained'] == (90.5, pytest.approx(math.sqrt(0.5)))
+    assert s['sqnr_per_tensor_min'] == (30.0, 0.0) and s['sqnr_per_tensor_median'][0] == 31.0
+    assert s['int8_per_channel'] is None and s['int8_per_tensor'] is None
+    md = (tmp_path / 'cmp' / 'qa_digits.md').read_text()
+    assert md == comparison_markdown(report)
+    assert md.count('| not measured | not measured |') == 6 and INT8_NOT_MEASURED in md
+    assert (tmp_path / 'cmp' / 'qa_digits.json').is_file()
+
+
+def test_a_wired_int8_step_is_reported(tmp_path, monkeypatch):
+    _stand_ins(monkeypatch, [], Int8Result(per_channel=40.0, per_tensor=30.0, note='test'))
+    report = qa_compare.compare_blocks(tmp_path / 'cmp', seeds=(3, ), blocks=('QARepVGGBlock', ))
+    assert report['int8_measured']
+    assert report['summary']['QARepVGGBlock']['int8_per_tensor'] == (30.0, 0.0)
+    md = comparison_markdown(report)
+    assert INT8_NOT_MEASURED not in md and 'not measured' not in md and '| 40.00 | 30.00 |' in md
+
+
+def test_an_evaluation_that_disagrees_with_the_runner_is_an_error(tmp_path, monkeypatch):
+    _stand_ins(monkeypatch, [], Int8Result(), offset=1.0)
+    with pytest.raises(RuntimeError, match='differs from the runner'):
+        qa_compare.compare_blocks(tmp_path / 'cmp', seeds=(0, ), blocks=('RepVGGBlock', ))
+
+
+def test_bad_arguments_and_foreign_work_dir(tmp_path):
+    with pytest.raises(ValueError, match='blocks must be'):
+        qa_compare.compare_blocks(tmp_path / 'x', blocks=('ResNet', ))
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'data.txt').write_text('keep')
+    from tools.compare_qa_digits import main
+    assert main(['--work-dir', str(tmp_path / 'mine'), '--seeds', '0']) == 1
+    assert (tmp_path / 'mine' / 'data.txt').read_text() == 'keep'
