@@ -69,6 +69,10 @@ def test_scoped_name_works_from_any_scope():
     assert SEG.get('mmrepvgg.RepVGG') is RepVGG
     assert SEG.get('RepVGG') is RepVGG
     assert ROOT.get('mmrepvgg.RepVGGBlock') is mmrepvgg.RepVGGBlock
+    assert ROOT.get('mmrepvgg.QARepVGGBlock') is mmrepvgg.QARepVGGBlock
+    # block_cfg names resolve in mmrepvgg's registry whatever the default scope
+    backbone = SEG.build(dict(type='RepVGG', arch='A0', block_cfg=dict(type='QARepVGGBlock')))
+    assert backbone.block_type == 'QARepVGGBlock'
 
 
 def test_unknown_arch_in_config_is_a_clear_error(tmp_path):

@@ -69,6 +69,18 @@ def test_deployed_qa_model_has_the_params_of_deployed_repvgg(arch):
     assert sum(p.numel() for p in qa.parameters()) == sum(p.numel() for p in plain.parameters())
 
 
+def test_qa_training_model_matches_the_authors_parameter_count():
+    """QARepVGG-B0 with a 1000-class fc has 15,808,616 parameters in the authors' training
+    log (cxxgtxy/QARepVGG B0_log.txt, ``n_parameters``); RepVGG-B0 has more (BN on the 1x1 and
+    identity branches)."""
+    with torch.device('meta'):
+        qa = RepVGG('B0', block_cfg=dict(type='QARepVGGBlock'))
+        plain = RepVGG('B0')
+    fc = 1280 * 1000 + 1000
+    assert sum(p.numel() for p in qa.parameters()) + fc == 15_808_616
+    assert sum(p.numel() for p in plain.parameters()) + fc > 15_808_616
+
+
 def test_a_wrong_fold_is_caught(monkeypatch):
     """The exactness check can fail: drop the 1x1 branch from the fused kernel."""
     from mmrepvgg.models import block
