@@ -234,7 +234,8 @@ def compare_blocks(work_dir: str | Path = 'work_dirs/compare_qa_digits',
         demo = run_cls_demo(run_dir, DEMO_CONFIGS[block], max_epochs, threads, seed=seed)
         measured = evaluate_checkpoint(DEMO_CONFIGS[block], demo.checkpoint,
                                        run_dir / 'digits', int8)
-        if abs(measured['trained'] - demo.trained) > 1e-6:  # same model, same 450 images
+        # same model, same 450 images (the runner's metric is float32: 1e-3, not equality)
+        if abs(measured['trained'] - demo.trained) > 1e-3:
             raise RuntimeError(f'top-1 here ({measured["trained"]:.2f}) differs from the '
                                f'runner\'s ({demo.trained:.2f}) for {demo.checkpoint}: the '
                                'evaluation tensors are not what the model was tested on')
