@@ -23,9 +23,12 @@ On CUDA the float32 precision is set explicitly for the run (``fp32`` = strict I
 from __future__ import annotations
 
 import copy
+import datetime
+import json
 import os
 import os.path as osp
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -47,6 +50,17 @@ from .precision import (DTYPES, cudnn_benchmark, float32_precision, measure_matm
 #: The paper's speed protocol per task: batch, (H, W), warm-up batches, timed batches.
 PAPER_PROTOCOL = {'cls': dict(batch=128, shape=(224, 224), warmup=50, iters=50),
                   'seg': dict(batch=16, shape=(713, 713), warmup=50, iters=50)}
+
+#: The speed comparisons the paper makes (faster model, slower model), deployed / fused
+#: forms, with the paper's 1080Ti speeds taken from configs/metafile.yml (Tables 4 and 8).
+PAPER_PAIRS = [('RepVGG-A0', 'ResNet-18'), ('RepVGG-B0', 'ResNet-34'),
+               ('RepVGG-A2', 'ResNet-50'), ('RepVGG-B1g2', 'ResNet-152'),
+               ('RepVGG-B2', 'ResNet-101'),
+               ('pspnet_repvgg-b1g2-fast_cityscapes', 'pspnet_r50_cityscapes'),
+               ('pspnet_repvgg-b2-fast_cityscapes', 'pspnet_r101_cityscapes'),
+               ('pspnet_repvgg-b2_cityscapes', 'pspnet_repvgg-b2-fast_cityscapes')]
+#: Paper Table 6: RepVGG-B0 with all branches, deployed vs before conversion (examples/s).
+PAPER_B0_DEPLOY_VS_TRAIN = (1810, 1061)
 
 
 def device_info(device: str | torch.device = 'cpu') -> dict:
@@ -299,7 +313,7 @@ def protocol_differences(proto: dict) -> list[str]:
         out.append(f"{proto['dtype']} (paper strict fp32)")
     elif proto.get('tf32_conv') or proto.get('tf32_matmul'):
         out.append('TF32 on (paper strict fp32)')
-    elif 'tf32_conv' not in proto:
+    elif proto.get('tf32_conv') is None or proto.get('tf32_matmul') is None:
         out.append('TF32 state not recorded')
     if proto['backend'] != 'eager':
         out.append(f"{proto['backend']} (paper eager)")
@@ -386,12 +400,13 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
     cuda = dev.type == 'cuda'
     proto.update(rounds=rounds, dtype=dtype, backend=backend, task=task, device=dev.type,
                  precision=precision_label(dtype, state, dev),
-                 tf32_conv=bool(state['cudnn_conv_tf32']) if cuda else False,
-                 tf32_matmul=bool(state['matmul_tf32']) if cuda else False,
+                 tf32_conv=state['cudnn_conv_tf32'] if cuda else False,
+                 tf32_matmul=state['matmul_tf32'] if cuda else False,
                  cudnn_benchmark=autotune, order='rotated each round')
     proto['paper_protocol'] = is_paper_protocol(proto)
     return dict(device_info=info, protocol=_jsonable(proto), results=results,
-                ratios=compute_ratios(results), skipped=skipped, peak=peak)
+                ratios=compute_ratios(results), skipped=skipped, peak=peak,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
 
 def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.device,
@@ -412,6 +427,8 @@ def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.d
         if backend != 'onnxruntime':
             x1 = _to_backend(x1, dev, dtype, backend)
         for i, (v, _) in enumerate(runners):
+            print_log(f'benchmark: counting the FLOPs of {v.model} [{v.variant}]',
+                      logger='current')
             macs[i] = _count_macs(v.module, x1)
     for v, run in runners:
         print_log(f'benchmark: warm-up {v.model} [{v.variant}] x{proto["warmup"]}',
@@ -531,11 +548,13 @@ def compute_ratios(results: list[dict], reference: str | None = None) -> dict:
     return out
 
 
-def _device_line(info: dict) -> str:
+def _device_line(info: dict, date: str | None = None) -> str:
     line = (f"Device: {info.get('gpu') or info['cpu']} ({info['device']}, "
             f"{info['torch_threads']} threads), torch {info['torch']}")
     if info.get('cudnn'):
         line += f", CUDA {info.get('cuda')}, cuDNN {info['cudnn']}"
+    if date:
+        line += f', measured {date[:10]}'
     return line
 
 
@@ -564,13 +583,14 @@ def benchmark_markdown(report: dict) -> str:
     the TF32 state: the protocol line then says so).
     """
     info, proto = report['device_info'], report['protocol']
-    lines = [_device_line(info), _protocol_line(proto)]
+    results = report['results']
+    lines = [_device_line(info, report.get('date'))]
+    if results:
+        lines.append(_protocol_line(proto))
     peak = report.get('peak')
     if peak:
-        lines.append(f"Peak for the fraction of peak: {peak['tflops']:.3g} TFLOP/s "
-                     f"({peak['source']})")
+        lines.append(f"Peak: {peak['tflops']:.3g} TFLOP/s ({peak['source']})")
     lines.append('')
-    results = report['results']
     ratios = report['ratios']
     has_mem = any('peak_memory_mb' in r for r in results)
     has_alloc = any('allocator_peak_mb' in r for r in results)
@@ -654,9 +674,36 @@ def benchmark_markdown(report: dict) -> str:
             for s in sources:
                 cells += [_fmt(speeds.get((arch, s)), '.2f'), _fmt(peers.get(s), '.3f', 'x')]
             lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += _paper_pairs(results, ratios)
     for s in report.get('skipped', []):
         lines.append(f"\nSkipped {s['model']} [{s['variant']}]: {s['reason']}")
     return '\n'.join(lines)
+
+
+def _paper_pairs(results: list[dict], ratios: dict) -> list[str]:
+    """The paper's speed comparisons found in a report, measured vs the paper's 1080Ti."""
+    from .metafile import find_paper_model, load_metafile
+    speed = {r['model']: r['examples_per_s'] for r in results
+             if r['variant'] in ('deploy', 'fused') and r.get('family') != 'peer'}
+    paper = load_metafile()
+    rows = []
+    for fast, slow in PAPER_PAIRS:
+        if fast in speed and slow in speed:
+            pf, ps = find_paper_model(fast, paper), find_paper_model(slow, paper)
+            key = 'Speed (examples/s, 1080Ti)'
+            ref = (pf.paper[key] / ps.paper[key] if pf and ps and key in pf.paper
+                   and key in ps.paper else None)
+            rows.append(f'| {fast} / {slow} | {speed[fast] / speed[slow]:.2f}x | '
+                        f"{_fmt(ref, '.2f', 'x')} |")
+    b0 = ratios.get('deploy_vs_train', {}).get('RepVGG-B0')
+    if b0 is not None:
+        rows.append(f'| RepVGG-B0 deployed / training-time (Table 6) | {b0:.2f}x | '
+                    f'{PAPER_B0_DEPLOY_VS_TRAIN[0] / PAPER_B0_DEPLOY_VS_TRAIN[1]:.2f}x |')
+    if not rows:
+        return []
+    return ['', "The paper's speed comparisons (deployed / fused forms; paper: GTX 1080Ti, "
+            'fp32, configs/metafile.yml):', '', '| Pair | Measured here | Paper |',
+            '|---|---|---|'] + rows
 
 
 def _fmt(value: float | None, spec: str, suffix: str = '') -> str:
@@ -688,6 +735,7 @@ def fold_time(arch: str, repeats: int = 5, dilation_plan: str | None = None) -> 
         reparameterize(fresh)
         seconds.append(time.perf_counter() - start)
     return dict(arch=arch, dilation_plan=dilation_plan, seconds=seconds,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                 median_s=statistics.median(seconds), min_s=min(seconds), max_s=max(seconds),
                 blocks=blocks, torch_threads=torch.get_num_threads(),
                 device_info=device_info('cpu'))
@@ -715,3 +763,37 @@ def write_text_atomic(path: str, text: str) -> None:
         if osp.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+#: A block of a markdown file that ``tools/benchmark.py --update-docs`` re-renders from a json:
+#: ``<!-- benchmark: docs/gpu/x.json -->`` ... ``<!-- /benchmark -->``.
+_MARKED = re.compile(r'(<!-- benchmark: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /benchmark -->)',
+                     re.S)
+
+
+def update_marked_tables(text: str, root: str = '.') -> tuple[str, list[str]]:
+    """Re-render every marked benchmark block of a markdown text from its json.
+
+    Args:
+        text: The markdown (e.g. docs/benchmark.md).
+        root: Folder the json paths in the markers are relative to (the repo root).
+
+    Returns:
+        The new text and the json paths rendered.
+
+    Raises:
+        FileNotFoundError: A marker names a json that does not exist.
+    """
+    paths = []
+
+    def render(m: re.Match) -> str:
+        path = m.group('path')
+        with open(osp.join(root, path)) as f:
+            report = json.load(f)
+        paths.append(path)
+        body = (f"Generated by `{report.get('command', '?')}`; this table by "
+                f"`python tools/benchmark.py --render {path}`.\n\n"
+                f"{benchmark_markdown(report)}\n")
+        return m.group(1) + body + m.group(4)
+
+    return _MARKED.sub(render, text), paths

@@ -24,6 +24,7 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-work_dirs/gpu_benchmark}
 BUDGET=${BUDGET:-450}
+[ "$QUICK" = 1 ] && BUDGET=${QUICK_BUDGET:-100000}   # a check of the steps, not of the time
 QUICK=${QUICK:-0}
 SITE=${SITE:-/tmp/site}
 RES=$(mktemp -d /tmp/gpu_results.XXXX)
@@ -75,9 +76,9 @@ EOF
 if [ "$QUICK" = 1 ]; then
   CLS=(--batch 1 --warmup 1 --iters 1)            # 224x224: VGG-16's classifier needs it
   SEG=(--batch 1 --shape 128 128 --warmup 1 --iters 1)
-  MEMB=1; ROUNDS=1; PEER_ROUNDS=2
+  MEMB=1; ROUNDS=1; PEER_ROUNDS=2; EXTRA=(--threads 1)   # a shared CPU: no oversubscription
 else
-  CLS=(); SEG=(--warmup 3 --iters 8); MEMB=32; ROUNDS=2; PEER_ROUNDS=5
+  CLS=(); SEG=(--warmup 3 --iters 8); MEMB=32; ROUNDS=2; PEER_ROUNDS=5; EXTRA=()
 fi
 DEVICE=$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 TF32=tf32; [ "$DEVICE" = cpu ] && TF32=fp32   # TF32 exists on CUDA only
@@ -97,7 +98,7 @@ step() {  # step NAME ESTIMATE_SECONDS BENCHMARK_ARGS...
   say "start $name (estimate ${est}s)"
   t0=$(date +%s)
   timeout --signal=INT $(( left > 30 ? left : 30 )) "$PY" tools/benchmark.py "$@" \
-    --device "$DEVICE" --out "$RES/$name.json" --markdown "$RES/$name.md" --force \
+    --device "$DEVICE" ${EXTRA[@]+"${EXTRA[@]}"} --out "$RES/$name.json" --markdown "$RES/$name.md" --force \
     >"$RES/$name.log" 2>&1
   rc=$?
   say "end $name: rc $rc, $(( $(date +%s) - t0 ))s"
