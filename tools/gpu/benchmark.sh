@@ -23,9 +23,9 @@ set -u
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-work_dirs/gpu_benchmark}
+QUICK=${QUICK:-0}
 BUDGET=${BUDGET:-450}
 [ "$QUICK" = 1 ] && BUDGET=${QUICK_BUDGET:-100000}   # a check of the steps, not of the time
-QUICK=${QUICK:-0}
 SITE=${SITE:-/tmp/site}
 RES=$(mktemp -d /tmp/gpu_results.XXXX)
 mkdir -p "$OUT"
@@ -98,7 +98,8 @@ step() {  # step NAME ESTIMATE_SECONDS BENCHMARK_ARGS...
   say "start $name (estimate ${est}s)"
   t0=$(date +%s)
   timeout --signal=INT $(( left > 30 ? left : 30 )) "$PY" tools/benchmark.py "$@" \
-    --device "$DEVICE" ${EXTRA[@]+"${EXTRA[@]}"} --out "$RES/$name.json" --markdown "$RES/$name.md" --force \
+    --device "$DEVICE" ${EXTRA[@]+"${EXTRA[@]}"} --out "$RES/$name.json" \
+    --markdown "$RES/$name.md" --force \
     >"$RES/$name.log" 2>&1
   rc=$?
   say "end $name: rc $rc, $(( $(date +%s) - t0 ))s"
@@ -111,15 +112,19 @@ step() {  # step NAME ESTIMATE_SECONDS BENCHMARK_ARGS...
 }
 
 step a1_table4_fp32 180 "${TABLE4[@]}" --variants deploy fused --dtype fp32 --measure-peak \
-  "${CLS[@]}"
+  ${CLS[@]+"${CLS[@]}"}
 step a2_table4_tf32 150 "${TABLE4[@]}" --dtype "$TF32" --rounds "$ROUNDS" --memory \
-  --memory-batch "$MEMB" --measure-peak "${CLS[@]}"
-step a3_table6_fp32 25 A0 B0 --variants train deploy --dtype fp32 --rounds "$ROUNDS" "${CLS[@]}"
+  --memory-batch "$MEMB" --measure-peak ${CLS[@]+"${CLS[@]}"}
+step a3_table6_fp32 25 A0 B0 --variants train deploy --dtype fp32 --rounds "$ROUNDS" \
+  ${CLS[@]+"${CLS[@]}"}
 step b_peers_tf32 60 A0 B0 B2 B3 --peers --variants deploy --dtype "$TF32" --warmup 20 \
-  --rounds "$PEER_ROUNDS" --measure-peak "${CLS[@]}"
-step d_table8_fp32 70 "${TABLE8[@]}" --dtype fp32 --batch 16 "${SEG[@]}"
+  --rounds "$PEER_ROUNDS" --measure-peak ${CLS[@]+"${CLS[@]}"}
+step d_table8_fp32 70 "${TABLE8[@]}" --dtype fp32 --batch 16 ${SEG[@]+"${SEG[@]}"}
 step e_peak_bf16 8 --measure-peak --dtype bf16
 step e_peak_fp16 8 --measure-peak --dtype fp16
 say "done in $(elapsed)s; results in $OUT/gpu_results.tgz"
+for f in "$RES"/a1*.md "$RES"/a2*.md "$RES"/a3*.md "$RES"/d_*.md; do  # the headline ratios
+  [ -f "$f" ] && { echo "== $(basename "$f")"; grep -A12 "^The paper's speed" "$f" | grep '^|'; }
+done
 grep -h -A8 '^Ours vs peers' "$RES"/b_peers*.md 2>/dev/null
 bundle
