@@ -143,10 +143,20 @@ def _test(config: str, checkpoint: str, work_dir: Path, name: str, *, deploy: bo
     return test(cfg)
 
 
+def _config_path(config: str) -> str:
+    """A demo config: as given if it exists (from the current folder), else in the repo."""
+    return config if Path(config).is_file() else str(REPO / config)
+
+
 def _convert(config: str, checkpoint: str, out: Path) -> str:
-    """Convert with tools/deploy_convert.py (the command users run), verifying outputs."""
-    cmd = [sys.executable, str(REPO / 'tools' / 'deploy_convert.py'), config, checkpoint,
-           str(out), '--verify', '--force']
+    """Convert with tools/deploy_convert.py (the command users run), verifying outputs.
+
+    It runs in the repo, so every path is passed absolute: the output lands in the demo's
+    work dir wherever the demo was started.
+    """
+    cmd = [sys.executable, str(REPO / 'tools' / 'deploy_convert.py'),
+           str(Path(config).resolve()), str(Path(checkpoint).resolve()), str(out.resolve()),
+           '--verify', '--force']
     print_log('Running ' + ' '.join(cmd), logger='current')
     subprocess.run(cmd, check=True, cwd=REPO)
     return str(out)
@@ -176,6 +186,7 @@ def run_seg_demo(work_dir: str | Path = 'work_dirs/demo',
         The measurements; ``result.same`` says whether every folded model scored the same.
     """
     from ..datasets import make_tiny_cityscapes, prepare_cityscapes
+    config = _config_path(config)
     t0 = time.time()
     nthreads = set_threads(threads)
     work_dir = fresh_work_dir(work_dir)
@@ -248,6 +259,7 @@ def run_cls_demo(work_dir: str | Path = 'work_dirs/demo_cls',
         The measurements (``metric`` is top-1 accuracy in %).
     """
     from ..datasets import make_digits_folder
+    config = _config_path(config)
     t0 = time.time()
     nthreads = set_threads(threads)
     work_dir = fresh_work_dir(work_dir)

@@ -180,12 +180,17 @@ def test_missing_pretrained_stops_training_with_instructions(tiny_cityscapes, tm
 def test_demo_at_a_very_small_scale(tmp_path):
     """`make demo` end to end: data, train, test trained/deployed (same mIoU), images,
     tools/deploy_convert.py, summary."""
-    proc = run([PY, 'tools/demo.py', '--work-dir', str(tmp_path / 'demo'), '--max-iters', '2',
-                '--num-train', '2', '--num-val', '2', '--threads', '1'], timeout=600)
+    # started outside the repo with a relative --work-dir: everything lands there
+    proc = subprocess.run([PY, str(ROOT / 'tools' / 'demo.py'), '--work-dir', 'demo',
+                           '--max-iters', '2', '--num-train', '2', '--num-val', '2',
+                           '--threads', '1'], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = proc.stdout
     assert 'Demo summary' in out and 'same score             yes' in out
     assert len(list((tmp_path / 'demo' / 'test_trained' / 'vis').rglob('*.png'))) == 2
     assert (tmp_path / 'demo' / 'deploy' / 'pspnet_repvgg_deploy.pth').is_file()
+    assert not (ROOT / 'demo').exists()
 
 
 @pytest.mark.slow
