@@ -101,7 +101,7 @@ def run_tool(work: Callable[[], Any],
     try:
         work()
     except KeyboardInterrupt:
-        print_error('interrupted (files are written atomically: none was left half-written)')
+        print_error('interrupted')
         return 130
     except errors as err:
         print_error(error_message(err))
