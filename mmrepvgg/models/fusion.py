@@ -29,7 +29,10 @@ def nonfinite_problem(tensor: Tensor | None, what: str) -> str | None:
     """``'<what> has N non-finite values (of M)'`` if ``tensor`` holds NaN/Inf, else None."""
     if tensor is None or not tensor.is_floating_point():
         return None
-    bad = int((~torch.isfinite(tensor.detach())).sum())
+    tensor = tensor.detach()
+    if torch.isfinite(tensor.sum()):  # one fast pass: a NaN/Inf anywhere makes the sum one
+        return None
+    bad = int((~torch.isfinite(tensor)).sum())  # (or the sum overflowed: count exactly)
     return f'{what} has {bad} non-finite values (of {tensor.numel()})' if bad else None
 
 
