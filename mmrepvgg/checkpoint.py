@@ -14,15 +14,23 @@ loader.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import hashlib
+import logging
 import os
 import pickle
-import tempfile
+import re
+import secrets
+import signal
+import socket
+import threading
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+from mmengine.logging import print_log
 from torch import Tensor, nn
 
 
@@ -53,11 +61,28 @@ def load_checkpoint_file(path: str | os.PathLike, *, trust: bool = False,
         raise FileNotFoundError(f'Checkpoint not found: {path}')
     if path.stat().st_size == 0:
         raise CheckpointError(f'Checkpoint {path} is empty')
+    kind = _file_kind(path)
+    if kind is None:
+        raise CheckpointError(f'{path} is not a checkpoint (neither a torch.save zip archive nor '
+                              'a pickle): truncated or corrupt, or another kind of file')
+    if kind == 'pickle':  # not torch.save's format: only full unpickling can read it
+        if not trust:
+            raise CheckpointError(
+                f'{path} is a plain pickle, not a torch.save checkpoint: reading it means '
+                'unpickling it in full, which can run arbitrary code: do so only for a file '
+                'you trust, with --trust-checkpoint (trust=True).')
+        _warn_full_unpickling(path)
+        try:
+            with open(path, 'rb') as f:
+                return pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError,
+                TypeError, AttributeError, ImportError) as err:
+            raise CheckpointError(f'Checkpoint {path} is truncated or corrupt: {err}') from err
     try:
         with _extra_safe_globals(mmengine_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if 'weights only' not in str(err).lower() or not _looks_like_checkpoint(path):
+        if 'weights only' not in str(err).lower():
             raise CheckpointError(f'Checkpoint {path} is truncated or corrupt: {err}') from err
         if not trust:
             reason = _weights_only_reason(err)
@@ -71,19 +96,38 @@ def load_checkpoint_file(path: str | os.PathLike, *, trust: bool = False,
                 f'({reason.strip()}). Loading it in full unpickles the file, which can run '
                 'arbitrary code: do so only for a file you trust, with --trust-checkpoint '
                 '(trust=True).') from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            IndexError, TypeError) as err:
         raise CheckpointError(f'Checkpoint {path} is truncated or corrupt: {err}') from err
+    _warn_full_unpickling(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise CheckpointError(f'Checkpoint {path} is truncated or corrupt: {err}') from err
 
 
-def _looks_like_checkpoint(path: Path) -> bool:
-    """A torch zip archive or a pickle (protocol >= 2 starts with opcode PROTO, 0x80)."""
+def _warn_full_unpickling(path: Path) -> None:
+    print_log(f'Loading {path} with full unpickling (--trust-checkpoint / trust=True): this can '
+              'run code from the file', logger='current', level=logging.WARNING)
+
+
+#: torch.save's legacy (non-zip) format starts with a pickled magic number (opcode LONG1,
+#: 10 bytes, little-endian).
+_LEGACY_MAGIC = b'\x8a\x0a' + (0x1950a86a20f9469cfc6c).to_bytes(10, 'little')
+
+
+def _file_kind(path: Path) -> str | None:
+    """``'zip'`` / ``'legacy'`` (torch.save's formats), ``'pickle'`` (other pickles) or None.
+
+    A pickle of protocol >= 2 starts with the opcode PROTO (0x80).
+    """
+    if zipfile.is_zipfile(path):
+        return 'zip'
     with open(path, 'rb') as f:
-        head = f.read(2)
-    return zipfile.is_zipfile(path) or head[:1] == b'\x80'
+        head = f.read(32)
+    if head[:1] != b'\x80':
+        return None
+    return 'legacy' if _LEGACY_MAGIC in head else 'pickle'
 
 
 def _weights_only_reason(err: BaseException) -> str:
@@ -207,6 +251,17 @@ def install_mmengine_loader(trust: bool = False) -> None:
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)
 
 
+def installed_trust() -> bool:
+    """Whether the loader :func:`install_mmengine_loader` installed allows full unpickling.
+
+    The tools install it with their ``--trust-checkpoint``; the backbone's ``init_cfg``
+    loading follows the same choice. False when no such loader is installed.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    loader = CheckpointLoader._schemes.get('')
+    return bool(getattr(loader, 'trust', False))
+
+
 def extract_state_dict(obj: Any, prefix: str | None = None) -> dict[str, Tensor]:
     """The state dict inside a loaded checkpoint.
 
@@ -279,31 +334,283 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], source
     model.load_state_dict(state, strict=True)
 
 
-def save_checkpoint_atomic(obj: Any, path: str | os.PathLike, force: bool = False) -> Path:
-    """Save with ``torch.save`` to a temporary file beside ``path``, then rename it.
+class SameFileError(ValueError):
+    """The output file is one of the input files (the write would destroy the input)."""
+
+
+#: Temporary files are ``.<name>.<host>-<pid>-<random>.tmp`` beside the destination: the
+#: writer's host tag and pid tell a later run whether the writer is gone (see
+#: :func:`remove_stale_temp_files`).
+_TMP_RE = r'\.{name}\.(?P<host>[0-9a-f]{{8}})-(?P<pid>\d+)-[0-9a-f]{{8}}\.tmp'
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_name(name: str) -> str:
+    return f'.{name}.{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}.tmp'
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files that an interrupted write of ``path`` left behind.
+
+    Only files of this module's exact naming for this destination
+    (``.<name>.<host>-<pid>-<random>.tmp``) whose writer ran on this host and is no longer
+    alive are removed (a ``kill -9`` leaves them; any other end of a write removes its own).
+
+    Args:
+        path: The destination whose temporary files to look for.
+
+    Returns:
+        The files removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(_TMP_RE.format(name=re.escape(path.name)))
+    host, removed = _host_tag(), []
+    for candidate in path.parent.iterdir():
+        match = pattern.fullmatch(candidate.name)
+        if (match is None or match['host'] != host or int(match['pid']) == os.getpid()
+                or _pid_alive(int(match['pid'])) or not candidate.is_file()
+                or candidate.is_symlink()):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+            removed.append(candidate)
+    if removed:
+        print_log(f'Removed {len(removed)} temporary file(s) of an interrupted write of {path}: '
+                  + ', '.join(p.name for p in removed), logger='current', level=logging.WARNING)
+    return removed
+
+
+def check_output_path(path: str | os.PathLike, force: bool = False,
+                      inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Fail early if ``path`` cannot or must not be written.
+
+    Call it before long work (a conversion) so a bad output path fails at once;
+    :func:`write_atomic` checks again when it writes.
+
+    Args:
+        path: The destination file.
+        force: Whether an existing file may be replaced.
+        inputs: Files the output is made from: the output may never be one of them (also
+            through symbolic or hard links), whatever ``force`` says.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        IsADirectoryError: If ``path`` is a directory.
+        NotADirectoryError: If a parent of ``path`` is a file.
+        SameFileError: If ``path`` is one of ``inputs``.
+        FileExistsError: If ``path`` exists and ``force`` is False.
+    """
+    path = Path(os.path.expanduser(str(path)))
+    if path.is_dir():
+        raise IsADirectoryError(f'Output {path} is a directory; give a file name')
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f'Output {path}: {parent} is a file, not a directory')
+            break
+    if path.exists():
+        for source in inputs:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(path, os.path.expanduser(str(source))):
+                    raise SameFileError(f'Output {path} is the input {source}: writing it would '
+                                        'destroy the input (--force does not change this); '
+                                        'choose another output file')
+        if not force:
+            raise FileExistsError(f'{path} exists; pass --force (force=True) to overwrite it')
+    return path
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+    return mask
+
+
+class _Interrupted(BaseException):
+    """Raised by the signal handler of :func:`write_atomic` (SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[list[int]]:
+    """While writing, turn SIGINT/SIGTERM into exceptions so the temp file is removed.
+
+    SIGINT raises ``KeyboardInterrupt`` as usual; SIGTERM (whose default action kills the
+    process without cleanup) raises :class:`_Interrupted`, re-delivered after cleanup. The
+    list yielded records the signals received, so that an error a library makes of the
+    interruption (torch reports one inside its writer as ``enforce fail at
+    inline_container.cc``) can be reported as the interruption it is. Only in the main
+    thread (Python delivers signals there); elsewhere nothing changes.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        old = previous.get(signum)
+        if callable(old) and old is not handler:
+            old(signum, frame)
+            return
+        if old == signal.SIG_IGN:
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise _Interrupted(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, handler)
+    try:
+        yield received
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
+def write_atomic(path: str | os.PathLike,
+                 writer: Callable[[Path], Any],
+                 force: bool = False,
+                 inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Write a file atomically through ``writer``: all of it or nothing, never clobbering.
+
+    The one implementation behind every file the tools write (checkpoints, exports):
+
+    1. :func:`check_output_path` (directory, parent a file, output = an input, exists
+       without ``force``), and removal of temporary files that a killed earlier write of
+       ``path`` left (:func:`remove_stale_temp_files`).
+    2. ``writer(tmp)`` writes a temporary file beside ``path``, created with the mode
+       ``0o666 & ~umask`` like any file a program opens (so ``0644`` under umask 022).
+       SIGINT and SIGTERM during the write remove it (SIGTERM is then re-delivered); any
+       error removes it too.
+    3. The checks are repeated, then the file is moved into place: without ``force`` with
+       ``os.link``, which fails if ``path`` appeared meanwhile (another writer), so an
+       existing file is never replaced; with ``force`` with ``os.replace``.
+
+    Args:
+        path: The destination file.
+        writer: Called with the temporary file's path (the file exists and is empty); it
+            writes the content there.
+        force: Replace an existing file.
+        inputs: Files the content is made from; ``path`` may never be one of them.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        FileExistsError: If ``path`` exists (or appears during the write) and ``force`` is
+            False.
+        SameFileError: If ``path`` is one of ``inputs``.
+        IsADirectoryError, NotADirectoryError: If ``path`` cannot be a file.
+        KeyboardInterrupt: On SIGINT during the write (nothing written).
+    """
+    path = check_output_path(path, force, inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path)
+    mode = 0o666 & ~_umask()
+    while True:
+        tmp = path.parent / _temp_name(path.name)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:  # pragma: no cover  (a 32-bit random name collided)
+            continue
+        os.close(fd)
+        break
+    terminated = None
+    try:
+        with _signals_raise() as received:
+            try:
+                writer(tmp)
+                with open(tmp, 'rb+') as f:
+                    os.fsync(f.fileno())
+            except (KeyboardInterrupt, _Interrupted):
+                raise
+            except Exception as err:
+                if received:  # the library turned the interruption into an error
+                    if signal.SIGINT in received:
+                        raise KeyboardInterrupt from err
+                    raise _Interrupted(received[0]) from err
+                raise
+            # again (things change during a long write); an existing file is refused by
+            # the link below, atomically
+            check_output_path(path, True, inputs)
+            if force:
+                os.replace(tmp, path)
+            else:
+                _link_no_clobber(tmp, path)
+    except _Interrupted as err:
+        terminated = err.signum
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    if terminated is not None:  # cleaned up: now die of the signal as the default would
+        signal.signal(terminated, signal.SIG_DFL)
+        os.kill(os.getpid(), terminated)
+        raise SystemExit(128 + terminated)  # pragma: no cover  (the signal ended the process)
+    return path
+
+
+def _link_no_clobber(tmp: Path, path: Path) -> None:
+    """Give ``tmp``'s content the name ``path`` unless ``path`` exists, atomically."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f'{path} was created by someone else while this was written; it '
+                              'was left as it is (pass --force to overwrite it)') from None
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
+                             errno.ENOSYS, errno.EACCES):
+            raise
+        # a file system without hard links: check and rename (a narrow race remains)
+        if path.exists():
+            raise FileExistsError(f'{path} was created by someone else while this was '
+                                  'written; it was left as it is (pass --force to overwrite '
+                                  'it)') from None
+        os.rename(tmp, path)
+
+
+def save_checkpoint_atomic(obj: Any, path: str | os.PathLike, force: bool = False,
+                           inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """``torch.save`` through :func:`write_atomic` (see there for the guarantees).
 
     Args:
         obj: What to save (keep it to tensors and plain Python values so that it loads
             weights-only).
         path: The destination.
         force: Overwrite an existing file.
+        inputs: Files ``obj`` was made from; ``path`` may never be one of them.
 
     Returns:
         The destination path.
 
     Raises:
         FileExistsError: If ``path`` exists and ``force`` is False.
+        SameFileError: If ``path`` is one of ``inputs``.
     """
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f'{path} exists; pass --force (force=True) to overwrite it')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: torch.save(obj, str(tmp)), force=force, inputs=inputs)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,11 @@ from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint, load_
 from torch import nn
 from torch.utils.data import Dataset
 
-from mmrepvgg.checkpoint import (CheckpointError, install_mmengine_loader, load_checkpoint_file,
-                                 mmengine_safe_globals, save_checkpoint_atomic)
+from mmrepvgg.checkpoint import (CheckpointError, SameFileError, check_output_path,
+                                 install_mmengine_loader, load_checkpoint_file,
+                                 mmengine_safe_globals, save_checkpoint_atomic, write_atomic)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Linear(BaseModel):
@@ -162,3 +168,189 @@ def test_atomic_save_refuses_overwrite(tmp_path):
     save_checkpoint_atomic({'x': torch.zeros(1)}, path, force=True)
     assert torch.load(path, weights_only=True)['x'].item() == 0
     assert [p.name for p in tmp_path.iterdir()] == ['a.pth']  # no temporary left behind
+
+
+# ---------------------------------------------------------------- atomic writes (issue 9)
+
+def _temp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith('.tmp'))
+
+
+def test_output_that_is_the_input_is_refused_even_with_force(tmp_path):
+    src = save_checkpoint_atomic({'x': torch.ones(3)}, tmp_path / 'in.pth')
+    data = src.read_bytes()
+    (tmp_path / 'link.pth').symlink_to(src)
+    os.link(src, tmp_path / 'hard.pth')
+    for out in (src, tmp_path / 'link.pth', tmp_path / 'hard.pth', tmp_path / '.' / 'in.pth'):
+        with pytest.raises(SameFileError, match='is the input'):
+            save_checkpoint_atomic({'x': torch.zeros(1)}, out, force=True, inputs=[src])
+    assert src.read_bytes() == data
+
+
+def test_a_file_created_during_the_write_is_never_replaced(tmp_path, monkeypatch):
+    """Another writer creates the destination between the check and the final step."""
+    path = tmp_path / 'a.pth'
+    real_save = torch.save
+
+    def racing_save(obj, f, *args, **kwargs):
+        path.write_text('written by another process')
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'save', racing_save)
+    with pytest.raises(FileExistsError, match='while this was written'):
+        save_checkpoint_atomic({'x': torch.ones(1)}, path)
+    assert path.read_text() == 'written by another process'
+    assert _temp_files(tmp_path) == []
+    path.unlink()
+    save_checkpoint_atomic({'x': torch.ones(1)}, path, force=True)  # force: replaced
+    assert torch.load(path, weights_only=True)['x'].item() == 1
+
+
+@pytest.mark.parametrize('umask,mode', [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_respect_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint_atomic({'x': torch.ones(1)}, tmp_path / 'a.pth')
+        assert path.stat().st_mode & 0o777 == mode  # as mmengine's own checkpoints
+        written = write_atomic(tmp_path / 'b.onnx', lambda tmp: tmp.write_bytes(b'onnx'))
+        assert written.stat().st_mode & 0o777 == mode and written.read_bytes() == b'onnx'
+    finally:
+        os.umask(old)
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    calls = []
+    (tmp_path / 'file').write_text('x')
+    for out, error in ((tmp_path, IsADirectoryError),
+                       (tmp_path / 'file' / 'out.pth', NotADirectoryError)):
+        with pytest.raises(error):
+            check_output_path(out)
+        with pytest.raises(error):
+            write_atomic(out, calls.append)
+    assert calls == []
+
+
+_WRITER = '''
+import os, signal, sys, time, torch
+from mmrepvgg.checkpoint import save_checkpoint_atomic
+real_save = torch.save
+def slow_save(obj, f):
+    out = open(f, 'wb') if isinstance(f, str) else f
+    out.write(b'partial')
+    out.flush()
+    print('writing', flush=True)
+    if sys.argv[2] == 'self-term':
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+torch.save = slow_save
+save_checkpoint_atomic({'x': torch.ones(1)}, sys.argv[1])
+'''
+
+
+def _start_writer(path: Path, mode: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, '-c', _WRITER, str(path), mode],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.stdout.readline().strip() == 'writing'
+    return proc
+
+
+def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
+    proc = _start_writer(tmp_path / 'a.pth', 'self-term')
+    assert proc.wait(timeout=60) == -signal.SIGTERM  # still dies of the signal
+    assert list(tmp_path.iterdir()) == []
+    proc = _start_writer(tmp_path / 'a.pth', 'wait')
+    proc.terminate()
+    assert proc.wait(timeout=60) == -signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
+    proc = _start_writer(tmp_path / 'a.pth', 'wait')
+    proc.kill()  # SIGKILL: no cleanup possible
+    proc.wait(timeout=60)
+    left = _temp_files(tmp_path)
+    assert len(left) == 1 and left[0].startswith('.a.pth.')
+    # other files, and temporary files of writers that are alive, are never touched
+    alive = f'.a.pth.{left[0].split(".")[-2].split("-")[0]}-{os.getppid()}-0123abcd.tmp'
+    for name in (alive, '.a.pth.x.tmp', '.b.pth.' + left[0][len('.a.pth.'):], 'a.pth.tmp'):
+        (tmp_path / name).write_text('keep')
+    save_checkpoint_atomic({'x': torch.ones(1)}, tmp_path / 'a.pth')
+    assert not (tmp_path / left[0]).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ['a.pth', alive, '.a.pth.x.tmp', '.b.pth.' + left[0][len('.a.pth.'):], 'a.pth.tmp'])
+
+
+class _SigintOnWrite:
+    """A file whose writes are interrupted by Ctrl-C, as when it arrives mid-write."""
+
+    def __init__(self, f) -> None:
+        self.f = open(f, 'wb') if isinstance(f, (str, os.PathLike)) else f
+        self.calls = 0
+
+    def write(self, data):
+        self.calls += 1
+        if self.calls == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.f.write(data)
+
+    def flush(self):
+        return self.f.flush()
+
+    def close(self):
+        return self.f.close()
+
+
+def test_ctrl_c_during_a_write_is_reported_as_an_interruption(tmp_path, monkeypatch):
+    real_save = torch.save
+    monkeypatch.setattr(torch, 'save', lambda obj, f: real_save(obj, _SigintOnWrite(f)))
+    with pytest.raises(KeyboardInterrupt):  # not torch's "enforce fail at inline_container"
+        save_checkpoint_atomic({'x': torch.ones(1000)}, tmp_path / 'a.pth')
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- loading (issue 9)
+
+def test_a_text_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / 'notes.pth'
+    path.write_text('experiment notes: lr 0.1\n')
+    with pytest.raises(CheckpointError, match='not a checkpoint'):
+        load_checkpoint_file(path)
+
+
+def test_trusted_full_unpickling_is_logged_and_a_plain_pickle_loads(tmp_path, monkeypatch):
+    logged = []
+    monkeypatch.setattr('mmrepvgg.checkpoint.print_log',
+                        lambda msg, *args, **kwargs: logged.append(msg))
+    marker = tmp_path / 'MARKER'
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': _RunsCode(marker)},
+               tmp_path / 'obj.pth')
+    assert load_checkpoint_file(tmp_path / 'obj.pth', trust=True)['state_dict']['w'].item() == 1
+    assert marker.exists() and len(logged) == 1
+    assert 'full unpickling' in logged[0] and str(tmp_path / 'obj.pth') in logged[0]
+    # a plain pickle (not torch.save's format): trusted, it loads; it is not "corrupt"
+    marker.unlink()
+    (tmp_path / 'raw.pkl').write_bytes(pickle.dumps(
+        {'state_dict': {'w': torch.full((1, ), 2.0)}, 'meta': _RunsCode(marker)}))
+    assert load_checkpoint_file(tmp_path / 'raw.pkl', trust=True)['state_dict']['w'].item() == 2
+    assert marker.exists() and len(logged) == 2 and 'raw.pkl' in logged[1]
+    marker.unlink()
+    with pytest.raises(CheckpointError, match='trust-checkpoint'):
+        load_checkpoint_file(tmp_path / 'raw.pkl')
+    assert not marker.exists()
+
+
+def test_init_cfg_follows_the_tools_trust_checkpoint(tmp_path, pristine_loader):
+    from mmrepvgg.models import RepVGG
+    arch = dict(num_blocks=(1, 1, 1, 1), width_factors=(0.25, 0.25, 0.25, 0.25))
+    marker = tmp_path / 'MARKER'
+    state = {f'backbone.{k}': v for k, v in RepVGG(arch).state_dict().items()}
+    torch.save({'state_dict': state, 'meta': _RunsCode(marker)}, tmp_path / 'w.pth')
+    init = dict(type='Pretrained', checkpoint=str(tmp_path / 'w.pth'), prefix='backbone.')
+    install_mmengine_loader(trust=False)
+    with pytest.raises(CheckpointError, match='trust-checkpoint'):
+        RepVGG(arch, init_cfg=init).init_weights()
+    assert not marker.exists()
+    install_mmengine_loader(trust=True)  # what tools/train.py --trust-checkpoint does
+    RepVGG(arch, init_cfg=init).init_weights()
+    assert marker.exists()

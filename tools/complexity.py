@@ -42,13 +42,27 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def main() -> None:
+def main() -> int:
     args = parse_args()
-    from mmrepvgg.analysis.complexity import (complexity_markdown, model_complexity,
-                                              table4_specs)
+    from mmrepvgg.analysis.complexity import table4_specs
+    from mmrepvgg.analysis.models import resolve_name
+    from mmrepvgg.apis.cli import fail, run_tool, user_errors
     specs = list(args.models) + (table4_specs() if args.table else [])
     if not specs:
-        sys.exit('give model names or configs, or --table')
+        fail('give model names or configs, or --table')
+    for spec in specs:  # every name before any work: an unknown one is a one-line error
+        try:
+            kind, name = resolve_name(spec)
+        except KeyError as err:
+            fail(err.args[0])
+        if kind == 'config' and not osp.isfile(name):
+            fail(f'Config not found: {name}')
+    # KeyError / ValueError / TypeError: a config or --cfg-options that builds no model
+    return run_tool(lambda: _run(args, specs), user_errors() + (KeyError, ValueError, TypeError))
+
+
+def _run(args: argparse.Namespace, specs: list[str]) -> None:
+    from mmrepvgg.analysis.complexity import complexity_markdown, model_complexity
     rows = []
     bar = ProgressBar(len(specs), file=sys.stderr) if len(specs) > 1 else None
     for spec in specs:
@@ -78,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmengine.logging import print_log
-
 import mmrepvgg  # noqa: F401
-from mmrepvgg.checkpoint import CheckpointError
+from mmrepvgg.apis.cli import run_tool, user_errors
 from mmrepvgg.deploy import SOURCES, convert_backbone_weights
 
 
@@ -37,14 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the conversion; bad input prints one ``error:`` line and returns 1."""
     args = parse_args(argv)
-    try:
-        convert_backbone_weights(args.checkpoint, args.out, source=args.source, arch=args.arch,
-                                 force=args.force, trust=args.trust_checkpoint)
-    except (CheckpointError, FileExistsError, FileNotFoundError, KeyError, ValueError) as err:
-        print_log(f'convert_weights failed: {err}', logger='current', level=40)
-        return 1
-    return 0
+    # KeyError / ValueError: an unknown or malformed --arch
+    return run_tool(lambda: convert_backbone_weights(
+        args.checkpoint, args.out, source=args.source, arch=args.arch, force=args.force,
+        trust=args.trust_checkpoint), user_errors() + (KeyError, ValueError))
 
 
 if __name__ == '__main__':

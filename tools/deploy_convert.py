@@ -17,10 +17,9 @@ import argparse
 import sys
 
 from mmengine.config import Config, DictAction
-from mmengine.logging import print_log
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.checkpoint import CheckpointError
+from mmrepvgg.apis.cli import run_tool
 from mmrepvgg.deploy import DEFAULT_TOLERANCE, SOURCES, convert_checkpoint
 
 
@@ -48,19 +47,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the conversion; bad input prints one ``error:`` line and returns 1."""
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    try:
+
+    def work() -> None:
+        cfg = Config.fromfile(args.config)
+        if args.cfg_options:
+            cfg.merge_from_dict(args.cfg_options)
         convert_checkpoint(cfg, args.checkpoint, args.out, source=args.source,
                            verify=args.verify, force=args.force, trust=args.trust_checkpoint,
                            input_shape=tuple(args.shape) if args.shape else None,
                            tolerance=args.tolerance)
-    except (CheckpointError, FileExistsError, FileNotFoundError, RuntimeError) as err:
-        print_log(f'deploy_convert failed: {err}', logger='current', level=40)
-        return 1
-    return 0
+
+    return run_tool(work)
 
 
 if __name__ == '__main__':

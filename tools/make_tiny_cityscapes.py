@@ -1,17 +1,22 @@
 """Write a tiny synthetic Cityscapes in the official layout (polygons, label maps, images).
 
     python tools/make_tiny_cityscapes.py data/tiny_cityscapes --prepare
+
+ROOT must be new or empty, or a folder this tool (or a demo) made, which is emptied first;
+a folder holding anything else is refused and left as it is.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
+from mmrepvgg.apis.cli import run_tool
 from mmrepvgg.datasets import make_tiny_cityscapes, prepare_cityscapes
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('root', help='output folder')
+    parser.add_argument('root', help='output folder (new, empty, or made by this tool)')
     parser.add_argument('--num-train', type=int, default=8)
     parser.add_argument('--num-val', type=int, default=4)
     parser.add_argument('--size', type=int, nargs=2, default=(128, 256),
@@ -20,10 +25,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--prepare', action='store_true',
                         help='also make the train-id maps (tools/prepare_cityscapes.py)')
     args = parser.parse_args(argv)
-    make_tiny_cityscapes(args.root, args.num_train, args.num_val, tuple(args.size), args.seed)
-    if args.prepare:
-        prepare_cityscapes(args.root)
+
+    def work() -> None:
+        make_tiny_cityscapes(args.root, args.num_train, args.num_val, tuple(args.size),
+                             args.seed)
+        if args.prepare:
+            prepare_cityscapes(args.root)
+
+    return run_tool(work)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

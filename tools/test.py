@@ -4,22 +4,28 @@ Examples::
 
     python tools/test.py configs/pspnet_repvgg-b2_cityscapes.py work_dirs/x/iter_7440.pth
     python tools/test.py CONFIG CKPT --deploy --show-dir vis   # fold first, write images
+    python tools/test.py CONFIG work_dirs/x/iter_7440_deploy.pth   # a deployed checkpoint
     bash tools/dist_test.sh CONFIG CKPT 8 --deploy
+
+The checkpoint is loaded strictly: every missing, unexpected or mis-shaped key is an error.
+A deployed checkpoint (``branch_reparam`` keys) is recognized and the model is folded before
+loading it (the log says so).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone and the deploy hook)
 from mmrepvgg.apis import prepare_test_config, test
-from mmrepvgg.apis.cli import add_runner_args, parse_runner_args
+from mmrepvgg.apis.cli import add_runner_args, parse_runner_args, run_tool
 from mmrepvgg.checkpoint import install_mmengine_loader
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test a model with a RepVGG backbone')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file (training-time or deployed)')
     parser.add_argument('--work-dir', help='the dir for logs and metrics')
     parser.add_argument('--deploy', action='store_true',
                         help='fold every RepVGG block (RepVGGDeployHook) after loading the '
@@ -27,23 +33,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--out', help='segmentation: folder for the predicted label maps; '
                         'classification: pickle file of the results')
     parser.add_argument('--show', action='store_true', help='show prediction images')
-    parser.add_argument('--show-dir', help='write prediction images to this folder (under '
-                        'the work dir when relative)')
+    parser.add_argument('--show-dir', help='write prediction images under this folder (under '
+                        'the work dir when relative); the log names the exact folder')
     parser.add_argument('--show-interval', type=int, default=1,
                         help='draw every n-th test image (default: all)')
     return parse_runner_args(add_runner_args(parser), argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
+    """Test; bad input (e.g. a checkpoint that does not fit) prints one ``error:`` line."""
     args = parse_args(argv)
     install_mmengine_loader(trust=args.trust_checkpoint)
-    cfg = prepare_test_config(args.config, args.checkpoint, work_dir=args.work_dir,
-                              deploy=args.deploy, show_dir=args.show_dir, show=args.show,
-                              show_interval=args.show_interval,
-                              out=args.out, cfg_options=args.cfg_options,
-                              launcher=args.launcher)
-    return test(cfg)
+
+    def work() -> None:
+        cfg = prepare_test_config(args.config, args.checkpoint, work_dir=args.work_dir,
+                                  deploy=args.deploy, show_dir=args.show_dir, show=args.show,
+                                  show_interval=args.show_interval,
+                                  out=args.out, cfg_options=args.cfg_options,
+                                  launcher=args.launcher)
+        test(cfg)
+
+    return run_tool(work)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

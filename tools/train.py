@@ -5,6 +5,8 @@ Examples::
     python tools/train.py configs/pspnet_repvgg-b2_cityscapes.py
     bash tools/dist_train.sh configs/pspnet_repvgg-b2_cityscapes.py 8
     python tools/train.py configs/repvgg-b1g2_in1k.py --work-dir work_dirs/b1g2 --resume
+
+``load_from`` is loaded strictly (every missing, unexpected or mis-shaped key is an error).
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone and the deploy hook)
-from mmrepvgg.apis import PretrainedNotFoundError, prepare_train_config, train
-from mmrepvgg.apis.cli import add_runner_args, parse_runner_args
+from mmrepvgg.apis import prepare_train_config, train
+from mmrepvgg.apis.cli import add_runner_args, parse_runner_args, run_tool
 from mmrepvgg.checkpoint import install_mmengine_loader
 
 
@@ -31,20 +33,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_runner_args(add_runner_args(parser), argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Train; bad input (missing data or weights, an unsafe file) prints one ``error:`` line."""
     args = parse_args(argv)
     install_mmengine_loader(trust=args.trust_checkpoint)
-    resume = True if args.resume == 'auto' else (args.resume or False)
-    cfg = prepare_train_config(args.config, work_dir=args.work_dir, resume=resume,
-                               amp=args.amp, cfg_options=args.cfg_options,
-                               launcher=args.launcher)
-    if args.auto_scale_lr:
-        cfg.auto_scale_lr = dict(cfg.get('auto_scale_lr') or {}, enable=True)
-    try:
+
+    def work() -> None:
+        resume = True if args.resume == 'auto' else (args.resume or False)
+        cfg = prepare_train_config(args.config, work_dir=args.work_dir, resume=resume,
+                                   amp=args.amp, cfg_options=args.cfg_options,
+                                   launcher=args.launcher)
+        if args.auto_scale_lr:
+            cfg.auto_scale_lr = dict(cfg.get('auto_scale_lr') or {}, enable=True)
         train(cfg)
-    except PretrainedNotFoundError as err:  # a user error: the message, no traceback
-        sys.exit(f'error: {err}')
+
+    return run_tool(work)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -1,10 +1,22 @@
-"""Command-line options shared by ``tools/train.py`` and ``tools/test.py``."""
+"""What every command-line tool shares: runner options and the one way to report an error.
+
+A tool runs its work through :func:`run_tool`: bad input (a missing or unsafe file, a
+config that builds nothing, an output that must not be written, weights that cannot be
+folded) is printed as one plain line on stderr, ``error: <message>``, and the tool exits
+with status 1 (130 after Ctrl-C), without a traceback and without mmengine's logger prefix.
+Anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from typing import Any, Callable, NoReturn
 
 from mmengine.config import DictAction
+
+from ..checkpoint import CheckpointError, SameFileError
+from ..models.fusion import FoldError
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -18,7 +30,7 @@ def add_runner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow full unpickling of checkpoints that weights-only loading '
-                        'refuses (load_from, --resume); only for files you trust')
+                        'refuses (load_from, --resume, init_cfg); only for files you trust')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value (e.g. model.backbone.init_cfg=None)')
@@ -34,3 +46,64 @@ def parse_runner_args(parser: argparse.ArgumentParser,
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
+
+
+def _verification_error() -> type[Exception]:
+    from ..deploy.convert import VerificationError
+    return VerificationError
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean bad input rather than a bug: reported as one line.
+
+    Files (missing, unsafe, corrupt, not fitting the model, an output that exists, is a
+    directory or is the input), weights that cannot be folded or verified, and
+    :class:`~mmrepvgg.apis.config.ConfigError` (a config or ``--cfg-options`` that builds
+    no valid model, dataset or runner).
+    """
+    from .config import ConfigError
+    return (CheckpointError, FileNotFoundError, FileExistsError, IsADirectoryError,
+            NotADirectoryError, PermissionError, SameFileError, FoldError,
+            _verification_error(), ConfigError)
+
+
+def error_message(err: BaseException) -> str:
+    """The text of an error (a ``KeyError``'s message without the quotes ``str`` adds)."""
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        return err.args[0]
+    return str(err) or type(err).__name__
+
+
+def print_error(message: str) -> None:
+    """Print ``error: <message>`` on stderr (continuation lines indented as given)."""
+    print(f'error: {message}', file=sys.stderr, flush=True)
+
+
+def fail(message: str, status: int = 1) -> NoReturn:
+    """Print ``error: <message>`` on stderr and exit with ``status``."""
+    print_error(message)
+    sys.exit(status)
+
+
+def run_tool(work: Callable[[], Any],
+             errors: tuple[type[BaseException], ...] | None = None) -> int:
+    """Run a tool's work and turn bad input into one ``error:`` line and an exit status.
+
+    Args:
+        work: The tool's work.
+        errors: The errors to report as one line (default: :func:`user_errors`).
+
+    Returns:
+        0 if ``work`` returned; 1 after one of ``errors``; 130 after Ctrl-C. Other
+        exceptions propagate with their traceback.
+    """
+    errors = user_errors() if errors is None else errors
+    try:
+        work()
+    except KeyboardInterrupt:
+        print_error('interrupted')
+        return 130
+    except errors as err:
+        print_error(error_message(err))
+        return 1
+    return 0

@@ -126,6 +126,59 @@ class PretrainedNotFoundError(FileNotFoundError):
     """A pretrained file named by the model's ``init_cfg`` does not exist."""
 
 
+class DataNotFoundError(FileNotFoundError):
+    """A dataset folder named by the config does not exist."""
+
+
+class ConfigError(ValueError):
+    """The config (with its ``--cfg-options``) does not build a valid runner or model."""
+
+
+def _datasets(dataset: Any) -> Iterator[dict]:
+    """A dataloader's dataset config and the ones it wraps (RepeatDataset, ConcatDataset)."""
+    if not isinstance(dataset, Mapping):
+        return
+    yield dataset
+    yield from _datasets(dataset.get('dataset'))
+    for sub in dataset.get('datasets') or []:
+        yield from _datasets(sub)
+
+
+def check_data(cfg: Config, loaders: tuple[str, ...] = ('train', 'val', 'test')) -> None:
+    """Fail early, with instructions, if a dataset folder of the config does not exist.
+
+    Checks each ``<loader>_dataloader.dataset``'s ``data_root`` and, below it, the image
+    folder of ``data_prefix`` (``img_path`` / ``img``), for the loaders the run uses.
+
+    Args:
+        cfg: The config.
+        loaders: Which dataloaders: ``'train'``, ``'val'``, ``'test'``.
+
+    Raises:
+        DataNotFoundError: Naming the folder, the config key and how to fix it.
+    """
+    for loader in loaders:
+        loader_cfg = cfg.get(f'{loader}_dataloader')
+        if not isinstance(loader_cfg, Mapping):
+            continue
+        for dataset in _datasets(loader_cfg.get('dataset')):
+            root = dataset.get('data_root')
+            if not isinstance(root, str) or '://' in root:
+                continue
+            prefix = dataset.get('data_prefix') or {}
+            sub = prefix.get('img_path') or prefix.get('img') if isinstance(
+                prefix, Mapping) else prefix
+            folder = root if not osp.isdir(root) or not isinstance(sub, str) or \
+                osp.isabs(sub) else osp.join(root, sub)
+            if not osp.isdir(folder):
+                raise DataNotFoundError(
+                    f'Dataset folder not found: {folder} ({loader}_dataloader.dataset, '
+                    f'data_root={root!r}). Cityscapes: unzip gtFine_trainvaltest.zip and '
+                    'leftImg8bit_trainvaltest.zip there and run tools/prepare_cityscapes.py; '
+                    'ImageNet: mmpretrain\'s layout (docs/training.md, "Data"). Or point the '
+                    f'config at your copy: --cfg-options {loader}_dataloader.dataset.data_root=DIR')
+
+
 def pretrained_files(model_cfg: Any) -> list[str]:
     """Local files that ``init_cfg=dict(type='Pretrained', ...)`` entries will load."""
     files = []
@@ -170,6 +223,10 @@ def prepare_train_config(config: str | Config,
                          launcher: str = 'none') -> Config:
     """The config for ``tools/train.py``.
 
+    A ``load_from`` (from the config or ``cfg_options``) is loaded strictly, and a deployed
+    checkpoint there is refused (:class:`~mmrepvgg.engine.StrictLoadHook`); resuming is
+    mmengine's.
+
     Args:
         config: Config file.
         work_dir: Output folder.
@@ -188,7 +245,7 @@ def prepare_train_config(config: str | Config,
             print_log('AMP is already enabled in the config', logger='current',
                       level=logging.WARNING)
         elif wrapper.get('type', 'OptimWrapper') != 'OptimWrapper':
-            raise ValueError(f'--amp needs optim_wrapper type OptimWrapper, got {wrapper.type}')
+            raise ConfigError(f'--amp needs optim_wrapper type OptimWrapper, got {wrapper.type}')
         else:
             wrapper.type = 'AmpOptimWrapper'
             wrapper.loss_scale = 'dynamic'
@@ -196,6 +253,8 @@ def prepare_train_config(config: str | Config,
         cfg.resume, cfg.load_from = True, resume
     else:
         cfg.resume = bool(resume)
+    if cfg.get('load_from'):  # strict load_from; resuming is left to mmengine
+        add_strict_load_hook(cfg, deployed='error')
     return adapt_to_machine(cfg)
 
 
@@ -217,13 +276,31 @@ def add_deploy_hook(cfg: Config) -> Config:
     return cfg
 
 
+def add_strict_load_hook(cfg: Config, deployed: str) -> Config:
+    """Make ``load_from`` strict with ``StrictLoadHook`` (once).
+
+    Args:
+        cfg: The config (changed in place).
+        deployed: What to do with a deployed checkpoint: ``'fold'`` the model first
+            (testing) or ``'error'`` (training).
+
+    Returns:
+        The config.
+    """
+    hooks = [dict(h) for h in (cfg.get('custom_hooks') or [])
+             if str(h.get('type', '')).split('.')[-1] != 'StrictLoadHook']
+    hooks.append(dict(type='mmrepvgg.StrictLoadHook', deployed=deployed))
+    cfg.custom_hooks = hooks
+    return cfg
+
+
 def enable_prediction_images(cfg: Config, show_dir: str | None, show: bool = False,
                              wait_time: float = 2.0, interval: int = 1) -> Config:
     """Turn on the visualization hook to write prediction images.
 
     A relative ``show_dir`` is taken under the work dir. mmseg's ``SegVisualizationHook``
     saves through the visualizer into ``<show_dir>/vis_data/vis_image/``; mmpretrain's
-    ``VisualizationHook`` into ``<show_dir>/``.
+    ``VisualizationHook`` into ``<show_dir>/``. The folder is logged.
 
     Args:
         cfg: The config (changed in place).
@@ -248,6 +325,7 @@ def enable_prediction_images(cfg: Config, show_dir: str | None, show: bool = Fal
         vis['show'] = show
         vis['wait_time'] = wait_time
         vis['out_dir'] = show_dir
+        image_dir = show_dir
     else:
         vis['draw'] = True
         if show:
@@ -255,6 +333,10 @@ def enable_prediction_images(cfg: Config, show_dir: str | None, show: bool = Fal
             vis['wait_time'] = wait_time
         if show_dir:
             cfg.visualizer['save_dir'] = show_dir
+        # mmengine's Visualizer adds vis_data/, its LocalVisBackend vis_image/
+        image_dir = osp.join(show_dir, 'vis_data', 'vis_image') if show_dir else None
+    if image_dir:
+        print_log(f'Prediction images will be written to {image_dir}', logger='current')
     return cfg
 
 
@@ -269,6 +351,9 @@ def prepare_test_config(config: str | Config,
                         cfg_options: Mapping | None = None,
                         launcher: str = 'none') -> Config:
     """The config for ``tools/test.py``.
+
+    The checkpoint is loaded strictly; a deployed one (``branch_reparam`` keys) gets the
+    model folded before it is loaded (:class:`~mmrepvgg.engine.StrictLoadHook`).
 
     Args:
         config: Config file.
@@ -291,6 +376,7 @@ def prepare_test_config(config: str | Config,
     cfg = load_config(config, cfg_options, work_dir, launcher)
     cfg.load_from = checkpoint
     cfg.resume = False
+    add_strict_load_hook(cfg, deployed='fold')
     if deploy:
         add_deploy_hook(cfg)
     if show or show_dir:

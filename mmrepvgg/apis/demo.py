@@ -46,26 +46,31 @@ def set_threads(threads: int | None) -> int:
 DEMO_MARKER = '.mmrepvgg-demo'
 
 
-def fresh_work_dir(work_dir: str | Path) -> Path:
-    """Empty the demo's work dir, refusing to delete anything a demo did not make.
+def fresh_work_dir(work_dir: str | Path, what: str = 'a demo') -> Path:
+    """Empty an output folder, refusing to delete anything mmrepvgg did not make.
 
-    A folder is cleared only if it holds the marker file a previous demo run left; an
-    existing, non-empty folder without it is an error, so ``--work-dir`` never wipes data.
+    A folder is cleared only if it holds the marker file a previous run left; an existing,
+    non-empty folder without it is an error, so ``--work-dir`` (or a dataset folder) never
+    wipes or overwrites data. The demos and ``tools/make_tiny_cityscapes.py`` use this rule.
 
     Args:
-        work_dir: The demo's output folder.
+        work_dir: The output folder.
+        what: Who may have made the folder, for the error message.
 
     Returns:
         The (now empty, marked) folder.
 
     Raises:
-        FileExistsError: If the folder exists, is not empty and was not made by a demo.
+        FileExistsError: If the folder exists, is not empty and was not made by mmrepvgg.
+        NotADirectoryError: If it is a file.
     """
     work_dir = Path(work_dir)
+    if work_dir.exists() and not work_dir.is_dir():
+        raise NotADirectoryError(f'{work_dir} is a file, not a folder')
     if work_dir.exists() and any(work_dir.iterdir()):
         if not (work_dir / DEMO_MARKER).is_file():
-            raise FileExistsError(f'{work_dir} exists and was not made by a demo; choose '
-                                  'another --work-dir or remove it yourself')
+            raise FileExistsError(f'{work_dir} exists and was not made by {what}; choose '
+                                  'another folder or remove it yourself')
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / DEMO_MARKER).touch()
@@ -138,10 +143,20 @@ def _test(config: str, checkpoint: str, work_dir: Path, name: str, *, deploy: bo
     return test(cfg)
 
 
+def _config_path(config: str) -> str:
+    """A demo config: as given if it exists (from the current folder), else in the repo."""
+    return config if Path(config).is_file() else str(REPO / config)
+
+
 def _convert(config: str, checkpoint: str, out: Path) -> str:
-    """Convert with tools/deploy_convert.py (the command users run), verifying outputs."""
-    cmd = [sys.executable, str(REPO / 'tools' / 'deploy_convert.py'), config, checkpoint,
-           str(out), '--verify', '--force']
+    """Convert with tools/deploy_convert.py (the command users run), verifying outputs.
+
+    It runs in the repo, so every path is passed absolute: the output lands in the demo's
+    work dir wherever the demo was started.
+    """
+    cmd = [sys.executable, str(REPO / 'tools' / 'deploy_convert.py'),
+           str(Path(config).resolve()), str(Path(checkpoint).resolve()), str(out.resolve()),
+           '--verify', '--force']
     print_log('Running ' + ' '.join(cmd), logger='current')
     subprocess.run(cmd, check=True, cwd=REPO)
     return str(out)
@@ -171,6 +186,7 @@ def run_seg_demo(work_dir: str | Path = 'work_dirs/demo',
         The measurements; ``result.same`` says whether every folded model scored the same.
     """
     from ..datasets import make_tiny_cityscapes, prepare_cityscapes
+    config = _config_path(config)
     t0 = time.time()
     nthreads = set_threads(threads)
     work_dir = fresh_work_dir(work_dir)
@@ -245,6 +261,7 @@ def run_cls_demo(work_dir: str | Path = 'work_dirs/demo_cls',
         The measurements (``metric`` is top-1 accuracy in %).
     """
     from ..datasets import make_digits_folder
+    config = _config_path(config)
     t0 = time.time()
     nthreads = set_threads(threads)
     work_dir = fresh_work_dir(work_dir)

@@ -8,7 +8,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from .config import check_pretrained, scope_of, use_cuda
+from .config import ConfigError, check_data, check_pretrained, scope_of, use_cuda
 
 
 def init_cpu_distributed(cfg: Config) -> bool:
@@ -45,13 +45,22 @@ def build_runner(cfg: Config) -> Runner:
 
     Returns:
         The runner.
+
+    Raises:
+        ConfigError: If the config (e.g. an unknown arch or dilation plan in
+            ``--cfg-options``) builds no valid runner: mmengine's registries raise
+            ``KeyError``, ``ValueError`` or ``TypeError`` for those.
     """
     init_cpu_distributed(cfg)
-    if 'runner_type' not in cfg:
-        return Runner.from_cfg(cfg)
-    scope = scope_of(cfg)
-    registry = importlib.import_module(f'{scope}.registry').RUNNERS
-    return registry.build(cfg)
+    try:
+        if 'runner_type' not in cfg:
+            return Runner.from_cfg(cfg)
+        scope = scope_of(cfg)
+        registry = importlib.import_module(f'{scope}.registry').RUNNERS
+        return registry.build(cfg)
+    except (KeyError, ValueError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise ConfigError(f'{cfg.filename or "the config"}: {message}') from err
 
 
 def train(cfg: Config) -> Runner:
@@ -65,6 +74,7 @@ def train(cfg: Config) -> Runner:
     """
     if not cfg.get('resume') and not cfg.get('load_from'):
         check_pretrained(cfg)
+    check_data(cfg, ('train', 'val') if cfg.get('val_cfg') else ('train', ))
     runner = build_runner(cfg)
     runner.train()
     return runner
@@ -79,5 +89,6 @@ def test(cfg: Config) -> dict:
     Returns:
         The metrics (e.g. ``{'mIoU': ...}`` or ``{'accuracy/top1': ...}``).
     """
+    check_data(cfg, ('test', ))
     runner = build_runner(cfg)
     return runner.test()

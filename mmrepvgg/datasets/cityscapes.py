@@ -155,6 +155,11 @@ def make_tiny_cityscapes(root: str | os.PathLike,
     and noise. Train ids are *not* written: :func:`prepare_cityscapes` makes them, as for
     the real data.
 
+    The folder must be new or empty, or one this function (or a demo) made before, which is
+    then emptied first: the marker-file rule of :func:`mmrepvgg.apis.demo.fresh_work_dir`.
+    A folder holding anything else (real Cityscapes files, say) is refused, so nothing is
+    ever overwritten.
+
     Args:
         root: Output folder (created).
         num_train: Images in ``train`` (cities ``aachen`` and ``bochum``).
@@ -164,7 +169,12 @@ def make_tiny_cityscapes(root: str | os.PathLike,
 
     Returns:
         ``{split: [image paths]}``.
+
+    Raises:
+        FileExistsError: If ``root`` holds files that it did not write.
     """
+    from ..apis.demo import fresh_work_dir
+    fresh_work_dir(root, what='tools/make_tiny_cityscapes.py or a demo')
     from cityscapesscripts.helpers.annotation import Annotation
     from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
     from cityscapesscripts.preparation.json2labelImg import createLabelImage

@@ -18,8 +18,9 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from ..checkpoint import (CheckpointError, check_state_dict, extract_state_dict,
-                          load_checkpoint_file, load_state_dict_strict, save_checkpoint_atomic)
+from ..checkpoint import (CheckpointError, check_output_path, check_state_dict,
+                          extract_state_dict, load_checkpoint_file, load_state_dict_strict,
+                          save_checkpoint_atomic)
 from ..models import ARCH_ZOO, RepBlockBase, RepVGG, reparameterize
 from ..version import __version__
 from .keymaps import SOURCES, convert_keys, detect_block_type, detect_source
@@ -79,10 +80,13 @@ def build_model(cfg: Config, deploy: bool = False) -> nn.Module:
 
     Returns:
         The model.
+
+    Raises:
+        ConfigError: If the model config does not build (an unknown arch or plan, ...).
     """
     from mmengine.registry import MODELS, init_default_scope
 
-    from ..apis.config import replace_sync_bn
+    from ..apis.config import ConfigError, replace_sync_bn
     model_cfg = copy.deepcopy(cfg.model)
     replace_sync_bn(model_cfg)
     model_cfg.pop('pretrained', None)
@@ -93,37 +97,46 @@ def build_model(cfg: Config, deploy: bool = False) -> nn.Module:
         if deploy:
             backbone['deploy'] = True
     init_default_scope(cfg.get('default_scope') or 'mmengine')
-    model = MODELS.build(model_cfg)
+    try:
+        model = MODELS.build(model_cfg)
+    except (KeyError, ValueError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise ConfigError(f'{cfg.filename or "the config"}: the model does not build: '
+                          f'{message}') from err
     return model.eval()
 
 
 def input_shape_from_config(cfg: Config) -> tuple[int, int]:
-    """The ``(height, width)`` a config's model sees: crop size, preprocessor size or 224.
+    """The ``(height, width)`` a config's model sees at test time (224 if nothing says).
 
-    Looks at ``crop_size``, ``model.data_preprocessor.size``, then the test pipeline's
-    ``CenterCrop``/``RandomCrop``/``Resize`` sizes.
+    In this order: ``crop_size``; ``model.data_preprocessor.size``; the last crop of the
+    test pipeline (``CenterCrop``, ...: what the model sees, e.g. 224 after ImageNet's
+    ``ResizeEdge(256)``); the last ``Resize``/``ResizeEdge`` of the test pipeline. The
+    pipeline is the test dataloader's (``test_pipeline`` / ``val_pipeline`` without one).
     """
     def pair(value: Any) -> tuple[int, int] | None:
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
             return value, value
         if isinstance(value, Sequence) and len(value) == 2 and all(
                 isinstance(v, int) for v in value):
             return int(value[0]), int(value[1])
         return None
 
-    candidates = [cfg.get('crop_size'), (cfg.model.get('data_preprocessor') or {}).get('size')]
-    pipeline = (cfg.get('test_pipeline') or cfg.get('val_pipeline') or [])
+    dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
+    pipeline = (dataset.get('pipeline') if isinstance(dataset, Mapping) else None) or \
+        cfg.get('test_pipeline') or cfg.get('val_pipeline') or []
+    crops, resizes = [], []
     for step in pipeline:
-        kind = str(step.get('type', ''))
+        kind = str(step.get('type', '')).split('.')[-1]
         if 'Crop' in kind:
-            candidates.append(step.get('crop_size'))
+            crops.append(pair(step.get('crop_size')))
         elif kind in ('ResizeEdge', 'Resize') and 'scale' in step:
             scale = pair(step['scale'])  # mmseg/mmcv Resize scale is (w, h)
-            candidates.append(scale[::-1] if scale else None)
-    for value in candidates:
-        if pair(value):
-            return pair(value)
-    return 224, 224
+            resizes.append(scale[::-1] if scale else None)
+    candidates = [pair(cfg.get('crop_size')),
+                  pair((cfg.model.get('data_preprocessor') or {}).get('size')),
+                  *crops[::-1], *resizes[::-1]]
+    return next((value for value in candidates if value), (224, 224))
 
 
 def flatten_outputs(out: Any) -> list[Tensor]:
@@ -150,18 +163,53 @@ def tensor_forward(model: nn.Module, inputs: Tensor, data_samples: Any = None) -
     return outputs
 
 
+class VerificationError(RuntimeError):
+    """The folded model is not right: non-finite outputs or weights, or outputs that differ."""
+
+
+def _count_nonfinite(tensors: Sequence[Tensor]) -> tuple[int, int]:
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors if t.is_floating_point())
+    return bad, sum(t.numel() for t in tensors)
+
+
 def compare_outputs(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> tuple[float, float]:
-    """Max absolute difference and that relative to the largest reference magnitude."""
+    """Max absolute difference and that relative to the largest reference magnitude.
+
+    Raises:
+        VerificationError: If the outputs differ in number or shape, or if any output
+            before or after folding is NaN or Inf (a NaN would otherwise vanish from the
+            maximum and report a perfect match).
+    """
     if len(reference) != len(outputs):
-        raise RuntimeError(f'{len(reference)} outputs before folding, {len(outputs)} after')
+        raise VerificationError(f'{len(reference)} outputs before folding, {len(outputs)} after')
+    for when, tensors in (('before', reference), ('after', outputs)):
+        bad, total = _count_nonfinite(tensors)
+        if bad:
+            raise VerificationError(
+                f'{bad} of {total} output values {when} folding are NaN or Inf: the model\'s '
+                'weights or BN statistics are broken (a diverged run or a damaged checkpoint)')
     max_abs, scale = 0.0, 0.0
     for ref, out in zip(reference, outputs):
         if ref.shape != out.shape:
-            raise RuntimeError(f'Output shape changed by folding: {tuple(ref.shape)} -> '
-                               f'{tuple(out.shape)}')
+            raise VerificationError(f'Output shape changed by folding: {tuple(ref.shape)} -> '
+                                    f'{tuple(out.shape)}')
         max_abs = max(max_abs, (out.double() - ref.double()).abs().max().item())
         scale = max(scale, ref.double().abs().max().item())
     return max_abs, max_abs / max(scale, 1e-12)
+
+
+def check_finite_state(state: Mapping[str, Tensor], what: str = 'The deployed state dict') -> None:
+    """Refuse a state dict holding NaN or Inf (a checkpoint that must never be written).
+
+    Raises:
+        VerificationError: Naming how many tensors are affected and the first ones.
+    """
+    bad = [k for k, v in state.items()
+           if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        shown = ', '.join(bad[:4]) + (', ...' if len(bad) > 4 else '')
+        raise VerificationError(f'{what} has {len(bad)} tensors with NaN or Inf ({shown}); '
+                                'nothing was written')
 
 
 def fold_and_verify(model: nn.Module, inputs: Tensor | None = None, data_samples: Any = None,
@@ -178,7 +226,10 @@ def fold_and_verify(model: nn.Module, inputs: Tensor | None = None, data_samples
         A :class:`FoldReport`.
 
     Raises:
-        RuntimeError: If the outputs differ by more than ``tolerance``.
+        VerificationError: If the outputs differ by more than ``tolerance`` or any is
+            NaN/Inf.
+        mmrepvgg.models.fusion.FoldError: If a block's weights or BN statistics are
+            non-finite or a variance is not positive (nothing is folded then).
     """
     model.eval()
     reference = tensor_forward(model, inputs, data_samples) if inputs is not None else None
@@ -190,7 +241,7 @@ def fold_and_verify(model: nn.Module, inputs: Tensor | None = None, data_samples
             reference, tensor_forward(model, inputs, data_samples))
         report.input_shape = tuple(inputs.shape)
         if tolerance is not None and not report.max_rel <= tolerance:
-            raise RuntimeError(
+            raise VerificationError(
                 f'The folded model does not reproduce the training-time one: max rel diff '
                 f'{report.max_rel:.3g} > {tolerance:g} (max abs {report.max_abs:.3g}). Are '
                 'all BN running statistics loaded?')
@@ -221,11 +272,6 @@ def load_mapped_state(checkpoint: str | os.PathLike, source: str | None = None,
         raise ValueError(f'Unknown source {source!r}; expected one of {SOURCES}')
     meta = obj.get('meta') if isinstance(obj, Mapping) else None
     return convert_keys(state, source), source, dict(meta) if isinstance(meta, Mapping) else {}
-
-
-def _refuse_existing(out: str | os.PathLike, force: bool) -> None:
-    if Path(out).exists() and not force:
-        raise FileExistsError(f'{out} exists; pass --force to overwrite it')
 
 
 def _plain(value: Any) -> Any:
@@ -290,12 +336,22 @@ def convert_checkpoint(config: str | Config,
 
     Returns:
         The :class:`FoldReport`.
+
+    Raises:
+        FileExistsError, SameFileError, IsADirectoryError, NotADirectoryError: For an output
+            path that cannot be written (checked before any work).
+        CheckpointError: If the checkpoint cannot be read or does not fit the model.
+        FoldError, VerificationError: If the model cannot be folded, the outputs or weights
+            are NaN/Inf, or the folded outputs differ (nothing is written).
     """
-    _refuse_existing(out, force)
+    sources = [checkpoint] + ([config] if not isinstance(config, Config) else
+                              [config.filename] if config.filename else [])
+    check_output_path(out, force, sources)
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     model = build_model(cfg)
     if count_blocks(model) == 0:
-        raise ValueError(f'The model of {cfg.filename} has no RepVGG blocks')
+        from ..apis.config import ConfigError
+        raise ConfigError(f'The model of {cfg.filename} has no RepVGG blocks: nothing to fold')
     state, source, src_meta = load_mapped_state(checkpoint, source, trust)
     if any('.branch_reparam.' in k for k in state):
         raise CheckpointError(f'{checkpoint} is already deployed (it has branch_reparam '
@@ -312,6 +368,7 @@ def convert_checkpoint(config: str | Config,
     report = fold_and_verify(model, inputs, tolerance=tolerance)
     print_log(report.summary(), logger='current')
     folded_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    check_finite_state(folded_state)
     load_state_dict_strict(build_model(cfg, deploy=True), folded_state,
                            source='the folded model')
     meta = deploy_meta(model, cfg, source=source, source_checkpoint=str(checkpoint),
@@ -319,7 +376,8 @@ def convert_checkpoint(config: str | Config,
     for key in ('dataset_meta', 'CLASSES', 'PALETTE'):
         if _plain(src_meta.get(key)) is not None:
             meta[key] = _plain(src_meta[key])
-    save_checkpoint_atomic({'state_dict': folded_state, 'meta': meta}, out, force=force)
+    save_checkpoint_atomic({'state_dict': folded_state, 'meta': meta}, out, force=force,
+                           inputs=sources)
     print_log(f'Wrote deployed checkpoint {out}', logger='current')
     return report
 
@@ -402,7 +460,7 @@ def convert_backbone_weights(checkpoint: str | os.PathLike,
     Returns:
         The written ``meta``.
     """
-    _refuse_existing(out, force)
+    check_output_path(out, force, [checkpoint])
     state, source, _ = load_mapped_state(checkpoint, source, trust)
     if any('.branch_reparam.' in k for k in state):
         raise CheckpointError(f'{checkpoint} holds deployed (folded) weights; a backbone to '
@@ -423,6 +481,7 @@ def convert_backbone_weights(checkpoint: str | os.PathLike,
     with torch.device('meta'):
         backbone = RepVGG(arch, out_indices=(0, 1, 2, 3), block_cfg=dict(type=block))
     check_state_dict(backbone, backbone_state, source=f'{checkpoint} ({source} layout)')
+    check_finite_state(backbone_state, 'The backbone weights')
     meta = dict(arch=backbone.arch_name, arch_spec=dataclasses.asdict(backbone.arch),
                 block=block,
                 deploy=False, source=source, source_checkpoint=str(checkpoint),
@@ -430,7 +489,7 @@ def convert_backbone_weights(checkpoint: str | os.PathLike,
     save_checkpoint_atomic(
         {'state_dict': {f'backbone.{k}': v.detach().clone().contiguous()
                         for k, v in backbone_state.items()},
-         'meta': _plain(meta)}, out, force=force)
+         'meta': _plain(meta)}, out, force=force, inputs=[checkpoint])
     print_log(f'Wrote {len(backbone_state)} backbone tensors (RepVGG-{backbone.arch_name}, '
               f'{block}) to {out}', logger='current')
     return meta

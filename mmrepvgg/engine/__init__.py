@@ -1,4 +1,4 @@
-"""Training-loop extensions: :class:`RepVGGDeployHook`."""
-from .hooks import RepVGGDeployHook
+"""Training-loop extensions: :class:`RepVGGDeployHook`, :class:`StrictLoadHook`."""
+from .hooks import RepVGGDeployHook, StrictLoadHook
 
-__all__ = ['RepVGGDeployHook']
+__all__ = ['RepVGGDeployHook', 'StrictLoadHook']

@@ -40,13 +40,19 @@ class RepVGGArch:
                 not isinstance(n, int) or n < 1 for n in self.num_blocks):
             raise ValueError('num_blocks must be 4 positive ints (paper stages 2-5), '
                              f'got {self.num_blocks!r}')
-        if len(self.width_factors) != 4 or any(w <= 0 for w in self.width_factors):
+        if len(self.width_factors) != 4 or any(
+                not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0
+                for w in self.width_factors):
             raise ValueError('width_factors must be 4 positive numbers (a, a, a, b), '
                              f'got {self.width_factors!r}')
-        if not isinstance(self.groups, int) or self.groups < 1:
+        if not isinstance(self.groups, int) or isinstance(self.groups, bool) or self.groups < 1:
             raise ValueError(f'groups must be a positive int, got {self.groups!r}')
         object.__setattr__(self, 'num_blocks', tuple(self.num_blocks))
         object.__setattr__(self, 'width_factors', tuple(self.width_factors))
+        widths = (self.stem_channels, *self.stage_channels)
+        if min(widths) < 1:
+            raise ValueError(f'width_factors {self.width_factors!r} give layers without channels '
+                             f'(stem and stage widths {widths}); each must be >= 1')
 
     @property
     def stem_channels(self) -> int:
@@ -159,11 +165,19 @@ class StageLayout:
 
 
 def _stage_dilations(num_blocks: Sequence[int], per_stage: Sequence) -> tuple[tuple[int, ...], ...]:
+    if isinstance(per_stage, (str, bytes)) or not isinstance(per_stage, Sequence):
+        raise ValueError(f'dilations must have 4 entries (paper stages 2-5), got {per_stage!r}')
     if len(per_stage) != 4:
         raise ValueError(f'dilations must have 4 entries (paper stages 2-5), got {len(per_stage)}')
     result = []
     for stage, (n, d) in enumerate(zip(num_blocks, per_stage)):
-        layers = (d, ) * n if isinstance(d, int) else tuple(d)
+        if isinstance(d, int):
+            layers = (d, ) * n
+        elif isinstance(d, Sequence) and not isinstance(d, str):
+            layers = tuple(d)
+        else:
+            raise ValueError(f'dilations for stage_{stage + 1} must be a positive int or a list '
+                             f'of one per layer, got {d!r}')
         if len(layers) != n:
             raise ValueError(f'dilations for stage_{stage + 1} list {len(layers)} layers, '
                              f'but that stage has {n}')
@@ -211,8 +225,10 @@ def resolve_dilation_plan(plan: PlanLike, num_blocks: Sequence[int]) -> StageLay
         if unknown:
             raise ValueError(f'Unknown keys {sorted(unknown)} in dilation plan; '
                              'allowed: strides, dilations')
-        strides = tuple(plan.get('strides', (2, 2, 2, 2)))
-        if len(strides) != 4 or any(s not in (1, 2) for s in strides):
+        strides = plan.get('strides', (2, 2, 2, 2))
+        strides = tuple(strides) if isinstance(strides, Sequence) else (strides, )
+        if len(strides) != 4 or any(not isinstance(s, int) or isinstance(s, bool)
+                                    or s not in (1, 2) for s in strides):
             raise ValueError(f'strides must be 4 values of 1 or 2 (paper stages 2-5), got {strides!r}')
         dilations = _stage_dilations(num_blocks, plan.get('dilations', (1, 1, 1, 1)))
         return StageLayout(strides, dilations)

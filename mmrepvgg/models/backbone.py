@@ -9,10 +9,15 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint import extract_state_dict, load_checkpoint_file, load_state_dict_strict
+from ..checkpoint import (extract_state_dict, installed_trust, load_checkpoint_file,
+                          load_state_dict_strict)
 from ..registry import MODELS, register_alias
 from .arch import ArchLike, PlanLike, arch_name, get_arch, layer_specs, resolve_dilation_plan
 from .block import RepBlockBase, build_block, reparameterize
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @MODELS.register_module()
@@ -27,7 +32,8 @@ class RepVGG(BaseModule):
         arch: A name from :data:`mmrepvgg.models.arch.ARCH_ZOO` (``'A0'`` .. ``'B3g4'``,
             ``'D2se'``) or a dict of :class:`~mmrepvgg.models.arch.RepVGGArch` fields.
         in_channels: Input channels.
-        out_indices: Which of paper stages 2-5 (0-3) to output.
+        out_indices: Which of paper stages 2-5 (0-3) to output, increasing (negative
+            indices count from the end).
         dilation_plan: None (classification), ``'full'``, ``'fast'`` or
             ``dict(strides=..., dilations=...)``; see
             :func:`~mmrepvgg.models.arch.resolve_dilation_plan`.
@@ -78,15 +84,22 @@ class RepVGG(BaseModule):
         self.arch = get_arch(arch)
         self.arch_name = arch_name(self.arch)
         self.layout = resolve_dilation_plan(dilation_plan, self.arch.num_blocks)
-        if isinstance(out_indices, int):
+        if not _is_int(in_channels) or in_channels < 1:
+            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
+        if _is_int(out_indices):
             out_indices = (out_indices, )
-        out_indices = tuple(i % 4 if isinstance(i, int) and -4 <= i < 4 else i
-                            for i in out_indices)
-        if not out_indices or any(not isinstance(i, int) or not 0 <= i < 4 for i in out_indices):
+        given = out_indices
+        out_indices = tuple(i % 4 if _is_int(i) and -4 <= i < 4 else i for i in out_indices)
+        if not out_indices or any(not _is_int(i) or not 0 <= i < 4 for i in out_indices):
             raise ValueError(f'out_indices must be non-empty ints in [-4, 3] (paper stages '
-                             f'2-5), got {out_indices!r}')
-        if not -1 <= frozen_stages <= 4:
-            raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
+                             f'2-5), got {given!r}')
+        if list(out_indices) != sorted(set(out_indices)):
+            # the maps come out in stage order, once each: out_channels must say the same
+            raise ValueError(f'out_indices must be increasing and without repeats (the maps '
+                             f'come out in stage order), got {given!r}; use '
+                             f'{tuple(sorted(set(out_indices)))}')
+        if not _is_int(frozen_stages) or not -1 <= frozen_stages <= 4:
+            raise ValueError(f'frozen_stages must be an int in [-1, 4], got {frozen_stages!r}')
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -150,6 +163,8 @@ class RepVGG(BaseModule):
         Pretrained weights are loaded weights-only and strictly: a missing file, a file that
         is not a plain checkpoint, or any missing, unexpected or mis-shaped key is an error.
         ``prefix`` (e.g. ``'backbone.'``) selects the backbone in a whole-model checkpoint.
+        A file that needs full unpickling is loaded only if the tools' ``--trust-checkpoint``
+        installed a trusting loader (:func:`mmrepvgg.checkpoint.installed_trust`).
         """
         cfg = self.init_cfg
         if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
@@ -157,7 +172,7 @@ class RepVGG(BaseModule):
             return
         path = cfg['checkpoint']
         try:
-            obj = load_checkpoint_file(path)
+            obj = load_checkpoint_file(path, trust=installed_trust())
         except FileNotFoundError as err:
             raise FileNotFoundError(
                 f'Pretrained RepVGG weights not found: {path}. Convert ImageNet weights with '

@@ -11,7 +11,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from .fusion import fuse_branches
+from .fusion import FoldError, fold_problem, fuse_branches, nonfinite_problem
 
 
 def _conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: int,
@@ -335,6 +335,9 @@ def reparameterize(model: nn.Module, verbose: bool = False) -> nn.Module:
 
     Raises:
         RuntimeError: If a BN of a block to fold is in training mode (call ``model.eval()``).
+        FoldError: If a block's weights or BN statistics are non-finite or a BN's
+            ``running_var + eps <= 0`` (a diverged run, a damaged checkpoint); the message
+            names the layer.
     """
     blocks = [m for m in model.modules() if isinstance(m, RepBlockBase) and not m.deploy]
     training = [name for name, m in model.named_modules()
@@ -344,6 +347,24 @@ def reparameterize(model: nn.Module, verbose: bool = False) -> nn.Module:
             f'reparameterize() uses the BN running statistics, but {len(training)} block(s) '
             f'have BNs in training mode (first: {training[0] or type(model).__name__}); the '
             'folded model would not match. Call model.eval() first.')
+    problems = []
+    for name, block in model.named_modules():
+        if not isinstance(block, RepBlockBase) or block.deploy:
+            continue
+        prefix = f'{name}.' if name else ''
+        for sub, module in block.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                problem = fold_problem(None, module)
+            else:
+                problem = next(filter(None, (nonfinite_problem(p, 'weight')
+                                             for p in module.parameters(recurse=False))), None)
+            if problem:
+                problems.append(f'{prefix}{sub}: {problem}')
+    if problems:
+        more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+        raise FoldError(f'Cannot fold: {problems[0]}{more}. The weights or BN statistics are '
+                        'broken (a diverged run or a damaged checkpoint); the folded model '
+                        'would compute NaN/Inf.')
     for block in blocks:
         block.switch_to_deploy()
     if verbose:

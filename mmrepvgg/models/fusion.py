@@ -21,6 +21,60 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
+class FoldError(ValueError):
+    """A conv and BN cannot be folded: no running statistics, non-finite values, var + eps <= 0.
+
+    Folding such a layer would write NaN or Inf into the plain kernel.
+    """
+
+
+def nonfinite_problem(tensor: Tensor | None, what: str) -> str | None:
+    """``'<what> has N non-finite values (of M)'`` if ``tensor`` holds NaN/Inf, else None."""
+    if tensor is None or not tensor.is_floating_point():
+        return None
+    tensor = tensor.detach()
+    if torch.isfinite(tensor.sum()):  # one fast pass: a NaN/Inf anywhere makes the sum one
+        return None
+    bad = int((~torch.isfinite(tensor)).sum())  # (or the sum overflowed: count exactly)
+    return f'{what} has {bad} non-finite values (of {tensor.numel()})' if bad else None
+
+
+def fold_problem(kernel: Tensor | None, norm: _BatchNorm) -> str | None:
+    """Why ``norm`` (and the conv ``kernel`` before it, if given) cannot be folded, or None.
+
+    Folding needs running statistics, finite statistics, affine parameters and kernel, and
+    ``running_var + eps > 0`` (the BN divides by its square root). A diverged run or a
+    damaged checkpoint breaks these; the fused kernel would then be NaN or Inf.
+
+    Args:
+        kernel: The conv kernel before the BN (None for the identity branch).
+        norm: The BN.
+
+    Returns:
+        A short description of the first problem found, or None.
+    """
+    if norm.running_mean is None or norm.running_var is None:
+        return (f'{type(norm).__name__} has no running statistics (track_running_stats=False): '
+                'it cannot be folded into a conv')
+    for tensor, what in ((norm.running_mean, 'running_mean'), (norm.running_var, 'running_var'),
+                         (norm.weight, 'BN weight'), (norm.bias, 'BN bias'),
+                         (kernel, 'conv kernel')):
+        problem = nonfinite_problem(tensor, what)
+        if problem:
+            return problem
+    bad = int((norm.running_var.double() + norm.eps <= 0).sum())
+    if bad:
+        return (f'running_var + eps <= 0 in {bad} of {norm.num_features} channels '
+                f'(min running_var {norm.running_var.min().item():.3g})')
+    return None
+
+
+def _check_kernel(kernel: Tensor | None, what: str) -> None:
+    problem = nonfinite_problem(kernel, what)
+    if problem:
+        raise FoldError(problem)
+
+
 def bn_scale_shift(norm: _BatchNorm) -> tuple[Tensor, Tensor]:
     """The per-channel affine map of an inference-time BN (Eq. 2), in float64.
 
@@ -29,10 +83,14 @@ def bn_scale_shift(norm: _BatchNorm) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``(scale, shift)`` with ``bn(x) == x * scale + shift`` per channel.
+
+    Raises:
+        FoldError: If :func:`fold_problem` finds a problem (no running statistics, NaN/Inf,
+            ``running_var + eps <= 0``).
     """
-    if norm.running_mean is None or norm.running_var is None:
-        raise ValueError(f'{type(norm).__name__} has no running statistics '
-                         '(track_running_stats=False): it cannot be folded into a conv')
+    problem = fold_problem(None, norm)
+    if problem:
+        raise FoldError(problem)
     mean = norm.running_mean.double()
     std = (norm.running_var.double() + norm.eps).sqrt()
     gamma = norm.weight.double() if norm.weight is not None else torch.ones_like(mean)
@@ -50,7 +108,11 @@ def fuse_conv_bn(kernel: Tensor, norm: _BatchNorm) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``(kernel', bias')`` in float64 with ``bn(x * kernel) == x * kernel' + bias'``.
+
+    Raises:
+        FoldError: If :func:`fold_problem` finds a problem.
     """
+    _check_kernel(kernel, 'conv kernel')
     scale, shift = bn_scale_shift(norm)
     return kernel.double() * scale.reshape(-1, 1, 1, 1), shift
 
@@ -131,8 +193,13 @@ def fuse_branches(conv3x3: tuple[Tensor, _BatchNorm],
 
     Returns:
         ``(kernel, bias)`` in the dtype of the 3x3 kernel.
+
+    Raises:
+        FoldError: If a kernel or BN holds NaN/Inf or a BN has ``running_var + eps <= 0``.
     """
     kernel3, norm3 = conv3x3
+    _check_kernel(kernel3, '3x3 kernel')
+    _check_kernel(conv1x1[0] if conv1x1 is not None else None, '1x1 kernel')
     if kernel3.shape[-2:] != (3, 3):
         raise ValueError(f'expected a 3x3 kernel, got {tuple(kernel3.shape)}')
     scale, bias = bn_scale_shift(norm3)

@@ -361,3 +361,114 @@ def test_code_running_pickle_is_refused_by_the_tools(trained, capsys):
     assert convert_weights.main([str(tmp / 'evil.pth'), str(tmp / 'o2.pth')]) == 1
     assert not marker.exists()
     assert not (tmp / 'o.pth').exists()
+
+
+# ---------------------------------------------------------------- issue 9: no wrong numbers
+
+def test_nan_is_never_a_match():
+    from mmrepvgg.deploy import compare_outputs
+    with pytest.raises(RuntimeError, match='1 of 2 output values after folding') as info:
+        compare_outputs([torch.tensor([1., 2.])], [torch.tensor([1., float('nan')])])
+    from mmrepvgg.deploy import VerificationError
+    assert isinstance(info.value, VerificationError)
+    with pytest.raises(VerificationError, match='before folding'):
+        compare_outputs([torch.tensor([float('inf'), 2.])], [torch.tensor([1., 2.])])
+    assert compare_outputs([torch.tensor([1., 2.])], [torch.tensor([1., 2.5])]) == (0.5, 0.25)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    assert 'Traceback' not in err and 'mmengine - ERROR' not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize('verify', [True, False])
+def test_broken_bn_statistics_are_refused_naming_the_layer(trained, capsys, verify):
+    cfg, tmp, state = trained
+    key = 'backbone.stage_2.1.branch_norm.running_var'
+    state = dict(state, **{key: state[key].clone()})
+    state[key][3] = -1.0
+    torch.save(state, tmp / 'bad.pth')
+    cfg_file = tmp / 'cfg.py'
+    cfg.dump(str(cfg_file))
+    args = [str(cfg_file), str(tmp / 'bad.pth'), str(tmp / 'out.pth')]
+    assert deploy_convert.main(args + (['--verify'] if verify else [])) == 1
+    line = _one_line_error(capsys)
+    assert 'backbone.stage_2.1.branch_norm: running_var + eps <= 0 in 1 of 32' in line
+    assert not (tmp / 'out.pth').exists()
+
+
+def test_non_finite_head_weights_are_never_written(trained):
+    cfg, tmp, state = trained
+    nan_fc = torch.full_like(state['head.fc.weight'], float('nan'))
+    state = dict(state, **{'head.fc.weight': nan_fc})
+    torch.save(state, tmp / 'nan_head.pth')
+    for verify in (True, False):  # without --verify too: the written tensors are checked
+        with pytest.raises(RuntimeError, match='NaN or Inf'):  # VerificationError
+            convert_checkpoint(cfg, tmp / 'nan_head.pth', tmp / 'out.pth', verify=verify)
+    assert not (tmp / 'out.pth').exists()
+
+
+def test_output_equal_to_input_is_refused_even_with_force(trained, capsys):
+    cfg, tmp, state = trained
+    torch.save(state, tmp / 'train.pth')
+    before = (tmp / 'train.pth').read_bytes()
+    cfg_file = tmp / 'cfg.py'
+    cfg.dump(str(cfg_file))
+    (tmp / 'alias.pth').symlink_to(tmp / 'train.pth')
+    for out in ('train.pth', 'alias.pth'):
+        assert deploy_convert.main([str(cfg_file), str(tmp / 'train.pth'), str(tmp / out),
+                                    '--force']) == 1
+        assert 'is the input' in _one_line_error(capsys)
+        assert convert_weights.main([str(tmp / 'train.pth'), str(tmp / out), '--force']) == 1
+        assert 'is the input' in _one_line_error(capsys)
+    assert deploy_convert.main([str(cfg_file), str(tmp / 'train.pth'), str(cfg_file),
+                                '--force']) == 1  # nor the config
+    assert 'is the input' in _one_line_error(capsys)
+    assert (tmp / 'train.pth').read_bytes() == before
+
+
+def test_bad_inputs_are_one_line_errors(trained, capsys, monkeypatch):
+    cfg, tmp, state = trained
+    torch.save(state, tmp / 'train.pth')
+    cfg_file = tmp / 'cfg.py'
+    cfg.dump(str(cfg_file))
+    (tmp / 'notes.pth').write_text('epoch 3: loss 0.1\n')
+    (tmp / 'a_file').write_text('x')
+    plain_cfg = tmp / 'plain.py'
+    Config(dict(default_scope='mmpretrain', model=dict(
+        type='ImageClassifier', backbone=dict(type='ResNet', depth=18),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=2, in_channels=512)))).dump(str(plain_cfg))
+    ckpt, out = str(tmp / 'train.pth'), str(tmp / 'out.pth')
+    cases = [
+        ([str(cfg_file), str(tmp / 'notes.pth'), out], 'not a checkpoint'),
+        ([str(plain_cfg), ckpt, out], 'has no RepVGG blocks'),
+        ([str(cfg_file), ckpt, out, '--cfg-options', 'model.backbone.arch=C9'],
+         'Unknown RepVGG arch'),
+        ([str(cfg_file), ckpt, out, '--cfg-options', 'model.backbone.dilation_plan=half'],
+         'Unknown dilation plan'),
+        ([str(tmp / 'missing.py'), ckpt, out], 'missing.py'),
+    ]
+    for args, match in cases:
+        assert deploy_convert.main(args) == 1, args
+        assert match in _one_line_error(capsys)
+    # an output that cannot be written fails before any work is done
+    import mmrepvgg.deploy.convert as convert_module
+    monkeypatch.setattr(convert_module, 'load_mapped_state',
+                        lambda *a, **k: pytest.fail('the conversion ran'))
+    for bad_out, match in ((str(tmp), 'is a directory'), (str(tmp / 'a_file' / 'o.pth'),
+                                                           'is a file, not a directory')):
+        assert deploy_convert.main([str(cfg_file), ckpt, bad_out]) == 1
+        assert match in _one_line_error(capsys)
+    assert not (tmp / 'out.pth').exists()
+
+
+def test_verify_uses_the_test_crop_of_imagenet_configs():
+    from mmrepvgg.deploy import input_shape_from_config
+    cfg = Config.fromfile(str(ROOT / 'configs' / 'repvgg-a0_in1k.py'))
+    assert input_shape_from_config(cfg) == (224, 224)  # CenterCrop 224 after ResizeEdge 256
+    seg = Config.fromfile(str(ROOT / 'configs' / 'pspnet_repvgg-b2_cityscapes.py'))
+    assert input_shape_from_config(seg) == (713, 713)

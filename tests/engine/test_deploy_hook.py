@@ -78,8 +78,9 @@ def _runner(work_dir: Path, *, ema: bool, val: bool, model=None, **kwargs) -> Ru
     return Runner(
         model=model or TinyClassifier(), work_dir=str(work_dir),
         train_dataloader=_loader(),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
-        train_cfg=dict(by_epoch=False, max_iters=3, val_interval=3),
+        optim_wrapper=kwargs.pop('optim_wrapper',
+                                 dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9))),
+        train_cfg=kwargs.pop('train_cfg', dict(by_epoch=False, max_iters=3, val_interval=3)),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=3, by_epoch=False)),
         custom_hooks=hooks, randomness=dict(seed=0), **evaluation, **kwargs)
 
@@ -195,3 +196,19 @@ def test_wrapped_model_is_unwrapped(tmp_path):
         assert wrapped.module.backbone.deploy
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_a_diverged_run_writes_no_deploy_checkpoint(tmp_path):
+    """lr 1e8: the weights go non-finite; the hook fails clearly and overwrites nothing."""
+    old = tmp_path / 'iter_3_deploy.pth'
+    old.write_bytes(b'an earlier deployed checkpoint')
+    runner = _runner(tmp_path, ema=False, val=False,
+                     optim_wrapper=dict(optimizer=dict(type='SGD', lr=1e8, momentum=0.9)))
+    with pytest.raises(RuntimeError, match='iter_3_deploy.pth not written: .*non-finite') as info:
+        runner.train()
+    from mmrepvgg.deploy import VerificationError
+    assert isinstance(info.value, VerificationError)
+    state = torch.load(tmp_path / 'iter_3.pth', weights_only=False)['state_dict']
+    assert any(not torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert old.read_bytes() == b'an earlier deployed checkpoint'
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_3.pth', 'iter_3_deploy.pth']

@@ -248,3 +248,31 @@ def test_pretrained_init_is_strict(tmp_path):
     missing = RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'no.pth')))
     with pytest.raises(FileNotFoundError, match='convert_weights'):
         missing.init_weights()
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(out_indices=(3, 0)), r'increasing .* use \(0, 3\)'),
+    (dict(out_indices=(3, 3)), r'without repeats .* use \(3,\)'),
+    (dict(out_indices=(0, -1, 3)), r'use \(0, 3\)'),
+    (dict(dilation_plan=dict(strides=(2, 2, 1, 1), dilations=(1, 1, 2.0, 4))),
+     'stage_3 must be a positive int or a list'),
+    (dict(dilation_plan=dict(strides=(2, 2, 1.0, 1))), 'strides must be 4 values'),
+    (dict(arch=dict(num_blocks=(1, 1, 1, 1), width_factors=(0.001, 1, 1, 1))),
+     'layers without channels'),
+    (dict(arch=dict(num_blocks=(1, 1, 1, 1), width_factors=('1', 1, 1, 1))),
+     'width_factors must be 4 positive numbers'),
+    (dict(frozen_stages=2.5), 'frozen_stages must be an int'),
+    (dict(in_channels=0), 'in_channels must be a positive int'),
+    (dict(in_channels=3.0), 'in_channels must be a positive int'),
+])
+def test_bad_arguments_are_refused(kwargs, match):
+    kwargs = dict(dict(arch='A0'), **kwargs)
+    with pytest.raises(ValueError, match=match):
+        RepVGG(**kwargs)
+
+
+def test_out_channels_follow_the_maps():
+    model = RepVGG('A0', out_indices=(-4, 2)).eval()
+    outs = model(torch.rand(1, 3, 32, 32))
+    assert model.out_indices == (0, 2)
+    assert tuple(o.shape[1] for o in outs) == model.out_channels == (48, 192)

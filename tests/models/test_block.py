@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from mmrepvgg import QARepVGGBlock, RepVGGBlock, reparameterize
+from mmrepvgg.models.fusion import FoldError
 from tests.helpers import randomize_bn_, rel_err
 
 
@@ -194,3 +195,33 @@ def test_qa_block_with_cp_gives_the_same_gradients():
     b(x).square().sum().backward()
     torch.testing.assert_close(a.branch_1x1.weight.grad, b.branch_1x1.weight.grad)
     torch.testing.assert_close(a.post_norm.weight.grad, b.post_norm.weight.grad)
+
+
+@pytest.mark.parametrize('where,value', [
+    ('stage.1.branch_1x1.norm.running_var', -1.0),
+    ('stage.1.branch_norm.running_mean', float('nan')),
+    ('stage.1.branch_3x3.conv.weight', float('inf')),
+    ('stage.1.se.up.weight', float('nan')),
+])
+def test_broken_block_is_refused_naming_the_layer_and_nothing_is_folded(where, value):
+    model = nn.Module()
+    model.stage = nn.Sequential(RepVGGBlock(4, 4), RepVGGBlock(4, 4, use_se=True))
+    randomize_bn_(model).eval()
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    with torch.no_grad():
+        tensors[where].view(-1)[0] = value
+    before = copy.deepcopy(model.state_dict())
+    layer = where.rsplit('.', 1)[0]
+    with pytest.raises(FoldError, match=f'Cannot fold: {layer}: '):
+        reparameterize(model)
+    assert not model.stage[0].deploy and not model.stage[1].deploy  # checked before folding
+    assert model.state_dict().keys() == before.keys()
+
+
+def test_broken_qa_block_is_refused_naming_the_layer():
+    model = nn.Sequential(randomize_bn_(QARepVGGBlock(4, 4)).eval())
+    with torch.no_grad():
+        model[0].branch_1x1.weight.view(-1)[0] = float('nan')
+    with pytest.raises(FoldError, match='Cannot fold: 0.branch_1x1: '):
+        reparameterize(model)
+    assert not model[0].deploy

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrepvgg.models.fusion import fuse_branches, fuse_conv_bn, identity_kernel, pad_to_3x3
+from mmrepvgg.models.fusion import (FoldError, fold_problem, fuse_branches, fuse_conv_bn,
+                                    identity_kernel, pad_to_3x3)
 from tests.helpers import randomize_bn_
 
 
@@ -132,3 +133,29 @@ def test_fuse_branches_rejects_wrong_kernel_sizes():
         fuse_branches((torch.zeros(4, 4, 5, 5), bn), None, None, groups=1)
     with pytest.raises(ValueError, match='1x1'):
         fuse_branches((torch.zeros(4, 4, 3, 3), bn), (torch.zeros(4, 4, 3, 3), bn), None, 1)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('running_var', -1.0, r'running_var \+ eps <= 0 in 1 of 6'),
+    ('running_var', -0.5, r'running_var \+ eps <= 0'),  # with eps 0.5 below: 0, 1 / sqrt(0)
+    ('running_var', float('nan'), 'running_var has 1 non-finite'),
+    ('running_mean', float('inf'), 'running_mean has 1 non-finite'),
+    ('weight', float('nan'), 'BN weight has 1 non-finite'),
+    ('bias', float('-inf'), 'BN bias has 1 non-finite'),
+])
+def test_broken_bn_is_refused_not_folded_into_nan(field, value, match):
+    bn = randomize_bn_(nn.BatchNorm2d(6, eps=0.5)).eval()
+    with torch.no_grad():
+        getattr(bn, field)[2] = value
+    with pytest.raises(FoldError, match=match):
+        fuse_conv_bn(torch.ones(6, 4, 3, 3), bn)
+    assert fold_problem(None, bn) is not None
+
+
+def test_non_finite_kernel_is_refused():
+    bn = randomize_bn_(nn.BatchNorm2d(6)).eval()
+    kernel = torch.ones(6, 4, 3, 3)
+    assert fold_problem(kernel, bn) is None
+    kernel[0, 0, 1, 1] = float('nan')
+    with pytest.raises(FoldError, match='conv kernel has 1 non-finite values'):
+        fuse_conv_bn(kernel, bn)

@@ -23,8 +23,8 @@ def load_tool(name: str):
 
 def test_tiny_cityscapes_layout_and_prepare(tmp_path):
     root = tmp_path / 'cs'
-    load_tool('make_tiny_cityscapes').main([str(root), '--num-train', '4', '--num-val', '2',
-                                            '--size', '64', '128'])
+    assert load_tool('make_tiny_cityscapes').main([str(root), '--num-train', '4', '--num-val',
+                                                   '2', '--size', '64', '128']) == 0
     imgs = sorted((root / 'leftImg8bit').rglob('*_leftImg8bit.png'))
     assert len(imgs) == 6
     assert {p.parts[-3] for p in imgs} == {'train', 'val'}
@@ -63,8 +63,8 @@ def test_mmseg_reads_the_tiny_dataset(tmp_path):
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS
     root = tmp_path / 'cs'
-    load_tool('make_tiny_cityscapes').main([str(root), '--num-train', '2', '--num-val', '1',
-                                            '--size', '32', '64', '--prepare'])
+    assert load_tool('make_tiny_cityscapes').main([str(root), '--num-train', '2', '--num-val',
+                                                   '1', '--size', '32', '64', '--prepare']) == 0
     init_default_scope('mmseg')
     ds = DATASETS.build(dict(type='CityscapesDataset', data_root=str(root),
                              data_prefix=dict(img_path='leftImg8bit/train',
@@ -84,3 +84,26 @@ def test_digits_folder(tmp_path):
     assert sorted(p.name for p in (tmp_path / 'train').iterdir()) == [str(i) for i in range(10)]
     img = Image.open(next((tmp_path / 'test' / '3').iterdir()))
     assert img.size == (16, 16) and img.mode == 'RGB'
+
+
+def test_tiny_cityscapes_never_overwrites_files_it_did_not_write(tmp_path):
+    """Pointed at a folder with real Cityscapes names, it refuses and changes nothing."""
+    root = tmp_path / 'cityscapes'
+    img = root / 'leftImg8bit' / 'train' / 'aachen' / 'aachen_000000_000019_leftImg8bit.png'
+    poly = root / 'gtFine' / 'train' / 'aachen' / 'aachen_000000_000019_gtFine_polygons.json'
+    for path, text in ((img, 'real image'), (poly, 'real polygons'), (root / 'train.txt', 'x')):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    tool = load_tool('make_tiny_cityscapes')
+    assert tool.main([str(root), '--num-train', '2', '--num-val', '1', '--size', '32', '64',
+                      '--prepare']) == 1
+    assert img.read_text() == 'real image' and poly.read_text() == 'real polygons'
+    assert (root / 'train.txt').read_text() == 'x'
+    assert sorted(p.name for p in root.rglob('*') if p.is_file()) == sorted(
+        [img.name, poly.name, 'train.txt'])
+    # its own output is replaced on a second run
+    mine = tmp_path / 'tiny'
+    for _ in range(2):
+        assert tool.main([str(mine), '--num-train', '2', '--num-val', '1', '--size', '32',
+                          '64']) == 0
+    assert len(list((mine / 'leftImg8bit').rglob('*.png'))) == 3

@@ -65,12 +65,80 @@ def test_test_as_trained_and_deployed(trained, tiny_cityscapes, tmp_path):
               *data_opts(tiny_cityscapes)]
     plain = run(common[:4] + ['--work-dir', str(tmp_path / 'a'), '--show-dir', 'vis']
                 + common[4:])
-    images = sorted((tmp_path / 'a' / 'vis').rglob('*.png'))
-    assert len(images) == 2  # one per val image
+    vis = tmp_path / 'a' / 'vis' / 'vis_data' / 'vis_image'
+    assert f'Prediction images will be written to {vis}' in plain.stdout + plain.stderr
+    assert len(list(vis.glob('*.png'))) == 2  # one per val image, where the log says
     deployed = run(common[:4] + ['--work-dir', str(tmp_path / 'b'), '--deploy'] + common[4:])
     out = deployed.stdout + deployed.stderr
     assert 'RepVGGDeployHook' in out
     assert _miou(plain.stdout + plain.stderr) == _miou(out)
+    # the hook's deployed checkpoint, without model.backbone.deploy=True: recognized, the
+    # deployed model is built and tested (not a training-time one with random weights)
+    common[3] = str(trained.with_name('iter_3_deploy.pth'))
+    auto = run(common[:4] + ['--work-dir', str(tmp_path / 'c')] + common[4:])
+    out = auto.stdout + auto.stderr
+    assert 'holds a deployed model (branch_reparam keys)' in out
+    assert _miou(out) == _miou(plain.stdout + plain.stderr)
+
+
+def _fails_with_one_line(cmd: list[str], match: str) -> None:
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr and 'mmengine - ERROR' not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and match in errors[0], proc.stderr[-3000:]
+
+
+def test_a_checkpoint_that_does_not_fit_is_an_error(trained, tiny_cityscapes, tmp_path):
+    """tools/test.py and load_from are strict: never a test of random weights."""
+    deeper = 'model.backbone.arch.num_blocks=[1,2,5,1]'  # one more layer in paper stage 4
+    _fails_with_one_line(
+        [PY, 'tools/test.py', SEG, str(trained), '--work-dir', str(tmp_path / 'a'),
+         '--cfg-options', *data_opts(tiny_cityscapes), deeper],
+        f'State dict from {trained} does not fit')
+    _fails_with_one_line(
+        [PY, 'tools/train.py', SEG, '--work-dir', str(tmp_path / 'b'), '--cfg-options',
+         *data_opts(tiny_cityscapes), *tiny_iters(1),
+         f'load_from={trained.with_name("iter_3_deploy.pth")}'],
+        'holds a deployed (folded) model')
+
+
+def test_unsafe_checkpoint_and_missing_data_are_one_line_errors(trained, tiny_cityscapes,
+                                                                 tmp_path):
+    import torch
+    state = torch.load(trained, weights_only=False)
+    state['meta']['hook'] = Path  # a global weights-only loading refuses
+    torch.save(state, tmp_path / 'unsafe.pth')
+    _fails_with_one_line(
+        [PY, 'tools/test.py', SEG, str(tmp_path / 'unsafe.pth'), '--work-dir',
+         str(tmp_path / 'a'), '--cfg-options', *data_opts(tiny_cityscapes)],
+        'weights-only loading refuses')
+    _fails_with_one_line(
+        [PY, 'tools/train.py', SEG, '--work-dir', str(tmp_path / 'b'), '--cfg-options',
+         *data_opts(tmp_path / 'no_such_data')],
+        f'Dataset folder not found: {tmp_path / "no_such_data"}')
+
+
+def test_dist_scripts_use_the_repo_environment(tmp_path):
+    """Without PYTHON and without an activated venv, the repo's .venv/bin/python runs."""
+    for script, args in (('dist_train.sh', ['cfg.py', '2']),
+                         ('dist_test.sh', ['cfg.py', 'ckpt.pth', '2'])):
+        repo = tmp_path / script
+        (repo / 'tools').mkdir(parents=True)
+        (repo / 'tools' / script).write_text((ROOT / 'tools' / script).read_text())
+        stub = repo / '.venv' / 'bin' / 'python'
+        stub.parent.mkdir(parents=True)
+        stub.write_text(f'#!/bin/sh\necho "$0 $*" > {repo / "called"}\n')
+        stub.chmod(0o755)
+        clean = {k: v for k, v in os.environ.items() if k not in ('PYTHON', 'VIRTUAL_ENV')}
+        clean['PATH'] = '/usr/bin:/bin'
+        proc = subprocess.run(['bash', str(repo / 'tools' / script), *args], env=clean,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        called = (repo / 'called').read_text()
+        assert called.startswith(f'{stub} -m torch.distributed.run')
+        assert f'{repo}/tools/{script[5:-3]}.py' in called and '--launcher pytorch' in called
 
 
 def test_resume(trained, tiny_cityscapes):
@@ -112,12 +180,17 @@ def test_missing_pretrained_stops_training_with_instructions(tiny_cityscapes, tm
 def test_demo_at_a_very_small_scale(tmp_path):
     """`make demo` end to end: data, train, test trained/deployed (same mIoU), images,
     tools/deploy_convert.py, summary."""
-    proc = run([PY, 'tools/demo.py', '--work-dir', str(tmp_path / 'demo'), '--max-iters', '2',
-                '--num-train', '2', '--num-val', '2', '--threads', '1'], timeout=600)
+    # started outside the repo with a relative --work-dir: everything lands there
+    proc = subprocess.run([PY, str(ROOT / 'tools' / 'demo.py'), '--work-dir', 'demo',
+                           '--max-iters', '2', '--num-train', '2', '--num-val', '2',
+                           '--threads', '1'], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = proc.stdout
     assert 'Demo summary' in out and 'same score             yes' in out
     assert len(list((tmp_path / 'demo' / 'test_trained' / 'vis').rglob('*.png'))) == 2
     assert (tmp_path / 'demo' / 'deploy' / 'pspnet_repvgg_deploy.pth').is_file()
+    assert not (ROOT / 'demo').exists()
 
 
 @pytest.mark.slow

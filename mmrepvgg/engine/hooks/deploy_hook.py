@@ -14,9 +14,10 @@ from mmengine.model import is_model_wrapper
 from torch import nn
 
 from ...checkpoint import save_checkpoint_atomic
-from ...deploy.convert import (DEFAULT_TOLERANCE, FoldReport, _plain, count_blocks,
-                               deploy_meta, fold_and_verify)
+from ...deploy.convert import (DEFAULT_TOLERANCE, FoldReport, VerificationError, _plain,
+                               check_finite_state, count_blocks, deploy_meta, fold_and_verify)
 from ...models import reparameterize
+from ...models.fusion import FoldError
 from ...registry import HOOKS, register_alias
 
 
@@ -48,7 +49,10 @@ class RepVGGDeployHook(Hook):
       last checkpoint (``<work_dir>/iter_N_deploy.pth`` / ``epoch_N_deploy.pth`` if there
       is none). The live model is never folded during training or validation.
 
-    A model without RepVGG blocks is left alone with a warning.
+    A model without RepVGG blocks is left alone with a warning. After a diverged run (NaN or
+    Inf weights, BN statistics or outputs) ``after_train`` raises
+    :class:`~mmrepvgg.deploy.VerificationError` and writes nothing: a deployed checkpoint is
+    only written when it is finite and verified.
 
     Args:
         fold_on_test: Fold before testing.
@@ -105,9 +109,14 @@ class RepVGGDeployHook(Hook):
             return
         model = copy.deepcopy(source).float()
         inputs, data_samples = self._verification_batch(runner, model)
-        self.report = fold_and_verify(model, inputs, data_samples, tolerance=self.tolerance)
-        print_log(f'RepVGGDeployHook: {self.report.summary()}', logger='current')
         path = self._deploy_path(runner)
+        try:
+            self.report = fold_and_verify(model, inputs, data_samples, tolerance=self.tolerance)
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            check_finite_state(state)
+        except (FoldError, VerificationError) as err:
+            raise VerificationError(f'RepVGGDeployHook: {path.name} not written: {err}') from err
+        print_log(f'RepVGGDeployHook: {self.report.summary()}', logger='current')
         meta = deploy_meta(model, runner.cfg, iter=runner.iter, epoch=runner.epoch,
                            ema=bool(self._ema_hooks(runner)), max_abs_diff=self.report.max_abs,
                            max_rel_diff=self.report.max_rel)
@@ -116,7 +125,6 @@ class RepVGGDeployHook(Hook):
             dataset_meta = getattr(runner.train_dataloader.dataset, 'metainfo', None)
         if _plain(dataset_meta):
             meta['dataset_meta'] = _plain(dataset_meta)
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         save_checkpoint_atomic({'state_dict': state, 'meta': meta}, path, force=self.force)
         self.deploy_checkpoint = path
         print_log(f'RepVGGDeployHook: wrote deployed checkpoint {path}', logger='current')

@@ -1,0 +1,86 @@
+"""StrictLoadHook: load_from fits key for key or fails; deployed checkpoints are recognized."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from mmrepvgg.checkpoint import CheckpointError, install_mmengine_loader
+from mmrepvgg.engine import StrictLoadHook
+from tests.engine.test_deploy_hook import TinyClassifier, _loader, _runner
+
+
+@pytest.fixture
+def pristine_loader():
+    schemes = dict(CheckpointLoader._schemes)
+    safe = torch.serialization.get_safe_globals()
+    yield
+    CheckpointLoader._schemes = type(CheckpointLoader._schemes)(schemes)
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(safe)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory) -> Path:
+    """A 3-iteration run: iter_3.pth and the hook's iter_3_deploy.pth."""
+    work_dir = tmp_path_factory.mktemp('strict')
+    _runner(work_dir, ema=False, val=False).train()
+    return work_dir
+
+
+def _tester(work_dir: Path, load_from: Path, deployed: str = 'fold', model=None, ema=False):
+    runner = _runner(work_dir, ema=ema, val=False, model=model, test_dataloader=_loader(),
+                     test_cfg=dict(), test_evaluator=dict(type='_TinyAccuracy'),
+                     load_from=str(load_from))
+    runner.register_hook(StrictLoadHook(deployed=deployed))
+    return runner
+
+
+@pytest.mark.parametrize('ema', [False, True])
+def test_a_deployed_checkpoint_is_tested_as_the_deployed_model(trained, tmp_path,
+                                                               pristine_loader, ema):
+    install_mmengine_loader()
+    reference = _tester(tmp_path / 'a', trained / 'iter_3.pth')
+    expected = reference.test()['acc']
+    runner = _tester(tmp_path / 'b', trained / 'iter_3_deploy.pth', ema=ema)
+    assert runner.test()['acc'] == expected
+    assert runner.model.backbone.deploy
+    saved = torch.load(trained / 'iter_3_deploy.pth', weights_only=True)['state_dict']
+    for key, value in runner.model.state_dict().items():  # the checkpoint's weights, all
+        torch.testing.assert_close(value, saved[key])
+
+
+def test_mismatched_checkpoints_are_errors_not_random_weights(trained, tmp_path,
+                                                               pristine_loader):
+    install_mmengine_loader()
+    wide = TinyClassifier()
+    wide.backbone = type(wide.backbone)(dict(num_blocks=(1, 1, 1, 1),
+                                             width_factors=(0.5, 0.5, 0.5, 0.5)))
+    with pytest.raises(CheckpointError, match='shape mismatch'):
+        _tester(tmp_path / 'a', trained / 'iter_3.pth', model=wide).test()
+    state = torch.load(trained / 'iter_3.pth', weights_only=False)
+    del state['state_dict']['fc.bias']
+    state['state_dict']['extra.weight'] = torch.zeros(1)
+    torch.save(state, tmp_path / 'partial.pth')
+    with pytest.raises(CheckpointError, match=r'missing \(1\): fc.bias.*\n.*unexpected'):
+        _tester(tmp_path / 'b', tmp_path / 'partial.pth').test()
+
+
+def test_training_from_a_deployed_checkpoint_is_refused(trained, tmp_path, pristine_loader):
+    install_mmengine_loader()
+    runner = _runner(tmp_path, ema=False, val=False, load_from=str(trained / 'iter_3_deploy.pth'))
+    runner.register_hook(StrictLoadHook(deployed='error'))
+    with pytest.raises(CheckpointError, match='iter_N.pth, not iter_N_deploy.pth'):
+        runner.train()
+    assert not list(tmp_path.glob('*.pth'))
+
+
+def test_resume_is_left_to_mmengine(trained, tmp_path, pristine_loader):
+    install_mmengine_loader()
+    runner = _runner(tmp_path, ema=False, val=False, load_from=str(trained / 'iter_3.pth'),
+                     resume=True, train_cfg=dict(by_epoch=False, max_iters=4))
+    runner.register_hook(StrictLoadHook(deployed='error'))
+    runner.train()
+    assert runner.iter == 4

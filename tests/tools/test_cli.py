@@ -1,0 +1,53 @@
+"""The tools' one way to report bad input: one ``error:`` line, non-zero exit, no traceback."""
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmrepvgg.apis.cli import run_tool
+from mmrepvgg.checkpoint import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stderr_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    return lines[0]
+
+
+def test_run_tool_reports_bad_input_and_keeps_bugs_loud(capsys):
+    def bad_file():
+        raise CheckpointError('x.pth is truncated or corrupt')
+
+    assert run_tool(bad_file) == 1
+    assert _stderr_line(capsys) == 'error: x.pth is truncated or corrupt'
+    assert run_tool(lambda: None) == 0
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_tool(interrupted) == 130
+    assert 'interrupted' in _stderr_line(capsys)
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_tool(lambda: 1 / 0)
+    assert run_tool(lambda: {}['k'], (KeyError, )) == 1  # a KeyError without its quotes
+    assert _stderr_line(capsys) == 'error: k'
+
+
+@pytest.mark.parametrize('tool,argv,match', [
+    ('complexity', ['A0', 'ResNet-5O'], "Unknown model 'ResNet-5O'"),
+    ('complexity', ['configs/no_such_config.py'], 'Config not found'),
+    ('check_exactness', ['--arch', 'A0', 'C9'], "Unknown RepVGG arch 'C9'"),
+])
+def test_unknown_model_names_are_one_line_errors(tool, argv, match, monkeypatch, capsys):
+    monkeypatch.setattr(sys, 'argv', [f'{tool}.py', *argv])
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / 'tools' / f'{tool}.py'), run_name='__main__')
+    assert info.value.code == 1
+    assert match in _stderr_line(capsys)
