@@ -101,7 +101,8 @@ def input_shape_from_config(cfg: Config) -> tuple[int, int]:
     """The ``(height, width)`` a config's model sees: crop size, preprocessor size or 224.
 
     Looks at ``crop_size``, ``model.data_preprocessor.size``, then the test pipeline's
-    ``CenterCrop``/``RandomCrop``/``Resize`` sizes.
+    ``CenterCrop``/``RandomCrop`` sizes, then its ``Resize``/``ResizeEdge`` sizes (a crop
+    after a resize is what the model sees: 224 for ImageNet's resize-256-crop-224).
     """
     def pair(value: Any) -> tuple[int, int] | None:
         if isinstance(value, int):
@@ -113,13 +114,15 @@ def input_shape_from_config(cfg: Config) -> tuple[int, int]:
 
     candidates = [cfg.get('crop_size'), (cfg.model.get('data_preprocessor') or {}).get('size')]
     pipeline = (cfg.get('test_pipeline') or cfg.get('val_pipeline') or [])
+    resizes = []  # a crop after a resize is the final size: crops first
     for step in pipeline:
         kind = str(step.get('type', ''))
         if 'Crop' in kind:
             candidates.append(step.get('crop_size'))
         elif kind in ('ResizeEdge', 'Resize') and 'scale' in step:
             scale = pair(step['scale'])  # mmseg/mmcv Resize scale is (w, h)
-            candidates.append(scale[::-1] if scale else None)
+            resizes.append(scale[::-1] if scale else None)
+    candidates += resizes
     for value in candidates:
         if pair(value):
             return pair(value)
