@@ -19,7 +19,6 @@ import copy
 import os
 import platform
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -146,21 +145,30 @@ def backend_supported(dtype: str, device: str | torch.device) -> tuple[bool, str
     return True, ''
 
 
-class _OrtModule:
-    """An ONNX Runtime session with the module's call signature (one tensor in, out)."""
+#: Backends that run an exported ONNX model in ONNX Runtime (CPU, fp32 in and out).
+ORT_BACKENDS = ('onnxruntime', 'onnxruntime-int8')
 
-    def __init__(self, module: nn.Module, example: Tensor, threads: int) -> None:
-        import onnxruntime as ort  # optional: imported only when asked for
-        self._tmp = tempfile.TemporaryDirectory()
-        path = os.path.join(self._tmp.name, 'model.onnx')
-        torch.onnx.export(module, (example, ), path, input_names=['input'], opset_version=17,
-                          dynamo=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
+
+class _OrtModule:
+    """An ONNX Runtime session with the module's call signature (one tensor in, out).
+
+    The session is built by :func:`mmrepvgg.deploy.onnx_export.export_for_timing` (dynamic
+    batch); ``int8`` quantizes it first (QDQ, calibrated on random inputs: the speed is
+    real, the accuracy is not; ``tools/quantize.py --eval`` measures both on data).
+    """
+
+    def __init__(self, module: nn.Module, example: Tensor, threads: int,
+                 int8: bool = False) -> None:
+        from ..deploy.onnx_export import export_for_timing
+        transform = None
+        if int8:
+            from ..deploy.quantize import quantize_for_timing
+            transform = lambda proto: quantize_for_timing(proto, example.numpy())  # noqa: E731
+        self.session = export_for_timing(module, example, threads, transform=transform)
+        self.name = self.session.get_inputs()[0].name
 
     def __call__(self, x: Tensor) -> Any:
-        return self.session.run(None, {'input': x.numpy()})
+        return self.session.run(None, {self.name: x.numpy()})
 
 
 def make_runner(module: nn.Module, x: Tensor, backend: str, device: torch.device,
@@ -170,7 +178,8 @@ def make_runner(module: nn.Module, x: Tensor, backend: str, device: torch.device
     Args:
         module: The module (eval mode, on the CPU in fp32; it is moved here).
         x: The input batch (on the CPU in fp32; it is moved here).
-        backend: ``'eager'``, ``'channels_last'``, ``'compile'`` or ``'onnxruntime'``.
+        backend: ``'eager'``, ``'channels_last'``, ``'compile'``, ``'onnxruntime'`` or
+            ``'onnxruntime-int8'``.
         device: Where to run.
         dtype: ``'fp32'``, ``'bf16'`` or ``'fp16'``.
 
@@ -180,10 +189,10 @@ def make_runner(module: nn.Module, x: Tensor, backend: str, device: torch.device
     Raises:
         ImportError: ``onnxruntime`` was asked for but is not installed.
     """
-    if backend == 'onnxruntime':
+    if backend in ORT_BACKENDS:
         if device.type != 'cpu' or dtype != 'fp32':
-            raise ValueError('the onnxruntime backend runs fp32 on the CPU here')
-        ort = _OrtModule(module, x[:1], torch.get_num_threads())
+            raise ValueError(f'the {backend} backend runs fp32 in and out on the CPU here')
+        ort = _OrtModule(module, x[:1], torch.get_num_threads(), int8=backend.endswith('int8'))
         return lambda: ort(x)
     module = module.to(device=device, dtype=DTYPES[dtype])
     x = x.to(device=device, dtype=DTYPES[dtype])
@@ -228,8 +237,8 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
         rounds: Interleaved timed rounds; the median round gives the speed.
         device: ``'cpu'`` or ``'cuda'``.
         dtype: ``'fp32'`` (the paper's), ``'bf16'`` or ``'fp16'``.
-        backend: ``'eager'``, ``'channels_last'``, ``'compile'``, ``'compile_channels_last'``
-            or ``'onnxruntime'``.
+        backend: ``'eager'``, ``'channels_last'``, ``'compile'``, ``'compile_channels_last'``,
+            ``'onnxruntime'`` or ``'onnxruntime-int8'``.
         variants: Forms to measure (see :func:`prepare_variants`).
         memory: Also measure the peak inference memory (:mod:`mmrepvgg.analysis.memory`).
         memory_batch: Batch for the memory measurement (default: ``batch``).
@@ -243,6 +252,10 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
     ok, reason = backend_supported(dtype, dev)
     if not ok:
         raise RuntimeError(reason)
+    if backend in ORT_BACKENDS:  # fail before building models, not with an empty table
+        from ..deploy.onnx_export import require
+        for package in ('onnx', 'onnxruntime', 'onnxscript'):
+            require(package)
     all_variants: list[Variant] = []
     for spec in specs:
         print_log(f'benchmark: building {spec}', logger='current')
