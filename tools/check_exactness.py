@@ -4,10 +4,16 @@ For every arch and dilation plan (or the ones given): the max difference between
 folded and the multi-branch backbone (eval mode, randomized BN statistics), relative to the
 output scale, in float64 and in float32 on both CPU conv backends.
 
+With ``--dtype``: how far the folded (and the training-time) backbone drifts in fp16/bf16
+from itself in fp32 (:func:`mmrepvgg.deploy.exactness.precision_errors`; default archs
+A0 B0 B2 at 224x224).
+
 Example::
 
     python tools/check_exactness.py                 # all 14 archs x {none, full, fast}
     python tools/check_exactness.py --arch B2 --plan fast
+    python tools/check_exactness.py --dtype fp16 bf16            # A0, B0, B2 on the CPU
+    python tools/check_exactness.py --dtype fp16 bf16 --device cuda
 """
 from __future__ import annotations
 
@@ -15,23 +21,54 @@ import argparse
 
 from mmengine.utils import ProgressBar
 
-from mmrepvgg.deploy.exactness import fold_errors
+from mmrepvgg.deploy.exactness import PRECISIONS, fold_errors, precision_errors
 from mmrepvgg.models.arch import ARCH_ZOO
+
+
+def _precision_table(args: argparse.Namespace) -> None:
+    archs = args.arch or ['A0', 'B0', 'B2']
+    shape = tuple(args.shape or (224, 224))
+    rows, bar = [], ProgressBar(len(archs))
+    for arch in archs:
+        rows += precision_errors(arch, tuple(args.dtype), shape, args.batch, args.seed,
+                                 args.device)
+        bar.update()
+    print(f'\n\nBackbone output in fp16/bf16 vs the same model in fp32 on {args.device}, input '
+          f'{args.batch}x3x{shape[0]}x{shape[1]} (random weights, BN statistics estimated on '
+          'a random input):\n')
+    print('| arch | dtype | deployed: max rel | deployed: rel L2 | training-time: max rel |')
+    print('|---|---|---|---|---|')
+    for r in rows:
+        if r.skipped:
+            print(f'| {r.arch} | {r.dtype} | not run: {r.skipped} | | |')
+        else:
+            print(f'| {r.arch} | {r.dtype} | {r.deploy_max:.1e} | {r.deploy_l2:.1e} | '
+                  f'{r.train_max:.1e} |')
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
-    parser.add_argument('--arch', nargs='+', default=list(ARCH_ZOO), help='arch names')
+    parser.add_argument('--arch', nargs='+', help='arch names (default: all; with --dtype: '
+                        'A0 B0 B2)')
     parser.add_argument('--plan', nargs='+', default=['none', 'full', 'fast'],
                         choices=['none', 'full', 'fast'], help='dilation plans')
-    parser.add_argument('--shape', nargs=2, type=int, default=(40, 48), metavar=('H', 'W'))
+    parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
+                        help='input size (default 40 48; with --dtype 224 224)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--dtype', nargs='+', choices=list(PRECISIONS),
+                        help='measure these precisions of the folded model instead')
+    parser.add_argument('--device', default='cpu', help='device for --dtype')
+    parser.add_argument('--batch', type=int, default=1, help='batch for --dtype')
     args = parser.parse_args()
-    cases = [(a, p) for a in args.arch for p in args.plan]
+    if args.dtype:
+        _precision_table(args)
+        return
+    cases = [(a, p) for a in (args.arch or list(ARCH_ZOO)) for p in args.plan]
+    shape = tuple(args.shape or (40, 48))
     rows, bar = [], ProgressBar(len(cases))
     for arch, plan in cases:
         rows.append((arch, plan, fold_errors(arch, None if plan == 'none' else plan,
-                                             tuple(args.shape), args.seed)))
+                                             shape, args.seed)))
         bar.update()
     print('\n\n| arch | plan | fp64 | fp32 reference backend | fp32 default backend |')
     print('|---|---|---|---|---|')

@@ -90,3 +90,108 @@ def fold_errors(arch: ArchLike, plan: PlanLike = None, shape: tuple[int, int] = 
             ref = _max_rel(expected_ref, model(x))
         default = _max_rel(expected, model(x))
     return FoldErrors(fp64, ref, default)
+
+
+def estimate_bn_stats_(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set every BN's running statistics to those of ``x``'s activations, then eval mode.
+
+    With random weights and made-up BN statistics the activations of a deep plain network
+    grow block by block (with :func:`randomize_bn_`, to 1e5 on RepVGG-B0: fp16 overflows);
+    a trained network's BNs keep them near unit scale. Estimating the running statistics
+    on an input (cumulative average, affine parameters kept) gives random weights that
+    scale.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    return model.eval()
+
+
+#: Reduced precisions :func:`precision_errors` measures.
+PRECISIONS = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+@dataclass
+class PrecisionErrors:
+    """A reduced precision's output error, relative to the same model in fp32.
+
+    ``*_max``: max |low - fp32| / max |fp32| (as the fold errors); ``*_l2``:
+    ||low - fp32|| / ||fp32|| over the whole output. ``inf``: the output overflowed.
+
+    Args:
+        arch: Arch name.
+        dtype: ``'fp16'`` or ``'bf16'``.
+        device: Where it ran.
+        deploy_max: The folded (deployed) backbone, max relative error.
+        deploy_l2: The folded backbone, relative L2 error.
+        train_max: The training-time (multi-branch) backbone, max relative error.
+        skipped: Why it did not run ('' if it ran).
+    """
+
+    arch: str
+    dtype: str
+    device: str
+    deploy_max: float = float('nan')
+    deploy_l2: float = float('nan')
+    train_max: float = float('nan')
+    skipped: str = ''
+
+
+def _rel_l2(ref: torch.Tensor, out: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300)).item()
+
+
+def precision_errors(arch: ArchLike, dtypes: tuple[str, ...] = ('fp16', 'bf16'),
+                     shape: tuple[int, int] = (224, 224), batch: int = 1, seed: int = 0,
+                     device: str = 'cpu') -> list[PrecisionErrors]:
+    """Run a RepVGG backbone in fp16/bf16 and compare with itself in fp32.
+
+    The backbone as initialized (kaiming weights, BN affine 1/0) with its BN statistics
+    estimated on a random input (:func:`estimate_bn_stats_`), so activations have a
+    trained network's scale; its last stage's output is compared. The folded model and
+    the training-time one are each compared with themselves in fp32 on the same device,
+    so the numbers are the cost of the precision, not of the folding.
+
+    Args:
+        arch: Arch name or spec.
+        dtypes: Reduced precisions to measure.
+        shape: Input height and width.
+        batch: Batch size.
+        seed: Seed of the weights and inputs.
+        device: ``'cpu'`` or ``'cuda'``.
+
+    Returns:
+        One :class:`PrecisionErrors` per dtype (``skipped`` says why one did not run).
+    """
+    from ..analysis.benchmark import backend_supported
+    torch.manual_seed(seed)
+    model = RepVGG(arch, out_indices=(3, )).to(device)
+    estimate_bn_stats_(model, torch.randn(2, 3, *shape).to(device))
+    deployed = reparameterize(copy.deepcopy(model))
+    x = torch.randn(batch, 3, *shape).to(device)
+    out = []
+    with torch.no_grad():
+        refs = {'train': model(x)[-1], 'deploy': deployed(x)[-1]}
+        for dtype in dtypes:
+            ok, reason = backend_supported(dtype, device)
+            if not ok:
+                out.append(PrecisionErrors(model.arch_name, dtype, str(device), skipped=reason))
+                continue
+            got = {key: copy.deepcopy(net).to(PRECISIONS[dtype])(
+                x.to(PRECISIONS[dtype]))[-1].float() for key, net in (('train', model),
+                                                                      ('deploy', deployed))}
+            finite = {key: bool(torch.isfinite(t).all()) for key, t in got.items()}
+            inf = float('inf')
+            out.append(PrecisionErrors(
+                model.arch_name, dtype, str(device),
+                _max_rel([refs['deploy']], [got['deploy']]) if finite['deploy'] else inf,
+                _rel_l2(refs['deploy'], got['deploy']) if finite['deploy'] else inf,
+                _max_rel([refs['train']], [got['train']]) if finite['train'] else inf))
+    return out
