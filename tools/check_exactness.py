@@ -14,29 +14,42 @@ Example::
     python tools/check_exactness.py --arch B2 --plan fast
     python tools/check_exactness.py --dtype fp16 bf16            # A0, B0, B2 on the CPU
     python tools/check_exactness.py --dtype fp16 bf16 --device cuda
+    python tools/check_exactness.py --dtype fp16 bf16 --checkpoint CONFIG CKPT  # trained
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mmengine.utils import ProgressBar
 
-from mmrepvgg.deploy.exactness import PRECISIONS, fold_errors, precision_errors
+from mmrepvgg.deploy.exactness import (PRECISIONS, checkpoint_precision_errors, fold_errors,
+                                       precision_errors)
 from mmrepvgg.models.arch import ARCH_ZOO
 
 
 def _precision_table(args: argparse.Namespace) -> None:
-    archs = args.arch or ['A0', 'B0', 'B2']
-    shape = tuple(args.shape or (224, 224))
-    rows, bar = [], ProgressBar(len(archs))
-    for arch in archs:
-        rows += precision_errors(arch, tuple(args.dtype), shape, args.batch, args.seed,
-                                 args.device)
-        bar.update()
-    print(f'\n\nBackbone output in fp16/bf16 vs the same model in fp32 on {args.device}, input '
-          f'{args.batch}x3x{shape[0]}x{shape[1]} (random weights, BN statistics estimated on '
-          'a random input):\n')
-    print('| arch | dtype | deployed: max rel | deployed: rel L2 | training-time: max rel |')
+    rows, notes = [], []
+    if args.checkpoint:
+        config, ckpt = args.checkpoint
+        found, inputs = checkpoint_precision_errors(
+            config, ckpt, tuple(args.dtype), tuple(args.shape) if args.shape else None,
+            args.batch if args.batch > 1 else 8, args.seed, args.device)
+        rows += found
+        notes.append(f'{Path(config).stem}: trained weights, {inputs}')
+    if args.arch or not args.checkpoint:
+        archs = args.arch or ['A0', 'B0', 'B2']
+        shape = tuple(args.shape or (224, 224))
+        bar = ProgressBar(len(archs))
+        for arch in archs:
+            rows += precision_errors(arch, tuple(args.dtype), shape, args.batch, args.seed,
+                                     args.device)
+            bar.update()
+        notes.append(f'{", ".join(archs)}: backbone output, random weights with BN statistics '
+                     f'estimated on a random input, input {args.batch}x3x{shape[0]}x{shape[1]}')
+    print(f'\n\nOutput in fp16/bf16 vs the same model in fp32 on {args.device} ('
+          + '; '.join(notes) + '):\n')
+    print('| model | dtype | deployed: max rel | deployed: rel L2 | training-time: max rel |')
     print('|---|---|---|---|---|')
     for r in rows:
         if r.skipped:
@@ -58,7 +71,11 @@ def main() -> None:
     parser.add_argument('--dtype', nargs='+', choices=list(PRECISIONS),
                         help='measure these precisions of the folded model instead')
     parser.add_argument('--device', default='cpu', help='device for --dtype')
-    parser.add_argument('--batch', type=int, default=1, help='batch for --dtype')
+    parser.add_argument('--batch', type=int, default=1,
+                        help='batch for --dtype (images for --checkpoint: 8 unless given)')
+    parser.add_argument('--checkpoint', nargs=2, metavar=('CONFIG', 'CKPT'),
+                        help='with --dtype: also measure this trained model (its logits, on '
+                        'its test images if present)')
     args = parser.parse_args()
     if args.dtype:
         _precision_table(args)
