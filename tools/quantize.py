@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
     parser.add_argument('--threads', type=int,
                         help='ONNX Runtime intra-op threads (default: its own)')
-    parser.add_argument('--speed-iters', type=int, default=20, help='timed runs per round')
+    parser.add_argument('--speed-iters', type=int,
+                        help='timed runs per round (default: a quarter second per round)')
     parser.add_argument('--speed-rounds', type=int, default=5, help='interleaved rounds')
     parser.add_argument('--seed', type=int, default=0, help='seed of the calibration subset')
     parser.add_argument('--source', choices=SOURCES,

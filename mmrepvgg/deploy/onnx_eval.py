@@ -227,24 +227,39 @@ def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split:
     return captured
 
 
-def time_sessions(sessions: Mapping[str, Any], x: np.ndarray, warmup: int = 5, iters: int = 20,
-                  rounds: int = 5) -> dict[str, dict]:
+def time_sessions(sessions: Mapping[str, Any], x: np.ndarray, warmup: int = 5,
+                  iters: int | None = None, rounds: int = 5,
+                  round_seconds: float = 0.25) -> dict[str, dict]:
     """Milliseconds per ``session.run`` on ``x``, rounds interleaved over the sessions.
 
     Round 1 of every session, then round 2, ...: a busy machine slows them alike. The
     speed is the median round.
 
+    Args:
+        sessions: ``{name: session}``.
+        x: The input batch.
+        warmup: Untimed runs per session.
+        iters: Runs per round (None: enough for ``round_seconds`` on the slowest session).
+        rounds: Timed rounds.
+        round_seconds: Target length of a round when ``iters`` is None.
+
     Returns:
-        ``{name: dict(ms=median, ms_best=best, rounds=[...])}``.
+        ``{name: dict(ms=median, ms_best=best, rounds=[...], iters=n)}``.
     """
     feeds = {}
     for name, s in sessions.items():
         inp = s.get_inputs()[0]
         feeds[name] = {inp.name: x.astype(np.float16 if inp.type == 'tensor(float16)'
                                           else np.float32)}
+    slowest = 0.0
     for name, s in sessions.items():
         for _ in range(warmup):
             s.run(None, feeds[name])
+        start = time.perf_counter()
+        s.run(None, feeds[name])
+        slowest = max(slowest, time.perf_counter() - start)
+    if iters is None:
+        iters = int(min(1000, max(3, round_seconds / max(slowest, 1e-6))))
     per: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, s in sessions.items():
@@ -252,7 +267,7 @@ def time_sessions(sessions: Mapping[str, Any], x: np.ndarray, warmup: int = 5, i
             for _ in range(iters):
                 s.run(None, feeds[name])
             per[name].append(1000 * (time.perf_counter() - start) / iters)
-    return {name: dict(ms=statistics.median(v), ms_best=min(v), rounds=v)
+    return {name: dict(ms=statistics.median(v), ms_best=min(v), rounds=v, iters=iters)
             for name, v in per.items()}
 
 

@@ -281,7 +281,7 @@ def quantize_checkpoint(config: str | Config,
                         exporter: str = 'dynamo',
                         opset: int = DEFAULT_OPSET,
                         threads: int | None = None,
-                        speed_iters: int = 20,
+                        speed_iters: int | None = None,
                         speed_rounds: int = 5,
                         force: bool = False,
                         trust: bool = False,
@@ -309,7 +309,7 @@ def quantize_checkpoint(config: str | Config,
         exporter: ``'dynamo'`` or ``'torchscript'``.
         opset: ONNX opset.
         threads: ONNX Runtime threads (None: its default).
-        speed_iters: Timed runs per round.
+        speed_iters: Timed runs per round (None: enough for a quarter second).
         speed_rounds: Interleaved timing rounds (median counts).
         force: Overwrite existing outputs.
         trust: Allow full unpickling of the checkpoint.
@@ -404,17 +404,18 @@ def quantize_checkpoint(config: str | Config,
 
 
 def _eval_and_time(cfg: Config, model: Any, fp32: Any, int8: Any, example: np.ndarray,
-                   max_images: int | None, threads: int | None, iters: int, rounds: int,
-                   progress: bool) -> dict:
+                   max_images: int | None, threads: int | None, iters: int | None,
+                   rounds: int, progress: bool) -> dict:
     split = 'test' if cfg.get('test_dataloader') else 'val'
     metrics = {}
     for name, session in (('fp32', fp32), ('int8', int8)):
         metrics[name] = evaluate(cfg, OnnxPredictor(model, session), split, max_images,
                                  desc=f'eval {name} ONNX', progress=progress)
     key = main_metric(metrics['fp32'])
-    print_log(f'Timing fp32 vs int8 ({rounds} interleaved rounds x {iters} runs)',
-              logger='current')
     speed = time_sessions({'fp32': fp32, 'int8': int8}, example, iters=iters, rounds=rounds)
+    iters = speed['fp32']['iters']
+    print_log(f'Timed fp32 vs int8: {rounds} interleaved rounds x {iters} runs',
+              logger='current')
     return dict(split=split, images=max_images, metric=key, fp32=metrics['fp32'],
                 int8=metrics['int8'], delta=metrics['int8'][key] - metrics['fp32'][key],
                 speed=dict(input=list(example.shape), threads=threads, iters=iters,
