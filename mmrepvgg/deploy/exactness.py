@@ -182,9 +182,8 @@ def precision_errors(arch: ArchLike, dtypes: tuple[str, ...] = ('fp16', 'bf16'),
     estimated on a random input (:func:`estimate_bn_stats_`), so activations have a
     trained network's scale; its last stage's output is compared. The folded model and
     the training-time one are each compared with themselves in fp32 on the same device,
-    so the numbers are the cost of the precision, not of the folding. Random networks
-    amplify small perturbations far more than trained ones (measured: >10x), so these are
-    pessimistic; :func:`checkpoint_precision_errors` measures a trained model.
+    so the numbers are the cost of the precision, not of the folding. A random network is
+    no trained one: :func:`checkpoint_precision_errors` measures a trained model.
 
     Args:
         arch: Arch name or spec.

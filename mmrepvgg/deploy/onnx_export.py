@@ -679,6 +679,10 @@ def export_onnx(config: str | Config,
     tolerance = ONNX_TOLERANCE[dtype] if tolerance is None else tolerance
     model, deployed, ckpt_meta = load_model(cfg, checkpoint, source, trust)
     shape = tuple(shape or input_shape_from_config(cfg))
+    seen = probe(model, shape)  # shapes only (meta device): refuse before any compute
+    note = check_adaptive_pools(model, shape, exporter, seen) or ''
+    if note:
+        print_log(f'note: {note}', logger='current')
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, *shape, generator=gen)
     reference = tensor_forward(model, x)
@@ -686,10 +690,7 @@ def export_onnx(config: str | Config,
     if not deployed:
         fold = fold_and_verify(model, x, tolerance=fold_tolerance)
         print_log(fold.summary(), logger='current')
-    seen = probe(model, shape)
-    note = check_adaptive_pools(model, shape, exporter, seen) or ''
-    if note:
-        print_log(f'note: {note}', logger='current')
+        seen = probe(model, shape)  # the folded model's convs
     module = TensorForward(copy.deepcopy(model) if fp16 else model).eval()
     example = x
     if fp16:
