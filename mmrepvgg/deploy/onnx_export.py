@@ -742,7 +742,11 @@ def export_onnx(config: str | Config,
             raise RuntimeError('The dynamic-batch graph does not run a larger batch alike')
     meta.update(ort_max_abs_diff=max_abs, ort_max_rel_diff=max_rel)
     set_metadata(proto, meta)
-    onnx.checker.check_model(proto, full_check=True)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as err:
+        first = next((line for line in str(err).splitlines() if line.strip()), repr(err))
+        raise RuntimeError(f'onnx.checker rejects the exported model: {first}') from err
     write_file_atomic(out, proto.SerializeToString(), force=force)
     report = ExportReport(str(out), shape, batch, dynamic_batch, dtype, exporter, opset,
                           deployed, fold, max_abs, max_rel, tolerance, nodes,
