@@ -1,17 +1,28 @@
-"""Speed (examples/s) and peak inference memory in the paper's protocol.
+"""Speed (examples/s), TFLOP/s and peak inference memory in the paper's protocol.
 
 Examples:
-    # the paper's protocol (batch 128 at 224x224, fp32, 50 warm-up + 50 timed batches)
+    # the paper's protocol on a GPU (batch 128 at 224x224, strict fp32, 50 + 50 batches)
     python tools/benchmark.py A0 B0 ResNet-18 ResNet-34 --device cuda --out bench.json
-    # reduced for a CPU, with peak memory (paper Fig. 3)
+    # the same with TF32 convs and matmuls (PyTorch's default for cuDNN convs)
+    python tools/benchmark.py A0 B0 ResNet-18 ResNet-34 --device cuda --dtype tf32
+    # ours next to timm's and mmpretrain's deployed RepVGG, timed interleaved
+    python tools/benchmark.py A0 B0 --peers --variants deploy --rounds 5
+    python tools/benchmark.py A0 timm:repvgg_a0 mmpretrain:A0 --variants deploy
+    # reduced for a CPU, with feature-map memory (paper Fig. 3)
     python tools/benchmark.py A0 ResNet-18 --batch 8 --warmup 2 --iters 5 --rounds 3 \
         --threads 1 --memory --out work_dirs/bench_cpu.json
     # segmentation (batch 16 at 713x713 by default)
     python tools/benchmark.py configs/pspnet_repvgg-b2_cityscapes.py --batch 1 --shape 256 256
+    # the markdown of a saved json; the docs' tables from their json; a B3 backbone's fold
+    # time; a matmul peak alone
+    python tools/benchmark.py --render bench.json
+    python tools/benchmark.py --update-docs docs/benchmark.md
+    python tools/benchmark.py --fold-time B3 --threads 1
+    python tools/benchmark.py --measure-peak --device cuda --dtype bf16
 
 RepVGG models are timed as trained (multi-branch) and deployed (re-parameterized);
 baselines with their conv-BN pairs fused (the paper's protocol) and, with
-``--variants ... unfused``, as they are. Ratios come from the same run.
+``--variants ... unfused``, as they are; peers deployed. Ratios come from the same run.
 """
 from __future__ import annotations
 
@@ -25,11 +36,14 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
+from mmrepvgg.analysis.peers import PEER_SOURCES  # noqa: E402
 
-def parse_args() -> argparse.Namespace:
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('models', nargs='+', help='arch names, baseline names or config paths '
-                        '(all classifiers or all segmentors)')
+    parser.add_argument('models', nargs='*', help='arch names, baseline names, peer specs '
+                        '(timm:A0, mmpretrain:A0) or config paths (all classifiers or all '
+                        'segmentors)')
     parser.add_argument('--batch', type=int, help='batch size (paper: 128 cls, 16 seg)')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='input size (paper: 224 224 cls, 713 713 seg)')
@@ -37,9 +51,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--iters', type=int, help='timed batches per round (paper: 50)')
     parser.add_argument('--rounds', type=int, default=1,
                         help='interleaved timed rounds; the median round counts')
-    parser.add_argument('--device', default='cuda' if _cuda() else 'cpu')
+    parser.add_argument('--device', default=None, help='cuda if available, else cpu')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (CPU)')
-    parser.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16', 'fp16'])
+    parser.add_argument('--dtype', default='fp32', choices=['fp32', 'tf32', 'bf16', 'fp16'],
+                        help='fp32: strict IEEE fp32, TF32 off on CUDA (the paper\'s); tf32: '
+                        'fp32 tensors with TF32 cuDNN convs and matmuls (CUDA only)')
     parser.add_argument('--backend', default='eager', choices=[
         'eager', 'channels_last', 'compile', 'compile_channels_last', 'onnxruntime',
         'onnxruntime-int8'], help='onnxruntime: the model exported to ONNX (fp32) in ONNX '
@@ -47,51 +63,140 @@ def parse_args() -> argparse.Namespace:
         'on random inputs: speed only; accuracy: tools/quantize.py --eval)')
     parser.add_argument('--variants', nargs='+', default=['train', 'deploy', 'fused'],
                         choices=['train', 'deploy', 'fused', 'unfused'])
-    parser.add_argument('--memory', action='store_true', help='also measure peak memory')
+    parser.add_argument('--peers', nargs='*', choices=PEER_SOURCES, metavar='SOURCE',
+                        help='also time the deployed RepVGG of the same arch from these '
+                        'libraries (default both: timm, mmpretrain), interleaved with ours')
+    parser.add_argument('--memory', action='store_true',
+                        help='also measure the feature-map peak (and the CUDA allocator peak)')
     parser.add_argument('--memory-batch', type=int, help='batch for --memory (default --batch)')
+    parser.add_argument('--no-cudnn-benchmark', action='store_true',
+                        help='leave torch.backends.cudnn.benchmark off while timing on CUDA')
+    parser.add_argument('--no-flops', action='store_true',
+                        help='do not count FLOPs (no TFLOP/s column)')
+    peak = parser.add_mutually_exclusive_group()
+    peak.add_argument('--peak-tflops', type=float,
+                      help="the device's peak TFLOP/s in this precision, for the % of peak")
+    peak.add_argument('--measure-peak', action='store_true',
+                      help='measure the peak as a large matmul in this precision on the device '
+                      '(alone if no model is given)')
     parser.add_argument('--num-classes', type=int, default=1000)
     parser.add_argument('--out', help='write the results (json) here, for plotting')
     parser.add_argument('--markdown', help='also write the markdown table here')
+    parser.add_argument('--force', action='store_true', help='overwrite --out / --markdown')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return parser.parse_args()
+    parser.add_argument('--render', metavar='JSON',
+                        help='print the markdown of a json saved by --out (nothing is run)')
+    parser.add_argument('--update-docs', nargs='+', metavar='MD',
+                        help='re-render the marked benchmark blocks of these markdown files '
+                        'from their json (<!-- benchmark: PATH.json --> ... <!-- /benchmark -->)')
+    parser.add_argument('--fold-time', nargs='+', metavar='ARCH',
+                        help='time reparameterize() of these backbones instead (CPU)')
+    parser.add_argument('--fold-repeats', type=int, default=5,
+                        help='fresh copies folded per arch for --fold-time')
+    parser.add_argument('--plan', choices=['full', 'fast'],
+                        help='dilation plan of the --fold-time backbones')
+    args = parser.parse_args(argv)
+    modes = sum(bool(x) for x in (args.render, args.fold_time, args.update_docs))
+    if modes > 1:
+        parser.error('--render, --update-docs and --fold-time are separate modes')
+    if not modes and not args.models and not args.measure_peak:
+        parser.error('give models (or --render, --update-docs, --fold-time, --measure-peak)')
+    if modes and args.models:
+        parser.error('models are not used with --render / --update-docs / --fold-time')
+    return args
 
 
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before anything runs: outputs are new (or --force) and their folders exist."""
+    for path in (args.out, args.markdown):
+        if not path:
+            continue
+        if osp.isdir(path):
+            raise ValueError(f'{path} is a folder; give a file path')
+        if osp.exists(path) and not args.force:
+            raise ValueError(f'{path} exists; pass --force to overwrite it')
+        folder = osp.dirname(osp.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f'cannot create the folder of {path}: {err.strerror}') from None
 
 
-def main() -> int:
-    args = parse_args()
+def _save(args: argparse.Namespace, report: dict, text: str) -> None:
+    from mmrepvgg.analysis.benchmark import write_text_atomic
+    if args.out:
+        write_text_atomic(args.out, json.dumps(report, indent=1) + '\n')
+    if args.markdown:
+        write_text_atomic(args.markdown, f"Generated by `{report['command']}`.\n\n{text}\n")
+
+
+def run(args: argparse.Namespace) -> None:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mmrepvgg.analysis.benchmark import benchmark_markdown, run_benchmark
-    try:
-        report = run_benchmark(args.models, batch=args.batch,
-                               shape=tuple(args.shape) if args.shape else None,
-                               warmup=args.warmup, iters=args.iters, rounds=args.rounds,
-                               device=args.device, dtype=args.dtype, backend=args.backend,
-                               variants=args.variants, memory=args.memory,
-                               memory_batch=args.memory_batch, num_classes=args.num_classes,
-                               cfg_options=args.cfg_options)
-    except ImportError as err:  # a backend's package is missing
-        print(f'benchmark: --backend {args.backend}: {err}', file=sys.stderr)
-        return 1
-    report['command'] = 'python tools/benchmark.py ' + ' '.join(sys.argv[1:])
-    table = benchmark_markdown(report)
+    from mmrepvgg.analysis import benchmark as bm
+    command = 'python tools/benchmark.py ' + ' '.join(sys.argv[1:])
+    if args.render:
+        if args.out:
+            raise ValueError('--render writes --markdown only')
+        with open(args.render) as f:
+            report = json.load(f)
+        _check_outputs(args)
+        table = bm.benchmark_markdown(report)
+        print(table)
+        if args.markdown:
+            bm.write_text_atomic(args.markdown, f"Generated by `{report.get('command', '?')}`."
+                                 f"\n\n{table}\n")
+        return
+    if args.update_docs:
+        for md in args.update_docs:
+            with open(md) as f:
+                text = f.read()
+            new, paths = bm.update_marked_tables(text)
+            if new != text:
+                bm.write_text_atomic(md, new)
+            print(f"{md}: {len(paths)} table(s) rendered from {', '.join(paths) or '-'}")
+        return
+    if args.fold_time:
+        from mmrepvgg.models.arch import get_arch
+        for arch in args.fold_time:
+            get_arch(arch)
+        _check_outputs(args)
+        results = []
+        for arch in args.fold_time:
+            res = bm.fold_time(arch, args.fold_repeats, args.plan)
+            print(bm.fold_time_line(res))
+            results.append(res)
+        report = dict(command=command, fold_time=results)
+        _save(args, report, '\n'.join(bm.fold_time_line(r) for r in results))
+        return
+    specs = list(args.models)
+    if args.peers is not None:
+        specs = bm.with_peers(specs, args.peers or PEER_SOURCES)
+    bm.validate_specs(specs)
+    _check_outputs(args)
+    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    report = bm.run_benchmark(
+        specs, batch=args.batch, shape=tuple(args.shape) if args.shape else None,
+        warmup=args.warmup, iters=args.iters, rounds=args.rounds, device=device,
+        dtype=args.dtype, backend=args.backend, variants=args.variants, memory=args.memory,
+        memory_batch=args.memory_batch, num_classes=args.num_classes,
+        cfg_options=args.cfg_options, cudnn_autotune=not args.no_cudnn_benchmark,
+        flops=not args.no_flops, peak_tflops=args.peak_tflops, measure_peak=args.measure_peak)
+    report['command'] = command
+    table = bm.benchmark_markdown(report)
     print(table)
-    if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(report, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, 'w') as f:
-            f.write(f"Generated by `{report['command']}`.\n\n{table}\n")
-    return 0
+    _save(args, report, table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        sys.exit(f'benchmark.py: error: {msg}')
 
 
 if __name__ == '__main__':
-    status = main()
-    if status:  # success returns normally (tests run this file with runpy)
-        sys.exit(status)
+    main()

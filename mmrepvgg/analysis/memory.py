@@ -3,15 +3,18 @@
 Fig. 3's point: a multi-branch block keeps its input and every branch output alive until
 the addition, a plain block frees its input as soon as its conv is done. What is measured:
 
-- **CUDA**: ``torch.cuda.max_memory_allocated()`` during one forward minus what was allocated
-  before it (weights and input): the peak of the caching allocator's live bytes, cuDNN
-  workspaces included.
-- **CPU**: PyTorch has no CPU allocator statistics, so :class:`LiveTensorTracker` (a
-  ``TorchDispatchMode``) records every tensor storage that an aten op creates during the
-  forward and drops it when it is freed; the peak is the largest total of storages alive at
-  once. Weights and the input existed before and are not counted; scratch memory that a
-  backend allocates inside an op (oneDNN buffers) is invisible to it. It is exact for what it
-  counts and independent of the allocator, so plain and multi-branch models compare fairly.
+- **Feature maps, on any device**: :class:`LiveTensorTracker` (a ``TorchDispatchMode``)
+  records every tensor storage that an aten op creates during the forward and drops it when
+  it is freed; the peak is the largest total of storages alive at once. Weights and the
+  input existed before and are not counted; scratch memory that a library allocates inside
+  an op (cuDNN workspace, oneDNN buffers) is invisible to it. It is exact for what it counts
+  and independent of the allocator, so plain and multi-branch models compare fairly: this is
+  Fig. 3's "extra memory occupied by feature maps".
+- **Allocator peak, on CUDA, reported separately**: ``torch.cuda.max_memory_allocated()``
+  during one forward minus what was allocated before it (weights and input): the peak of
+  the caching allocator's live bytes, cuDNN workspaces included. On a large GPU the
+  workspace can dominate it (the same peak for the multi-branch and the plain model), so it
+  is not Fig. 3's quantity.
 
 Both run under ``torch.no_grad()`` (inference: no activation is kept for backward).
 """
@@ -71,22 +74,25 @@ def peak_forward_memory(run: Callable[[], Any], device: str | torch.device = 'cp
         device: Where the model runs.
 
     Returns:
-        ``dict(peak_bytes, method)``; ``method`` is ``'cuda.max_memory_allocated'`` or
-        ``'dispatch-tracked tensor storages'``.
+        ``dict(peak_bytes, method)`` for the feature maps (``method`` is
+        ``'dispatch-tracked tensor storages'``), and on CUDA also ``allocator_peak_bytes``
+        and ``allocator_method``.
     """
     device = torch.device(device)
+    out: dict = {}
     with torch.no_grad():
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-            out = run()
+            result = run()
             torch.cuda.synchronize(device)
-            peak = torch.cuda.max_memory_allocated(device) - base
-            del out
-            return dict(peak_bytes=int(peak), method='cuda.max_memory_allocated')
+            out.update(allocator_peak_bytes=int(torch.cuda.max_memory_allocated(device) - base),
+                       allocator_method='torch.cuda.max_memory_allocated minus allocated '
+                       'before the forward (cuDNN workspace included)')
+            del result
         tracker = LiveTensorTracker()
         with tracker:
-            out = run()
-        del out
-        return dict(peak_bytes=int(tracker.peak), method='dispatch-tracked tensor storages')
+            result = run()
+        del result
+    return dict(peak_bytes=int(tracker.peak), method='dispatch-tracked tensor storages', **out)

@@ -1,6 +1,7 @@
 """Speed-accuracy plot like the paper's Fig. 1, from a benchmark json and the metafile."""
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 from .metafile import find_paper_model, load_metafile
@@ -23,7 +24,7 @@ def speed_accuracy_points(report: dict, table: int = 4, variants: Sequence[str] 
     paper = load_metafile(metafile)
     points = []
     for r in report['results']:
-        if r['variant'] not in variants:
+        if r['variant'] not in variants or r.get('family') == 'peer':
             continue
         p = find_paper_model(r['model'], paper)
         acc = p.top1(table) if p is not None else None
@@ -39,8 +40,9 @@ def plot_speed_accuracy(report: dict, out: str, table: int = 4,
                         metafile: str | None = None, title: str | None = None) -> list[dict]:
     """Save a top-1 vs measured speed plot (RepVGG as a line, baselines as markers).
 
-    The axes name the device and the protocol the speed was measured with, so a reduced CPU
-    run is not mistaken for the paper's 1080Ti numbers.
+    The axes name the device, torch, the date, the precision (TF32 state) and the protocol the
+    speed was measured with, so a reduced CPU run or a TF32 run is not mistaken for the paper's
+    1080Ti numbers.
 
     Args:
         report: A benchmark result (:func:`mmrepvgg.analysis.benchmark.run_benchmark`).
@@ -73,14 +75,18 @@ def plot_speed_accuracy(report: dict, out: str, table: int = 4,
         ax.annotate(p['model'].replace('RepVGG-', ''), (p['speed'], p['accuracy']),
                     textcoords='offset points', xytext=(4, 4), fontsize=8)
     device = info.get('gpu') or info['cpu']
-    ax.set_xlabel(f"measured speed (examples/s): {device}, {info['torch_threads']} thread(s)\n"
+    precision = proto.get('precision') or f"{proto['dtype']} (TF32 state not recorded)"
+    when = f", {report['date'][:10]}" if report.get('date') else ''
+    ax.set_xlabel(f"measured speed (examples/s): {device}, {info['torch_threads']} thread(s), "
+                  f"torch {info['torch']}{when}\n"
                   f"batch {proto['batch']} at {proto['shape'][0]}x{proto['shape'][1]}, "
-                  f"{proto['dtype']}, {proto['backend']}"
-                  + ('' if proto.get('paper_protocol') else ' (reduced protocol)'),
-                  fontsize=8)
+                  f"{precision}, {proto['backend']}"
+                  + ('' if proto.get('paper_protocol') else ' (not the paper\'s protocol)'),
+                  fontsize=7)
     metric = 'mIoU (%)' if table == 8 else 'ImageNet top-1 (%)'
     ax.set_ylabel(f'{metric}, paper Table {table}')
-    ax.set_title(title or f"Accuracy (paper Table {table}) vs speed measured here", fontsize=10)
+    title = title or f'Accuracy (paper Table {table}) vs speed measured here'
+    ax.set_title('\n'.join(textwrap.wrap(title, 70)), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()

@@ -21,6 +21,25 @@ def _conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: in
     return nn.Sequential(OrderedDict(conv=conv, norm=build_norm_layer(norm_cfg, out_channels)[1]))
 
 
+#: Activations that take no ``inplace`` argument (as mmcv's ``ConvModule`` lists them).
+_NO_INPLACE = ('Tanh', 'PReLU', 'Sigmoid', 'HSigmoid', 'Swish', 'GELU', 'Clamp', 'Clip')
+
+
+def _build_act(act_cfg: dict | None) -> nn.Module:
+    """The block's activation, in place unless the config says otherwise.
+
+    In place is safe here: the activation's input is the branch sum (or the folded conv's
+    output), a fresh tensor that nothing else reads. It saves one feature map's worth of
+    memory traffic per block, as timm's and mmcv's ``ConvModule`` defaults do.
+    """
+    if not act_cfg:
+        return nn.Identity()
+    act_cfg = dict(act_cfg)
+    if act_cfg['type'] not in _NO_INPLACE:
+        act_cfg.setdefault('inplace', True)
+    return build_activation_layer(act_cfg)
+
+
 class SEModule(nn.Module):
     """Squeeze-and-excitation as in the official RepVGG-D2se, pooled over any input size.
 
@@ -99,7 +118,7 @@ class RepVGGBlock(BaseModule):
             self.branch_norm = (build_norm_layer(norm_cfg, in_channels)[1]
                                 if in_channels == out_channels and stride == 1 else None)
         self.se = SEModule(out_channels) if use_se else None
-        self.act = build_activation_layer(act_cfg) if act_cfg else nn.Identity()
+        self.act = _build_act(act_cfg)
 
     def _branches(self, x: Tensor) -> Tensor:
         if self.deploy:
@@ -151,12 +170,12 @@ class RepVGGBlock(BaseModule):
                 'the folded block would not give the same outputs. Call model.eval() first.')
         kernel, bias = self.equivalent_kernel_bias()
         conv3 = self.branch_3x3.conv
-        reparam = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride,
-                            conv3.padding, conv3.dilation, self.groups, bias=True,
-                            device=kernel.device, dtype=kernel.dtype)
-        with torch.no_grad():
-            reparam.weight.copy_(kernel)
-            reparam.bias.copy_(bias)
+        with torch.device('meta'):  # no random init of weights that are replaced at once
+            reparam = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride,
+                                conv3.padding, conv3.dilation, self.groups, bias=True)
+        requires_grad = conv3.weight.requires_grad  # a frozen stage stays frozen
+        reparam.weight = nn.Parameter(kernel.detach(), requires_grad=requires_grad)
+        reparam.bias = nn.Parameter(bias.detach(), requires_grad=requires_grad)
         reparam.train(self.training)
         del self.branch_3x3, self.branch_1x1, self.branch_norm
         self.branch_reparam = reparam

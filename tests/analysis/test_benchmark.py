@@ -1,6 +1,10 @@
 """The benchmark runs end to end on a CPU (2 timed iterations); no timing assertions."""
+import glob
 import json
+import os
+import os.path as osp
 import runpy
+import subprocess
 import sys
 
 import pytest
@@ -8,6 +12,8 @@ import torch
 
 from mmrepvgg.analysis import benchmark_markdown, run_benchmark
 from mmrepvgg.analysis.benchmark import backend_supported, compute_ratios
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -87,3 +93,273 @@ def test_onnxruntime_backend_when_installed():
     report = run_benchmark(['A0'], batch=1, shape=(32, 32), warmup=1, iters=2,
                            backend='onnxruntime', variants=('deploy', ))
     assert report['results'][0]['examples_per_s'] > 0
+
+
+# ---------------------------------------------------------------- issue 12: honest protocol
+
+def _proto(**kw):
+    base = dict(task='cls', batch=128, shape=[224, 224], warmup=50, iters=50, rounds=3,
+                dtype='fp32', backend='eager', tf32_conv=False, tf32_matmul=False)
+    base.update(kw)
+    return base
+
+
+def test_paper_protocol_flag_exactly_for_the_papers_protocol():
+    from mmrepvgg.analysis.benchmark import is_paper_protocol, protocol_differences
+    assert is_paper_protocol(_proto())
+    assert is_paper_protocol(_proto(task='seg', batch=16, shape=[713, 713], rounds=1))
+    for changed in (dict(batch=64), dict(shape=[256, 256]), dict(warmup=20), dict(iters=10),
+                    dict(dtype='tf32', tf32_conv=True, tf32_matmul=True), dict(dtype='bf16'),
+                    dict(tf32_conv=True), dict(tf32_matmul=True), dict(backend='compile'),
+                    dict(task='seg'), dict(batch=16, shape=[224, 224], task='seg')):
+        assert not is_paper_protocol(_proto(**changed)), changed
+        assert protocol_differences(_proto(**changed))
+    old = _proto()
+    del old['tf32_conv'], old['tf32_matmul']  # a json of an older version
+    assert protocol_differences(old) == ['TF32 state not recorded']
+    assert protocol_differences(_proto(tf32_conv=None)) == ['TF32 state not recorded']
+
+
+def test_paper_protocol_flag_computed_by_the_run(monkeypatch):
+    """The flag is computed on the finished protocol (it used to be always False)."""
+    from mmrepvgg.analysis import benchmark as bm
+    tiny = dict(batch=1, shape=(32, 32), warmup=1, iters=1)
+    monkeypatch.setitem(bm.PAPER_PROTOCOL, 'cls', tiny)
+    report = bm.run_benchmark(['A0'], variants=('deploy', ), flops=False)
+    assert report['protocol']['paper_protocol'] is True
+    assert "(the paper's protocol)" in benchmark_markdown(report)
+    report = bm.run_benchmark(['A0'], iters=2, variants=('deploy', ), flops=False)
+    assert report['protocol']['paper_protocol'] is False
+    assert "differs from the paper's protocol: 1 + 2 batches" in benchmark_markdown(report)
+
+
+def test_precision_is_set_recorded_and_restored():
+    from mmrepvgg.analysis.precision import float32_precision, precision_label, tf32_state
+    before = tf32_state()
+    with float32_precision(False) as state:
+        assert state['cudnn_conv_tf32'] is False and state['matmul_tf32'] is False
+        assert precision_label('fp32', state, 'cuda').startswith('fp32 (strict IEEE')
+        assert 'TF32 off' in precision_label('bf16', state, 'cuda')
+    with float32_precision(True) as state:
+        assert state['cudnn_conv_tf32'] is True and state['matmul_tf32'] is True
+        assert precision_label('tf32', state, 'cuda').startswith('tf32 (fp32 tensors, TF32 on')
+        # never "fp32" for TF32 convs
+        assert precision_label('fp32', state, 'cuda') == (
+            'fp32 (TF32 on for cuDNN conv, on for matmul)')
+    assert tf32_state() == before
+    assert precision_label('fp32', before, 'cpu') == 'fp32 (CPU: no TF32)'
+
+
+def test_precision_with_the_legacy_allow_tf32_api():
+    """torch without the fp32_precision API: the allow_tf32 flags are set and restored."""
+    code = '\n'.join([
+        'from mmrepvgg.analysis import precision as p',
+        'p._new_api = lambda: False',
+        'before = p.tf32_state()',
+        'assert before["api"] == "allow_tf32", before',
+        'with p.float32_precision(False) as s:',
+        '    assert (s["cudnn_allow_tf32"], s["cuda_matmul_allow_tf32"]) == (False, False), s',
+        'with p.float32_precision(True) as s:',
+        '    assert (s["cudnn_conv_tf32"], s["matmul_tf32"]) == (True, True), s',
+        'assert p.tf32_state() == before',
+    ])
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_tf32_is_refused_on_the_cpu():
+    ok, reason = backend_supported('tf32', 'cpu')
+    assert not ok and 'CUDA' in reason
+    with pytest.raises(ValueError, match='tf32'):
+        run_benchmark(['A0'], dtype='tf32', batch=1, shape=(32, 32))
+
+
+def test_cudnn_benchmark_context_restores():
+    from mmrepvgg.analysis.precision import cudnn_benchmark
+    before = torch.backends.cudnn.benchmark
+    with cudnn_benchmark(not before):
+        assert torch.backends.cudnn.benchmark is (not before)
+    assert torch.backends.cudnn.benchmark is before
+
+
+def test_achieved_tflops_and_fraction_of_peak(report):
+    from mmrepvgg.analysis.complexity import count_complexity
+    from mmrepvgg.analysis.models import TensorForward, build_model, example_input
+    r = next(r for r in report['results'] if r['variant'] == 'train')
+    macs = count_complexity(TensorForward(build_model('A0').model), example_input((32, 32))).flops
+    assert r['gmacs_per_example'] == pytest.approx(macs / 1e9)
+    assert r['achieved_tflops'] == pytest.approx(2 * macs * r['examples_per_s'] / 1e12)
+    given = run_benchmark(['A0'], batch=1, shape=(32, 32), warmup=1, iters=1,
+                          variants=('deploy', ), peak_tflops=0.5)
+    res = given['results'][0]
+    assert res['fraction_of_peak'] == pytest.approx(res['achieved_tflops'] / 0.5)
+    assert given['peak'] == dict(tflops=0.5, source='given (--peak-tflops)', dtype='fp32')
+    assert '% of peak' in benchmark_markdown(given)
+
+
+def test_measured_matmul_peak():
+    from mmrepvgg.analysis.precision import measure_matmul_peak
+    peak = measure_matmul_peak('cpu', 'fp32', size=128, iters=2, warmup=1)
+    assert peak['tflops'] > 0 and peak['size'] == 128
+
+
+def test_interleaved_order_rotates(monkeypatch):
+    from mmrepvgg.analysis import benchmark as bm
+    calls = []
+    monkeypatch.setattr(bm, 'make_runner', lambda module, *a: module)
+    monkeypatch.setattr(bm, 'time_runner', lambda run, iters, dev: calls.append(run) or 1.0)
+    variants = [bm.Variant(f'm{i}', 'deploy', 'repvgg', 'cls', f'run{i}', 1) for i in range(3)]
+    bm._measure(variants, dict(batch=1, shape=(8, 8), warmup=1, iters=1), 3,
+                torch.device('cpu'), 'fp32', 'eager', False, None, False, None, False)
+    timed = calls[3:]  # after one warm-up call each
+    assert timed == ['run0', 'run1', 'run2', 'run1', 'run2', 'run0', 'run2', 'run0', 'run1']
+
+
+# ---------------------------------------------------------------- peers
+
+def test_peer_specs():
+    from mmrepvgg.analysis.benchmark import with_peers
+    from mmrepvgg.analysis.peers import parse_peer
+    assert parse_peer('timm:repvgg_b1g4') == ('timm', 'B1g4')
+    assert parse_peer('mmpretrain:RepVGG-B2g2') == ('mmpretrain', 'B2g2')
+    assert parse_peer('A0') is None and parse_peer('configs/x.py') is None
+    for bad in ('tvm:A0', 'timm:B1g2', 'timm:Z1'):
+        with pytest.raises(KeyError):
+            parse_peer(bad)
+    assert with_peers(['A0', 'ResNet-18', 'B1g2']) == [
+        'A0', 'timm:A0', 'mmpretrain:A0', 'ResNet-18', 'B1g2', 'mmpretrain:B1g2']
+    assert with_peers(['A0'], ['timm']) == ['A0', 'timm:A0']
+
+
+def test_peers_in_the_same_run():
+    from mmrepvgg.analysis.benchmark import with_peers
+    report = run_benchmark(with_peers(['A0']), batch=1, shape=(32, 32), warmup=1, iters=1,
+                           rounds=2, variants=('deploy', ), memory=True)
+    got = {(r['model'], r['source']): r for r in report['results']}
+    assert set(got) == {('RepVGG-A0', 'mmrepvgg'), ('RepVGG-A0 [timm]', 'timm'),
+                        ('RepVGG-A0 [mmpretrain]', 'mmpretrain')}
+    ours = got['RepVGG-A0', 'mmrepvgg']
+    for r in got.values():
+        assert r['variant'] == 'deploy' and r['arch'] == 'A0' and len(r['rounds']) == 2
+        # the same deployed architecture: same parameters, MACs and feature maps
+        assert r['params_m'] == ours['params_m']
+        assert r['gmacs_per_example'] == pytest.approx(ours['gmacs_per_example'])
+    peers = report['ratios']['ours_vs_peers']['RepVGG-A0']
+    assert set(peers) == {'timm', 'mmpretrain'}
+    paired = [a / b for a, b in zip(ours['rounds'], got['RepVGG-A0 [timm]', 'timm']['rounds'])]
+    assert peers['timm'] == pytest.approx(sorted(paired)[0] / 2 + sorted(paired)[1] / 2)
+    assert report['ratios']['reference'] == 'RepVGG-A0/deploy'
+    table = benchmark_markdown(report)
+    assert 'ours / timm' in table and 'ours / mmpretrain' in table
+
+
+def test_peer_outputs_are_deployed_plain_convs():
+    """A peer is timed deployed: no multi-branch block is left in it."""
+    from mmrepvgg.analysis.peers import build_peer
+    for spec in ('timm:A0', 'mmpretrain:A0'):
+        model = build_peer(spec).model
+        assert not model.training
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert len(convs) == 22 and all(c.kernel_size == (3, 3) for c in convs)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+# ---------------------------------------------------------------- fold time, CLI, render
+
+def test_fold_time():
+    from mmrepvgg.analysis.benchmark import fold_time, fold_time_line
+    res = fold_time('A0', repeats=2)
+    assert res['blocks'] == 22 and len(res['seconds']) == 2 and res['median_s'] > 0
+    assert 'fold RepVGG-A0 backbone (22 blocks): median' in fold_time_line(res)
+
+
+def _cli(monkeypatch, *argv):
+    monkeypatch.setattr(sys, 'argv', ['benchmark.py', *argv])
+    runpy.run_path('tools/benchmark.py', run_name='__main__')
+
+
+def test_cli_unknown_model_is_one_line(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _cli(monkeypatch, 'A0', 'Foo-99', '--device', 'cpu')
+    assert str(exc.value).startswith("benchmark.py: error: Unknown model 'Foo-99'")
+    assert '\n' not in str(exc.value)
+    with pytest.raises(SystemExit, match='timm has no RepVGG-B1g2'):
+        _cli(monkeypatch, 'timm:B1g2', '--device', 'cpu')
+
+
+def test_cli_outputs_checked_before_the_run(monkeypatch, tmp_path):
+    from mmrepvgg.analysis import benchmark as bm
+
+    def never(*args, **kwargs):
+        raise AssertionError('the benchmark ran before its outputs were checked')
+
+    monkeypatch.setattr(bm, 'run_benchmark', never)
+    existing = tmp_path / 'old.json'
+    existing.write_text('{}')
+    with pytest.raises(SystemExit, match='exists; pass --force'):
+        _cli(monkeypatch, 'A0', '--out', str(existing))
+    assert existing.read_text() == '{}'
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    with pytest.raises(SystemExit, match='cannot create the folder'):
+        _cli(monkeypatch, 'A0', '--markdown', str(blocker / 'sub' / 'b.md'))
+    monkeypatch.undo()
+    nested = tmp_path / 'new' / 'dir' / 'b.json'
+    _cli(monkeypatch, 'A0', '--batch', '1', '--shape', '32', '32', '--warmup', '1', '--iters',
+         '1', '--variants', 'deploy', '--device', 'cpu', '--out', str(nested), '--no-flops')
+    assert json.loads(nested.read_text())['results'][0]['model'] == 'RepVGG-A0'
+
+
+def test_cli_render_fold_time_and_peak(monkeypatch, tmp_path, capsys, report):
+    saved = tmp_path / 'r.json'
+    saved.write_text(json.dumps(dict(report, command='python tools/benchmark.py A0 ...')))
+    _cli(monkeypatch, '--render', str(saved), '--markdown', str(tmp_path / 'r.md'))
+    assert capsys.readouterr().out.strip() == benchmark_markdown(report)
+    assert (tmp_path / 'r.md').read_text().startswith('Generated by `python tools/benchmark.py')
+    _cli(monkeypatch, '--fold-time', 'A0', '--fold-repeats', '1', '--threads', '1')
+    assert 'fold RepVGG-A0 backbone (22 blocks)' in capsys.readouterr().out
+    _cli(monkeypatch, '--measure-peak', '--device', 'cpu', '--out', str(tmp_path / 'p.json'))
+    peak = json.loads((tmp_path / 'p.json').read_text())['peak']
+    assert peak['tflops'] > 0 and peak['source'].startswith('measured')
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob('docs/**/*.json', recursive=True)))
+def test_saved_reports_render(path):
+    """Every benchmark json in docs/ renders (the docs' tables come from these)."""
+    with open(path) as f:
+        saved = json.load(f)
+    if 'results' not in saved:
+        return
+    text = benchmark_markdown(saved)
+    assert text.startswith('Device: ') and '\nProtocol: batch ' in text
+
+
+def test_paper_pairs_in_the_markdown(report):
+    text = benchmark_markdown(report)
+    speed = {r['model']: r['examples_per_s'] for r in report['results'] if r['variant'] != 'train'}
+    measured = speed['RepVGG-A0'] / speed['ResNet-18']
+    assert f'| RepVGG-A0 / ResNet-18 | {measured:.2f}x | 1.33x |' in text  # 3256 / 2442
+
+
+def test_update_marked_tables(tmp_path, report):
+    from mmrepvgg.analysis.benchmark import update_marked_tables
+    (tmp_path / 'r.json').write_text(json.dumps(dict(report, command='python tools/x.py A0')))
+    text = 'intro\n<!-- benchmark: r.json -->\nold table\n<!-- /benchmark -->\nend\n'
+    new, paths = update_marked_tables(text, str(tmp_path))
+    assert paths == ['r.json'] and 'old table' not in new
+    assert new.startswith('intro\n<!-- benchmark: r.json -->\nGenerated by `python tools/x.py A0`')
+    assert benchmark_markdown(report) in new and new.endswith('<!-- /benchmark -->\nend\n')
+    assert update_marked_tables(new, str(tmp_path)) == (new, ['r.json'])  # idempotent
+    with pytest.raises(FileNotFoundError):
+        update_marked_tables('<!-- benchmark: nope.json -->\n<!-- /benchmark -->', str(tmp_path))
+
+
+def test_docs_tables_are_renders_of_their_json():
+    """docs/benchmark.md's marked tables are what `--update-docs` makes from the json files."""
+    from mmrepvgg.analysis.benchmark import update_marked_tables
+    with open(osp.join(ROOT, 'docs', 'benchmark.md')) as f:
+        text = f.read()
+    new, paths = update_marked_tables(text, ROOT)
+    assert 'docs/bench_cpu.json' in paths
+    assert new == text, 'run: python tools/benchmark.py --update-docs docs/benchmark.md'

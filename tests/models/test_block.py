@@ -72,3 +72,37 @@ def test_bad_block_arguments():
         RepVGGBlock(6, 8, groups=4)
     with pytest.raises(ValueError, match='dilation'):
         RepVGGBlock(4, 4, dilation=0)
+
+
+@pytest.mark.parametrize('use_se,with_cp', [(False, False), (True, False), (False, True)])
+def test_inplace_activation_gives_the_same_outputs_and_gradients(use_se, with_cp):
+    torch.manual_seed(0)
+    block = RepVGGBlock(8, 8, use_se=use_se, with_cp=with_cp)
+    assert block.act.inplace  # the default: as timm's and mmcv ConvModule's
+    plain = copy.deepcopy(block)
+    plain.act = nn.ReLU(inplace=False)
+    x = torch.randn(2, 8, 9, 9)
+    for model in (block, plain):
+        xx = x.clone().requires_grad_()
+        out = model(xx)
+        out.square().sum().backward()
+        model.result = out.detach(), xx.grad
+    torch.testing.assert_close(block.result[0], plain.result[0], rtol=0, atol=0)
+    torch.testing.assert_close(block.result[1], plain.result[1], rtol=0, atol=0)
+    for (name, p), q in zip(block.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+
+
+def test_activation_config_is_respected():
+    assert not RepVGGBlock(4, 4, act_cfg=dict(type='ReLU', inplace=False)).act.inplace
+    assert isinstance(RepVGGBlock(4, 4, act_cfg=dict(type='GELU')).act, nn.GELU)
+    assert isinstance(RepVGGBlock(4, 4, act_cfg=None).act, nn.Identity)
+
+
+def test_deployed_conv_keeps_frozen_weights_frozen():
+    block = randomize_bn_(RepVGGBlock(4, 4)).eval()
+    for p in block.parameters():
+        p.requires_grad = False
+    block.switch_to_deploy()
+    assert not any(p.requires_grad for p in block.parameters())
+    assert all(p.device.type == 'cpu' for p in block.parameters())  # not left on 'meta'

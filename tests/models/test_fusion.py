@@ -49,3 +49,42 @@ def test_fuse_branches_keeps_dtype():
     k3 = torch.randn(4, 4, 3, 3, dtype=torch.float16)
     kernel, bias = fuse_branches((k3, nn.BatchNorm2d(4).eval()), None, None, groups=1)
     assert kernel.dtype == bias.dtype == torch.float16
+
+
+def _reference_fusion(k3, bn3, k1, bn1, bn0, groups):
+    """Eq. 1-4 written out with the padded 1x1 and the full identity kernel."""
+    kernel, bias = fuse_conv_bn(k3, bn3)
+    if k1 is not None:
+        kk, bb = fuse_conv_bn(pad_to_3x3(k1), bn1)
+        kernel, bias = kernel + kk, bias + bb
+    if bn0 is not None:
+        kk, bb = fuse_conv_bn(identity_kernel(k3.shape[0], groups), bn0)
+        kernel, bias = kernel + kk, bias + bb
+    return kernel.float(), bias.float()
+
+
+@pytest.mark.parametrize('groups', [1, 2, 8])
+@pytest.mark.parametrize('with_1x1,with_identity', [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize('slice_elements', [1, 50, 2**17])
+def test_fuse_branches_is_bit_identical_to_the_padded_sum(monkeypatch, groups, with_1x1,
+                                                          with_identity, slice_elements):
+    # the centre-tap shortcut and the slicing over output channels change no bit
+    import mmrepvgg.models.fusion as fusion
+    monkeypatch.setattr(fusion, '_SLICE_ELEMENTS', slice_elements)
+    torch.manual_seed(groups)
+    k3 = torch.randn(16, 16 // groups, 3, 3)
+    k1 = torch.randn(16, 16 // groups, 1, 1) if with_1x1 else None
+    bn3, bn1, bn0 = (randomize_bn_(nn.BatchNorm2d(16)).eval() for _ in range(3))
+    kernel, bias = fuse_branches((k3, bn3), (k1, bn1) if with_1x1 else None,
+                                 bn0 if with_identity else None, groups)
+    ref_kernel, ref_bias = _reference_fusion(k3, bn3, k1, bn1, bn0 if with_identity else None,
+                                             groups)
+    assert torch.equal(kernel, ref_kernel) and torch.equal(bias, ref_bias)
+
+
+def test_fuse_branches_rejects_wrong_kernel_sizes():
+    bn = nn.BatchNorm2d(4).eval()
+    with pytest.raises(ValueError, match='3x3'):
+        fuse_branches((torch.zeros(4, 4, 5, 5), bn), None, None, groups=1)
+    with pytest.raises(ValueError, match='1x1'):
+        fuse_branches((torch.zeros(4, 4, 3, 3), bn), (torch.zeros(4, 4, 3, 3), bn), None, 1)
