@@ -27,6 +27,7 @@ them exactly as gathers and means (slower; a note lists the friendlier sizes).
 """
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import importlib
@@ -502,9 +503,9 @@ def _name_nodes_by_module(proto: Any) -> None:
         props = {p.key: p.value for p in node.metadata_props}
         module = ''
         if _SCOPES_KEY in props:
-            try:
-                scopes = json.loads(props[_SCOPES_KEY].replace("'", '"'))
-            except ValueError:
+            try:  # a Python list literal: "['', 'model', 'model.backbone', ...]"
+                scopes = ast.literal_eval(props[_SCOPES_KEY])
+            except (ValueError, SyntaxError):
                 scopes = []
             module = scopes[-2] if len(scopes) >= 2 else ''
             module = module[len('model.'):] if module.startswith('model.') else module
