@@ -9,7 +9,7 @@ REQ := requirements
 # every package version verified together, transitive ones included
 CONSTRAINTS := $(REQ)/constraints.txt
 
-.PHONY: env test demo demo-cls
+.PHONY: env test demo demo-cls demo-int8
 .DEFAULT_GOAL := test
 
 env: $(VENV)/.stamp-env
@@ -28,8 +28,9 @@ $(VENV)/.stamp-mmcv: $(VENV)/.stamp-torch tools/build_mmcv.sh
 	bash tools/build_mmcv.sh $(PY)
 	touch $@
 
-$(VENV)/.stamp-env: $(VENV)/.stamp-mmcv $(REQ)/runtime.txt $(REQ)/tests.txt $(CONSTRAINTS) setup.py
-	$(PIP) install -c $(CONSTRAINTS) -r $(REQ)/runtime.txt -r $(REQ)/tests.txt
+$(VENV)/.stamp-env: $(VENV)/.stamp-mmcv $(REQ)/runtime.txt $(REQ)/deploy.txt $(REQ)/tests.txt \
+		$(CONSTRAINTS) setup.py
+	$(PIP) install -c $(CONSTRAINTS) -r $(REQ)/runtime.txt -r $(REQ)/deploy.txt -r $(REQ)/tests.txt
 	$(PIP) install --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -41,3 +42,6 @@ demo: env
 
 demo-cls: env
 	$(PY) tools/demo_cls.py
+
+demo-int8: env
+	$(PY) tools/demo_int8.py

@@ -32,7 +32,8 @@ def test_stack_imports():
     import mmrepvgg  # noqa: F401
 
 
-@pytest.mark.parametrize('req', ['torch.txt', 'build.txt', 'runtime.txt', 'tests.txt'])
+@pytest.mark.parametrize('req', ['torch.txt', 'build.txt', 'runtime.txt', 'deploy.txt',
+                                 'tests.txt'])
 def test_installed_versions_are_the_pinned_ones(req):
     for pkg, pinned in _pins(req).items():
         assert version(pkg).split('+')[0] == pinned, pkg
@@ -40,6 +41,6 @@ def test_installed_versions_are_the_pinned_ones(req):
 
 def test_constraints_cover_the_pins():
     constraints = {k.lower(): v for k, v in _pins('constraints.txt').items()}
-    for req in ('torch.txt', 'build.txt', 'runtime.txt', 'tests.txt'):
+    for req in ('torch.txt', 'build.txt', 'runtime.txt', 'deploy.txt', 'tests.txt'):
         for pkg, pinned in _pins(req).items():
             assert constraints.get(pkg.lower()) == pinned, (req, pkg)

@@ -57,7 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='fp32: strict IEEE fp32, TF32 off on CUDA (the paper\'s); tf32: '
                         'fp32 tensors with TF32 cuDNN convs and matmuls (CUDA only)')
     parser.add_argument('--backend', default='eager', choices=[
-        'eager', 'channels_last', 'compile', 'compile_channels_last', 'onnxruntime'])
+        'eager', 'channels_last', 'compile', 'compile_channels_last', 'onnxruntime',
+        'onnxruntime-int8'], help='onnxruntime: the model exported to ONNX (fp32) in ONNX '
+        'Runtime on the CPU; onnxruntime-int8: the same quantized to int8 (QDQ, calibrated '
+        'on random inputs: speed only; accuracy: tools/quantize.py --eval)')
     parser.add_argument('--variants', nargs='+', default=['train', 'deploy', 'fused'],
                         choices=['train', 'deploy', 'fused', 'unfused'])
     parser.add_argument('--peers', nargs='*', choices=PEER_SOURCES, metavar='SOURCE',

@@ -214,21 +214,33 @@ def backend_supported(dtype: str, device: str | torch.device) -> tuple[bool, str
     return True, ''
 
 
-class _OrtModule:
-    """An ONNX Runtime session with the module's call signature (one tensor in, out)."""
+#: Backends that run an exported ONNX model in ONNX Runtime (CPU, fp32 in and out).
+ORT_BACKENDS = ('onnxruntime', 'onnxruntime-int8')
 
-    def __init__(self, module: nn.Module, example: Tensor, threads: int) -> None:
-        import onnxruntime as ort  # optional: imported only when asked for
-        self._tmp = tempfile.TemporaryDirectory()
-        path = os.path.join(self._tmp.name, 'model.onnx')
-        torch.onnx.export(module, (example, ), path, input_names=['input'], opset_version=17,
-                          dynamo=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
+
+class _OrtModule:
+    """An ONNX Runtime session with the module's call signature (one tensor in, out).
+
+    The session is built by :func:`mmrepvgg.deploy.onnx_export.export_for_timing` (TorchScript
+    exporter, dynamic batch); ``int8`` quantizes it first (QDQ, calibrated on random inputs: the speed is
+    real, the accuracy is not; ``tools/quantize.py --eval`` measures both on data).
+    """
+
+    def __init__(self, module: nn.Module, example: Tensor, threads: int,
+                 int8: bool = False) -> None:
+        from ..deploy.onnx_export import export_for_timing
+        transform = None
+        if int8:
+            from ..deploy.quantize import quantize_for_timing
+            transform = lambda proto: quantize_for_timing(proto, example.numpy())  # noqa: E731
+        # TorchScript exporter: torch.export (dynamo) refuses to run under the float32
+        # precision switches run_benchmark sets with torch's new TF32 API
+        self.session = export_for_timing(module, example, threads, exporter='torchscript',
+                                         transform=transform)
+        self.name = self.session.get_inputs()[0].name
 
     def __call__(self, x: Tensor) -> Any:
-        return self.session.run(None, {'input': x.numpy()})
+        return self.session.run(None, {self.name: x.numpy()})
 
 
 def _to_backend(x: Tensor, device: torch.device, dtype: str, backend: str) -> Tensor:
@@ -245,7 +257,8 @@ def make_runner(module: nn.Module, x: Tensor, backend: str, device: torch.device
     Args:
         module: The module (eval mode, on the CPU in fp32; it is moved here).
         x: The input batch (on the CPU in fp32; it is moved here).
-        backend: ``'eager'``, ``'channels_last'``, ``'compile'`` or ``'onnxruntime'``.
+        backend: ``'eager'``, ``'channels_last'``, ``'compile'``, ``'onnxruntime'`` or
+            ``'onnxruntime-int8'``.
         device: Where to run.
         dtype: ``'fp32'``, ``'tf32'``, ``'bf16'`` or ``'fp16'``.
 
@@ -255,10 +268,10 @@ def make_runner(module: nn.Module, x: Tensor, backend: str, device: torch.device
     Raises:
         ImportError: ``onnxruntime`` was asked for but is not installed.
     """
-    if backend == 'onnxruntime':
+    if backend in ORT_BACKENDS:
         if device.type != 'cpu' or dtype != 'fp32':
-            raise ValueError('the onnxruntime backend runs fp32 on the CPU here')
-        ort = _OrtModule(module, x[:1], torch.get_num_threads())
+            raise ValueError(f'the {backend} backend runs fp32 in and out on the CPU here')
+        ort = _OrtModule(module, x[:1], torch.get_num_threads(), int8=backend.endswith('int8'))
         return lambda: ort(x)
     module = module.to(device=device, dtype=DTYPES[dtype])
     x = _to_backend(x, device, dtype, backend)
@@ -357,8 +370,8 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
         device: ``'cpu'`` or ``'cuda'``.
         dtype: ``'fp32'`` (strict IEEE: TF32 off on CUDA; the paper's), ``'tf32'`` (CUDA:
             fp32 tensors with TF32 convs and matmuls), ``'bf16'`` or ``'fp16'``.
-        backend: ``'eager'``, ``'channels_last'``, ``'compile'``, ``'compile_channels_last'``
-            or ``'onnxruntime'``.
+        backend: ``'eager'``, ``'channels_last'``, ``'compile'``, ``'compile_channels_last'``,
+            ``'onnxruntime'`` or ``'onnxruntime-int8'``.
         variants: Forms to measure (see :func:`prepare_variants`).
         memory: Also measure the peak inference memory (:mod:`mmrepvgg.analysis.memory`):
             the feature maps (any device) and, on CUDA, the allocator's peak.
@@ -378,6 +391,10 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
     if not ok:
         raise ValueError(reason)
     validate_specs(specs)
+    if backend in ORT_BACKENDS:  # fail before building models, not with an empty table
+        from ..deploy.onnx_export import require
+        for package in ('onnx', 'onnxruntime'):
+            require(package)
     all_variants: list[Variant] = []
     for spec in specs:
         print_log(f'benchmark: building {spec}', logger='current')
@@ -424,7 +441,7 @@ def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.d
     macs: dict[int, int | None] = {}
     if flops:
         x1 = example_input(proto['shape'], 1)
-        if backend != 'onnxruntime':
+        if backend not in ORT_BACKENDS:
             x1 = _to_backend(x1, dev, dtype, backend)
         for i, (v, _) in enumerate(runners):
             print_log(f'benchmark: counting the FLOPs of {v.model} [{v.variant}]',
@@ -480,7 +497,7 @@ def _memory(v: Variant, proto: dict, memory_batch: int | None, dev: torch.device
             backend: str) -> dict:
     mb = memory_batch or proto['batch']
     xm = example_input(proto['shape'], mb)
-    if backend != 'onnxruntime':
+    if backend not in ORT_BACKENDS:
         xm = _to_backend(xm, dev, dtype, backend)
     module = v.module
     with torch.no_grad():  # cudnn.benchmark picks its algorithms outside the measurement

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -93,3 +94,164 @@ def fold_errors(arch: ArchLike, plan: PlanLike = None, shape: tuple[int, int] = 
             ref = _max_rel(expected_ref, model(x))
         default = _max_rel(expected, model(x))
     return FoldErrors(fp64, ref, default)
+
+
+def estimate_bn_stats_(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set every BN's running statistics to those of ``x``'s activations, then eval mode.
+
+    With random weights and made-up BN statistics the activations of a deep plain network
+    grow block by block (with :func:`randomize_bn_`, to 1e5 on RepVGG-B0: fp16 overflows);
+    a trained network's BNs keep them near unit scale. Estimating the running statistics
+    on an input (cumulative average, affine parameters kept) gives random weights that
+    scale.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    return model.eval()
+
+
+#: Reduced precisions :func:`precision_errors` measures.
+PRECISIONS = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+@dataclass
+class PrecisionErrors:
+    """A reduced precision's output error, relative to the same model in fp32.
+
+    ``*_max``: max |low - fp32| / max |fp32| (as the fold errors); ``*_l2``:
+    ||low - fp32|| / ||fp32|| over the whole output. ``inf``: the output overflowed.
+
+    Args:
+        arch: Arch name.
+        dtype: ``'fp16'`` or ``'bf16'``.
+        device: Where it ran.
+        deploy_max: The folded (deployed) backbone, max relative error.
+        deploy_l2: The folded backbone, relative L2 error.
+        train_max: The training-time (multi-branch) backbone, max relative error.
+        skipped: Why it did not run ('' if it ran).
+    """
+
+    arch: str
+    dtype: str
+    device: str
+    deploy_max: float = float('nan')
+    deploy_l2: float = float('nan')
+    train_max: float = float('nan')
+    skipped: str = ''
+
+
+def _rel_l2(ref: torch.Tensor, out: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300)).item()
+
+
+def _precision_rows(name: str, nets: dict, x: torch.Tensor, dtypes: tuple[str, ...],
+                    device: str, forward) -> list[PrecisionErrors]:
+    """Compare ``forward(net, x)`` in each dtype with fp32 for the ``train`` and ``deploy`` nets."""
+    from ..analysis.benchmark import backend_supported
+    out = []
+    with torch.no_grad():
+        refs = {key: forward(net, x).float() for key, net in nets.items()}
+        for dtype in dtypes:
+            ok, reason = backend_supported(dtype, device)
+            if not ok:
+                out.append(PrecisionErrors(name, dtype, str(device), skipped=reason))
+                continue
+            errs: dict[str, tuple[float, float]] = {}
+            for key, net in nets.items():
+                low = forward(copy.deepcopy(net).to(PRECISIONS[dtype]),
+                              x.to(PRECISIONS[dtype])).float()
+                errs[key] = ((_max_rel([refs[key]], [low]), _rel_l2(refs[key], low))
+                             if torch.isfinite(low).all() else (float('inf'), ) * 2)
+            nan = (float('nan'), ) * 2
+            out.append(PrecisionErrors(name, dtype, str(device), *errs['deploy'],
+                                       errs.get('train', nan)[0]))
+    return out
+
+
+def precision_errors(arch: ArchLike, dtypes: tuple[str, ...] = ('fp16', 'bf16'),
+                     shape: tuple[int, int] = (224, 224), batch: int = 1, seed: int = 0,
+                     device: str = 'cpu') -> list[PrecisionErrors]:
+    """Run a random RepVGG backbone in fp16/bf16 and compare with itself in fp32.
+
+    The backbone as initialized (kaiming weights, BN affine 1/0) with its BN statistics
+    estimated on a random input (:func:`estimate_bn_stats_`), so activations have a
+    trained network's scale; its last stage's output is compared. The folded model and
+    the training-time one are each compared with themselves in fp32 on the same device,
+    so the numbers are the cost of the precision, not of the folding. A random network is
+    no trained one: :func:`checkpoint_precision_errors` measures a trained model.
+
+    Args:
+        arch: Arch name or spec.
+        dtypes: Reduced precisions to measure.
+        shape: Input height and width.
+        batch: Batch size.
+        seed: Seed of the weights and inputs.
+        device: ``'cpu'`` or ``'cuda'``.
+
+    Returns:
+        One :class:`PrecisionErrors` per dtype (``skipped`` says why one did not run).
+    """
+    torch.manual_seed(seed)
+    model = RepVGG(arch, out_indices=(3, )).to(device)
+    estimate_bn_stats_(model, torch.randn(8, 3, *shape).to(device))
+    nets = {'train': model, 'deploy': reparameterize(copy.deepcopy(model))}
+    x = torch.randn(batch, 3, *shape).to(device)
+    return _precision_rows(model.arch_name, nets, x, dtypes, device,
+                           lambda net, inp: net(inp)[-1])
+
+
+def checkpoint_precision_errors(config: str, checkpoint: str,
+                                dtypes: tuple[str, ...] = ('fp16', 'bf16'),
+                                shape: tuple[int, int] | None = None, batch: int = 8,
+                                seed: int = 0, device: str = 'cpu') -> tuple[list, str]:
+    """:func:`precision_errors` for a trained checkpoint: its logits in fp16/bf16 vs fp32.
+
+    The inputs are the first ``batch`` test images through the config's pipeline and data
+    preprocessor when the dataset is there, else random normal inputs of the config's
+    test crop (or ``shape``).
+
+    Args:
+        config: The config file.
+        checkpoint: Training-time (or deployed: no training-time column) checkpoint.
+        dtypes: Reduced precisions.
+        shape: Input size for random inputs.
+        batch: Images.
+        seed: Seed of random inputs.
+        device: ``'cpu'`` or ``'cuda'``.
+
+    Returns:
+        ``(rows, inputs)``: the rows and a description of the inputs.
+    """
+    from mmengine.config import Config
+
+    from ..analysis.models import TensorForward
+    from .convert import input_shape_from_config
+    from .onnx_eval import build_dataset, make_loader
+    from .onnx_export import load_model
+    cfg = Config.fromfile(config)
+    model, deployed, _ = load_model(cfg, checkpoint)
+    try:
+        dataset = build_dataset(cfg, 'test')
+        data = next(iter(make_loader(cfg, dataset, 'test', range(min(batch, len(dataset))),
+                                     batch_size=batch)))
+        x = model.data_preprocessor(data, False)['inputs']
+        inputs = f'{len(x)} test images'
+    except Exception:  # no data here: random inputs of the right size
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch, 3, *(shape or input_shape_from_config(cfg)), generator=gen)
+        inputs = f'{batch} random normal inputs'
+    model = model.to(device)
+    nets = {'deploy': model} if deployed else {
+        'train': model, 'deploy': reparameterize(copy.deepcopy(model))}
+    name = f'{Path(config).stem} ({Path(checkpoint).name})'
+    rows = _precision_rows(name, nets, x.to(device), dtypes, device,
+                           lambda net, inp: TensorForward(net)(inp))
+    return rows, f'logits on {inputs} of {tuple(x.shape[2:])}'

@@ -1,0 +1,779 @@
+"""ONNX export of the folded (deployed) model, verified with ONNX Runtime.
+
+Library behind ``tools/export_onnx.py`` (and the ONNX Runtime backend of
+``tools/benchmark.py``, and ``tools/quantize.py``). The exported graph is always the
+**folded** model: a training-time checkpoint (any layout ``tools/deploy_convert.py``
+accepts) is folded and verified exactly as ``deploy_convert`` does, a deployed checkpoint
+(``branch_reparam`` keys) is loaded into the plain model directly.
+
+Graph contract:
+
+- input ``input``: the normalized NCHW float tensor the model's data preprocessor makes,
+  ``(image - mean) / std`` in RGB order if ``bgr_to_rgb`` (images read as BGR); mean, std,
+  ``bgr_to_rgb`` and the class names are in the model's ``metadata_props`` (JSON values,
+  :func:`read_metadata`), so a user can preprocess without the config;
+- output ``logits``: what ``model(x, mode='tensor')`` returns. For a classifier the
+  ``(N, num_classes)`` logits; for a segmentor the decode head's logits at its own
+  resolution (1/8 of the input for PSPNet), **not** resized to the input: resize them
+  bilinearly to the input size (``align_corners`` in the metadata) and take the argmax over
+  classes, as mmseg's ``EncoderDecoder`` does.
+
+Two exporters: ``dynamo`` (``torch.export``, the default; needs ``onnxscript``) and
+``torchscript`` (``dynamo=False``). Adaptive average pools (PSPNet's pyramid pooling) are
+plain ``AveragePool`` nodes only where their input size is a multiple of their output size;
+otherwise the TorchScript exporter cannot export them (:func:`check_adaptive_pools` refuses
+with a one-line error that lists the input sizes that work) and the dynamo exporter writes
+them exactly as gathers and means (slower; a note lists the friendlier sizes).
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import importlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+from torch import Tensor, nn
+
+from ..analysis.models import TensorForward
+from ..checkpoint import load_state_dict_strict
+from .convert import (DEFAULT_TOLERANCE, FoldReport, build_model, compare_outputs, deploy_meta,
+                      find_backbone, fold_and_verify, input_shape_from_config, load_mapped_state,
+                      tensor_forward)
+
+#: The exporters :func:`export_module` knows.
+EXPORTERS = ('dynamo', 'torchscript')
+#: Default ONNX opset (the dynamo exporter's minimum; ONNX Runtime 1.31 runs up to 23).
+DEFAULT_OPSET = 18
+#: Max relative difference between ONNX Runtime's and PyTorch's outputs, per export dtype.
+#: fp32 agrees to ~1e-6; an fp16 graph measures ~1e-3 on RepVGG-A0 (docs/export.md).
+ONNX_TOLERANCE = {'fp32': 1e-4, 'fp16': 1e-2}
+INPUT_NAME = 'input'
+OUTPUT_NAME = 'logits'
+#: Packages the ONNX path needs, with the version ``requirements/deploy.txt`` pins.
+_PACKAGES = {'onnx': 'onnx==1.23.2', 'onnxruntime': 'onnxruntime==1.31.1',
+             'onnxscript': 'onnxscript==0.7.2'}
+
+
+def require(name: str) -> Any:
+    """Import an optional deploy package or raise a one-line ``ImportError`` saying how to get it.
+
+    Args:
+        name: ``'onnx'``, ``'onnxruntime'`` or ``'onnxscript'``.
+
+    Returns:
+        The module.
+    """
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise ImportError(f'{name} is not installed: pip install {_PACKAGES.get(name, name)} '
+                          '(requirements/deploy.txt; make env installs it)') from None
+    if module is None:  # a module set to None in sys.modules
+        raise ImportError(f'{name} is not installed: pip install {_PACKAGES.get(name, name)} '
+                          '(requirements/deploy.txt; make env installs it)')
+    return module
+
+
+# ------------------------------------------------------------------------------ files
+
+def write_file_atomic(path: str | os.PathLike, data: bytes | str, force: bool = False) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    The one writer of ONNX models and reports here (the same contract as
+    :func:`mmrepvgg.checkpoint.save_checkpoint_atomic`): a reader never sees a half-written
+    file, and an existing file is kept unless ``force``.
+
+    Args:
+        path: Destination.
+        data: Bytes, or text (written as UTF-8).
+        force: Overwrite an existing file.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        FileExistsError: If ``path`` exists and ``force`` is False.
+    """
+    path = Path(path)
+    refuse_existing([path], force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def refuse_existing(paths: Sequence[str | os.PathLike | None], force: bool) -> None:
+    """Raise ``FileExistsError`` for the first existing path unless ``force``."""
+    for path in paths:
+        if path is not None and Path(path).exists() and not force:
+            raise FileExistsError(f'{path} exists; pass --force to overwrite it')
+
+
+# ------------------------------------------------------------------------------ sessions
+
+def create_session(model: str | os.PathLike | bytes | Any, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session for a model file, serialized bytes or ``ModelProto``.
+
+    Args:
+        model: The model.
+        threads: Intra-op threads (None: ONNX Runtime's default, one per physical core).
+
+    Returns:
+        An ``onnxruntime.InferenceSession`` on ``CPUExecutionProvider``.
+    """
+    ort = require('onnxruntime')
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if not isinstance(model, (str, os.PathLike, bytes)):
+        model = model.SerializeToString()
+    return ort.InferenceSession(str(model) if isinstance(model, os.PathLike) else model, opts,
+                                providers=['CPUExecutionProvider'])
+
+
+def session_batch(session: Any) -> int | None:
+    """The static batch size of a session's input (None if the batch axis is dynamic)."""
+    dim = session.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) else None
+
+
+def run_session(session: Any, x: Tensor | np.ndarray) -> Tensor:
+    """Run a one-input session on a batch of any size; returns the first output (float32).
+
+    A batch larger than a static batch axis is run in chunks (the last one padded).
+    """
+    arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    inp = session.get_inputs()[0]
+    if inp.type == 'tensor(float16)':
+        arr = arr.astype(np.float16)
+    elif arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    static = session_batch(session)
+    if static is None or static == len(arr):
+        return torch.from_numpy(np.asarray(session.run(None, {inp.name: arr})[0],
+                                           dtype=np.float32))
+    outs = []
+    for start in range(0, len(arr), static):
+        chunk = arr[start:start + static]
+        n = len(chunk)
+        if n < static:
+            chunk = np.concatenate([chunk, np.zeros((static - n, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(np.asarray(session.run(None, {inp.name: chunk})[0], dtype=np.float32)[:n])
+    return torch.from_numpy(np.concatenate(outs))
+
+
+# ------------------------------------------------------------------------------ configs
+
+def with_data_preprocessor(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose ``model`` carries the top-level ``data_preprocessor``.
+
+    mmpretrain configs keep the preprocessor (mean/std) at the top level and mmengine's
+    Runner merges it into the model (``model.setdefault('data_preprocessor', ...)``); a model
+    built from ``cfg.model`` alone would not normalize.
+    """
+    cfg = copy.deepcopy(cfg)
+    top = cfg.get('data_preprocessor')
+    if top is not None and cfg.model.get('data_preprocessor') is None:
+        cfg.model['data_preprocessor'] = copy.deepcopy(top)
+    return cfg
+
+
+def task_of(model: nn.Module) -> str:
+    """``'segmentation'`` for an mmseg segmentor, else ``'classification'``."""
+    return 'segmentation' if hasattr(model, 'decode_head') else 'classification'
+
+
+def preprocess_meta(cfg: Config) -> dict:
+    """Mean, std and channel order of the model's input, from the config's data preprocessor."""
+    pre = dict(cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {})
+    bgr_to_rgb = bool(pre.get('bgr_to_rgb', pre.get('to_rgb', False)))
+    return dict(mean=_floats(pre.get('mean')), std=_floats(pre.get('std')),
+                bgr_to_rgb=bgr_to_rgb)
+
+
+def _floats(value: Any) -> list[float] | None:
+    return None if value is None else [float(v) for v in value]
+
+
+def class_names(cfg: Config, checkpoint_meta: Mapping | None = None) -> list[str] | None:
+    """The class names: from the checkpoint's ``dataset_meta``, the config or the dataset class.
+
+    Returns:
+        The names, or None if neither says (e.g. a ``CustomDataset`` image folder).
+    """
+    meta = dict(checkpoint_meta or {})
+    for source in (meta.get('dataset_meta') or {}, meta):
+        for key in ('classes', 'CLASSES'):
+            if source.get(key):
+                return [str(c) for c in source[key]]
+    loader = cfg.get('test_dataloader') or cfg.get('val_dataloader') or {}
+    dataset = dict(loader.get('dataset') or {})
+    while 'dataset' in dataset and 'metainfo' not in dataset:
+        dataset = dict(dataset['dataset'])
+    if (dataset.get('metainfo') or {}).get('classes'):
+        return [str(c) for c in dataset['metainfo']['classes']]
+    try:
+        from mmengine.registry import DATASETS
+        with DATASETS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
+            cls = registry.get(dataset.get('type'))
+        classes = (getattr(cls, 'METAINFO', None) or {}).get('classes')
+    except Exception:  # an unknown dataset type: no names
+        classes = None
+    return [str(c) for c in classes] if classes else None
+
+
+# ------------------------------------------------------------------------------ models
+
+def load_model(cfg: Config, checkpoint: str | os.PathLike, source: str | None = None,
+               trust: bool = False) -> tuple[nn.Module, bool, dict]:
+    """Build ``cfg``'s model and load a training-time or deployed checkpoint strictly.
+
+    Args:
+        cfg: The config (its top-level ``data_preprocessor`` is merged in).
+        checkpoint: Training-time (any :data:`~mmrepvgg.deploy.keymaps.SOURCES` layout) or
+            deployed (``branch_reparam`` keys) checkpoint.
+        source: Layout; None: detect it.
+        trust: Allow full unpickling.
+
+    Returns:
+        ``(model, deployed, checkpoint_meta)``; the model is in eval mode, folded iff
+        ``deployed``.
+    """
+    cfg = with_data_preprocessor(cfg)
+    state, source, meta = load_mapped_state(checkpoint, source, trust)
+    deployed = any('.branch_reparam.' in k for k in state)
+    model = build_model(cfg, deploy=deployed)
+    if find_backbone(model) is None:
+        raise ValueError(f'The model of {cfg.filename} has no mmrepvgg RepVGG backbone')
+    load_state_dict_strict(model, state, source=f'{checkpoint} ({source} layout'
+                           + (', deployed)' if deployed else ')'))
+    return model.eval(), deployed, meta
+
+
+def backbone_blocks(model: nn.Module) -> int:
+    """Blocks of the RepVGG backbone: the stem plus every layer of every stage."""
+    backbone = find_backbone(model)
+    if backbone is None:
+        return 0
+    return 1 + sum(len(getattr(backbone, name)) for name in backbone.stage_names)
+
+
+@dataclasses.dataclass
+class PoolUse:
+    """One call of an adaptive pool: its module name, output size and input size."""
+
+    name: str
+    output_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    def divides(self, dim: int) -> bool:
+        return self.input_size[dim] % self.output_size[dim] == 0
+
+
+@dataclasses.dataclass
+class Probe:
+    """What a shape-only forward pass saw: adaptive pools and conv calls."""
+
+    pools: list[PoolUse]
+    convs: int
+    backbone_convs: int
+
+
+def _pair(size: Any, fallback: tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    return tuple(fb if s is None else int(s) for s, fb in zip(size, fallback))
+
+
+def _on_meta(model: nn.Module) -> nn.Module:
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type == 'meta':
+        return model
+    return copy.deepcopy(model).to('meta')
+
+
+def probe(model: nn.Module, shape: tuple[int, int]) -> Probe:
+    """Run ``model`` on a ``(1, 3, H, W)`` input on the meta device (no compute, no memory).
+
+    Records every adaptive average/max pool's input and output size and counts the conv
+    calls (all, and inside the RepVGG backbone). A model not on the meta device is copied
+    there first.
+    """
+    meta = _on_meta(model)
+    backbone = find_backbone(meta)
+    in_backbone = {id(m) for m in backbone.modules()} if backbone is not None else set()
+    names = {m: n for n, m in meta.named_modules()}
+    pools: list[PoolUse] = []
+    convs = [0, 0]
+
+    def pool_hook(module: nn.Module, args: tuple) -> None:
+        size = tuple(int(s) for s in args[0].shape[-2:])
+        pools.append(PoolUse(names[module], _pair(module.output_size, size), size))
+
+    def conv_hook(module: nn.Module, args: tuple) -> None:
+        convs[0] += 1
+        convs[1] += id(module) in in_backbone
+
+    handles = []
+    for m in meta.modules():
+        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            handles.append(m.register_forward_pre_hook(pool_hook))
+        elif isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_pre_hook(conv_hook))
+    try:
+        with torch.no_grad():
+            TensorForward(meta)(torch.empty(1, 3, *shape, device='meta'))
+    finally:
+        for h in handles:
+            h.remove()
+    return Probe(pools, convs[0], convs[1])
+
+
+def _ranges(values: Sequence[int]) -> str:
+    out, run = [], [values[0]] if values else []
+    for v in values[1:]:
+        if v == run[-1] + 1:
+            run.append(v)
+        else:
+            out.append(run)
+            run = [v]
+    if run:
+        out.append(run)
+    return ', '.join(f'{r[0]}-{r[-1]}' if len(r) > 1 else str(r[0]) for r in out)
+
+
+def pool_friendly_sizes(model: nn.Module, shape: tuple[int, int], span: int = 64) -> dict:
+    """Input heights and widths near ``shape`` at which every adaptive pool divides its input.
+
+    Height and width are independent (each depends only on the convs' strides along it),
+    so each is searched with the other one fixed, by :func:`probe`.
+
+    Args:
+        model: The model.
+        shape: The requested ``(H, W)``.
+        span: How far to search on each side.
+
+    Returns:
+        ``{'height': [...], 'width': [...]}``: the nearest run of working sizes below and
+        above the requested one (each may be empty).
+    """
+    model = _on_meta(model)
+    out = {}
+    for dim, key in ((0, 'height'), (1, 'width')):
+        def ok(n: int) -> bool:
+            size = list(shape)
+            size[dim] = n
+            return all(p.divides(dim) for p in probe(model, tuple(size)).pools)
+
+        found = []
+        for step in (-1, 1):
+            n = shape[dim] + step
+            while 8 <= n and abs(n - shape[dim]) <= span and not ok(n):
+                n += step
+            if n < 8 or abs(n - shape[dim]) > span:
+                continue
+            run = [n]
+            while len(run) < 16 and ok(run[-1] + step):
+                run.append(run[-1] + step)
+            found += run
+        out[key] = sorted(set(found))
+    return out
+
+
+class PoolShapeError(ValueError):
+    """The adaptive pools cannot be exported at the requested input size."""
+
+
+def check_adaptive_pools(model: nn.Module, shape: tuple[int, int], exporter: str,
+                         seen: Probe | None = None) -> str | None:
+    """Check that the adaptive pools can be exported at ``shape`` by ``exporter``.
+
+    Args:
+        model: The model.
+        shape: Input ``(H, W)``.
+        exporter: ``'torchscript'`` (refuses) or ``'dynamo'`` (exports them exactly as gathers).
+        seen: A :func:`probe` at ``shape`` (made here if None).
+
+    Returns:
+        None if every pool divides its input; else (dynamo) a one-line note.
+
+    Raises:
+        PoolShapeError: For the TorchScript exporter, with the sizes that work.
+    """
+    seen = seen or probe(model, shape)
+    bad = [p for p in seen.pools if not (p.divides(0) and p.divides(1))]
+    if not bad:
+        return None
+    owners = sorted({p.name.rsplit('.', 2)[0] for p in bad})
+    outs = sorted({p.output_size for p in seen.pools})
+    sizes = pool_friendly_sizes(model, shape)
+    where = (f'input heights {_ranges(sizes["height"]) or "none nearby"} and widths '
+             f'{_ranges(sizes["width"]) or "none nearby"}')
+    what = (f'the adaptive pools of {", ".join(owners)} (output sizes '
+            f'{", ".join("x".join(map(str, o)) for o in outs)}) get a '
+            f'{bad[0].input_size[0]}x{bad[0].input_size[1]} map at {shape[0]}x{shape[1]}, '
+            'not a multiple of their output sizes')
+    if exporter == 'torchscript':
+        raise PoolShapeError(f'Cannot export at {shape[0]}x{shape[1]} with the TorchScript '
+                             f'exporter: {what}. Sizes that work: {where} (--shape H W), or '
+                             'use --exporter dynamo, which exports them exactly as gathers')
+    return (f'{what}: exported exactly as gathers and means (slower than AveragePool); '
+            f'sizes where they are plain AveragePool: {where}')
+
+
+# ------------------------------------------------------------------------------ export
+
+def export_module(module: nn.Module, example: Tensor, exporter: str = 'dynamo',
+                  opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Any:
+    """Export a one-tensor-in, one-tensor-out module to an in-memory ``onnx.ModelProto``.
+
+    Args:
+        module: The module (eval mode); called as ``module(x)``.
+        example: An example input; its shape is the graph's (but see ``dynamic_batch``).
+        exporter: ``'dynamo'`` or ``'torchscript'``.
+        opset: ONNX opset.
+        dynamic_batch: Make the batch axis dynamic.
+
+    Returns:
+        The model, weights inside (no external data). Dynamo node names are rewritten to
+        ``<module path>/<op>`` (as the TorchScript exporter names them), and the node
+        metadata keeps only the module scopes.
+    """
+    onnx = require('onnx')
+    if exporter not in EXPORTERS:
+        raise ValueError(f'Unknown exporter {exporter!r}; expected one of {EXPORTERS}')
+    module = module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')
+        if exporter == 'dynamo':
+            require('onnxscript')
+            if dynamic_batch and example.shape[0] == 1:  # torch.export specializes size 1
+                example = torch.cat([example, example])
+            shapes = ({0: torch.export.Dim('batch')}, ) if dynamic_batch else None
+            program = torch.onnx.export(module, (example, ), dynamo=True, verbose=False,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        opset_version=opset, dynamic_shapes=shapes,
+                                        external_data=False)
+            proto = program.model_proto
+            _name_nodes_by_module(proto)
+        else:
+            buf = io.BytesIO()
+            axes = {INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}} if dynamic_batch else None
+            torch.onnx.export(module, (example, ), buf, dynamo=False, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], opset_version=opset,
+                              dynamic_axes=axes)
+            proto = onnx.load_from_string(buf.getvalue())
+    return proto
+
+
+_SCOPES_KEY = 'pkg.torch.onnx.name_scopes'
+
+
+def _name_nodes_by_module(proto: Any) -> None:
+    """Rename dynamo's ``node_conv2d_3`` nodes to ``backbone.stem.branch_reparam/Conv``."""
+    used: Counter = Counter()
+    for node in proto.graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        module = ''
+        if _SCOPES_KEY in props:
+            try:  # a Python list literal: "['', 'model', 'model.backbone', ...]"
+                scopes = ast.literal_eval(props[_SCOPES_KEY])
+            except (ValueError, SyntaxError):
+                scopes = []
+            module = scopes[-2] if len(scopes) >= 2 else ''
+            module = module[len('model.'):] if module.startswith('model.') else module
+            module = '' if module == 'model' else module
+        name = f'{module}/{node.op_type}' if module else f'/{node.op_type}'
+        used[name] += 1
+        node.name = name if used[name] == 1 else f'{name}_{used[name] - 1}'
+        keep = [p for p in node.metadata_props if p.key in (_SCOPES_KEY, 'namespace')]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+
+
+def node_module(node_name: str) -> str:
+    """The module a node comes from: ``'backbone.stem.branch_reparam/Conv'`` -> its part before
+    the op (for TorchScript names ``/model/backbone/.../Conv``, the scope path)."""
+    return node_name.rsplit('/', 1)[0]
+
+
+def graph_summary(proto: Any) -> dict[str, int]:
+    """Node counts per op type, most frequent first."""
+    return dict(Counter(n.op_type for n in proto.graph.node).most_common())
+
+
+def set_metadata(proto: Any, meta: Mapping[str, Any]) -> None:
+    """Write ``meta`` into the model's ``metadata_props``, every value JSON-encoded."""
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in meta.items():
+        text = json.dumps(value)
+        if key in existing:
+            existing[key].value = text
+        else:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, text
+
+
+def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
+    """The ``metadata_props`` of an ONNX file (or ``ModelProto``), JSON values decoded."""
+    if isinstance(model, (str, os.PathLike)):
+        model = require('onnx').load(str(model), load_external_data=False)
+    out = {}
+    for p in model.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except ValueError:
+            out[p.key] = p.value
+    return out
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """What :func:`export_onnx` did and measured.
+
+    Args:
+        out: The written file.
+        shape: Input ``(H, W)``.
+        batch: Batch of the example (and of the graph unless ``dynamic_batch``).
+        dynamic_batch: Whether the batch axis is dynamic.
+        dtype: ``'fp32'`` or ``'fp16'``.
+        exporter: ``'dynamo'`` or ``'torchscript'``.
+        opset: ONNX opset.
+        deployed_checkpoint: The checkpoint was already folded.
+        fold: Training-time vs folded PyTorch model (None for a deployed checkpoint).
+        max_abs: ONNX Runtime vs the PyTorch model the checkpoint holds (training-time or
+            deployed), max absolute difference.
+        max_rel: ``max_abs`` relative to the largest reference output.
+        tolerance: Bound on ``max_rel``.
+        nodes: Node counts per op type.
+        blocks: RepVGG blocks of the backbone.
+        backbone_convs: Conv calls inside the folded backbone.
+        output_shape: Shape of the ONNX output on the example.
+        note: A note about the export (adaptive pools exported as gathers), or ''.
+        model: The folded PyTorch model (not printed).
+    """
+
+    out: str
+    shape: tuple[int, int]
+    batch: int
+    dynamic_batch: bool
+    dtype: str
+    exporter: str
+    opset: int
+    deployed_checkpoint: bool
+    fold: FoldReport | None
+    max_abs: float
+    max_rel: float
+    tolerance: float
+    nodes: dict[str, int]
+    blocks: int
+    backbone_convs: int
+    output_shape: tuple[int, ...]
+    note: str = ''
+    model: nn.Module | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def summary(self) -> str:
+        other = ', '.join(f'{k} {v}' for k, v in self.nodes.items()
+                          if k not in ('Conv', 'BatchNormalization'))
+        lines = [
+            f'exported {self.out} ({self.exporter} exporter, opset {self.opset}, {self.dtype}, '
+            f'input {"N" if self.dynamic_batch else self.batch}x3x{self.shape[0]}x'
+            f'{self.shape[1]}, output {"x".join(map(str, self.output_shape))})',
+            ('checkpoint already deployed' if self.fold is None else self.fold.summary()),
+            f'ONNX Runtime (CPU) vs PyTorch '
+            f'{"deployed" if self.fold is None else "training-time"} model: max abs diff '
+            f'{self.max_abs:.3g}, max rel diff {self.max_rel:.3g} (tolerance {self.tolerance:g})',
+            f'graph: {self.nodes.get("Conv", 0)} Conv (backbone: {self.backbone_convs} for '
+            f'{self.blocks} RepVGG blocks), {self.nodes.get("BatchNormalization", 0)} '
+            f'BatchNormalization; other: {other or "none"}']
+        if self.note:
+            lines.append(f'note: {self.note}')
+        return '\n'.join(lines)
+
+
+def export_onnx(config: str | Config,
+                checkpoint: str | os.PathLike,
+                out: str | os.PathLike,
+                shape: tuple[int, int] | None = None,
+                batch: int = 1,
+                dynamic_batch: bool = False,
+                opset: int = DEFAULT_OPSET,
+                fp16: bool = False,
+                exporter: str = 'dynamo',
+                force: bool = False,
+                trust: bool = False,
+                source: str | None = None,
+                tolerance: float | None = None,
+                fold_tolerance: float | None = DEFAULT_TOLERANCE,
+                seed: int = 0) -> ExportReport:
+    """Checkpoint -> folded model -> verified ONNX file.
+
+    Loads the checkpoint strictly (training-time: folded and verified as
+    ``tools/deploy_convert.py --verify`` does; deployed: loaded into the plain model),
+    exports ``model(x, mode='tensor')``, checks the graph (``onnx.checker``; no
+    BatchNormalization; as many Conv nodes as the folded model calls convs), runs ONNX
+    Runtime on the same random input as PyTorch and compares with the model the checkpoint
+    holds, then writes the file atomically with the preprocessing and class names in its
+    metadata.
+
+    Args:
+        config: mmseg or mmpretrain config (path or Config) with a RepVGG backbone.
+        checkpoint: Training-time or deployed checkpoint.
+        out: The ONNX file to write.
+        shape: Input ``(H, W)``; default: the config's test crop
+            (:func:`~mmrepvgg.deploy.input_shape_from_config`).
+        batch: Batch of the graph (of the example, if ``dynamic_batch``).
+        dynamic_batch: Make the batch axis dynamic.
+        opset: ONNX opset.
+        fp16: Export the model in float16 (input and output float16 too).
+        exporter: ``'dynamo'`` or ``'torchscript'``.
+        force: Overwrite ``out``.
+        trust: Allow full unpickling of the checkpoint.
+        source: Checkpoint layout; None: detect it.
+        tolerance: Max relative ONNX-vs-PyTorch difference (default :data:`ONNX_TOLERANCE`).
+        fold_tolerance: Max relative difference of the folding (None: report only).
+        seed: Seed of the verification input.
+
+    Returns:
+        An :class:`ExportReport` (its ``model`` is the folded PyTorch model).
+
+    Raises:
+        FileExistsError: ``out`` exists and ``force`` is False.
+        RuntimeError: Folding or ONNX Runtime differ by more than the tolerance, or the
+            graph is not the folded one.
+        PoolShapeError: The TorchScript exporter cannot export the adaptive pools at
+            ``shape``.
+    """
+    refuse_existing([out], force)
+    onnx = require('onnx')
+    require('onnxruntime')
+    cfg = with_data_preprocessor(config if isinstance(config, Config)
+                                 else Config.fromfile(config))
+    dtype = 'fp16' if fp16 else 'fp32'
+    tolerance = ONNX_TOLERANCE[dtype] if tolerance is None else tolerance
+    model, deployed, ckpt_meta = load_model(cfg, checkpoint, source, trust)
+    shape = tuple(shape or input_shape_from_config(cfg))
+    seen = probe(model, shape)  # shapes only (meta device): refuse before any compute
+    note = check_adaptive_pools(model, shape, exporter, seen) or ''
+    if note:
+        print_log(f'note: {note}', logger='current')
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, *shape, generator=gen)
+    reference = tensor_forward(model, x)
+    fold = None
+    if not deployed:
+        fold = fold_and_verify(model, x, tolerance=fold_tolerance)
+        print_log(fold.summary(), logger='current')
+        seen = probe(model, shape)  # the folded model's convs
+    module = TensorForward(copy.deepcopy(model) if fp16 else model).eval()
+    example = x
+    if fp16:
+        module, example = module.half(), x.half()
+    print_log(f'Exporting with the {exporter} exporter (opset {opset}) at {batch}x3x{shape[0]}x'
+              f'{shape[1]}{" (dynamic batch)" if dynamic_batch else ""}, {dtype}',
+              logger='current')
+    try:
+        proto = export_module(module, example, exporter, opset, dynamic_batch)
+    except ImportError:
+        raise
+    except Exception as err:  # exporter failures carry long traces: keep their first line
+        first = next((line for line in str(err).splitlines() if line.strip()), repr(err))
+        raise RuntimeError(f'torch.onnx.export ({exporter}) failed: {first}') from err
+    nodes = graph_summary(proto)
+    if nodes.get('BatchNormalization', 0) or nodes.get('Conv', 0) != seen.convs:
+        raise RuntimeError(
+            f'The exported graph is not the folded model: {nodes.get("Conv", 0)} Conv nodes for '
+            f'{seen.convs} conv calls, {nodes.get("BatchNormalization", 0)} BatchNormalization')
+    pre = preprocess_meta(cfg)
+    head = getattr(model, 'decode_head', None)
+    meta = dict(
+        task=task_of(model), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+        input_layout='NCHW', input_dtype='float16' if fp16 else 'float32',
+        input_shape=['batch' if dynamic_batch else batch, 3, *shape],
+        preprocessing='input = (image - mean) / std, channels in RGB order if bgr_to_rgb '
+        '(images read as BGR, e.g. by OpenCV), NCHW',
+        mean=pre['mean'], std=pre['std'], bgr_to_rgb=pre['bgr_to_rgb'],
+        classes=class_names(cfg, ckpt_meta),
+        output=('logits (N, num_classes)' if head is None else
+                "decode-head logits (N, num_classes, h, w) at the decode head's resolution "
+                '(not resized): resize bilinearly to the input size with align_corners, then '
+                'argmax over classes'),
+        **deploy_meta(model, cfg, source_checkpoint=str(checkpoint), exporter=exporter,
+                      opset=opset, folded_blocks=backbone_blocks(model)))
+    if head is not None:
+        meta['align_corners'] = bool(getattr(head, 'align_corners', False))
+    meta.pop('config', None)  # the config text is long; its file name stays
+    session = create_session(proto)
+    got = run_session(session, x)
+    max_abs, max_rel = compare_outputs(reference, [got])
+    if not max_rel <= tolerance:
+        raise RuntimeError(f'ONNX Runtime does not reproduce PyTorch: max rel diff {max_rel:.3g} '
+                           f'> {tolerance:g} (max abs {max_abs:.3g})')
+    if dynamic_batch:  # one more row than the example: the batch axis really is free
+        x2 = torch.cat([x, x[:1]])
+        got2 = run_session(session, x2)
+        if got2.shape[0] != x2.shape[0] or not compare_outputs([got], [got2[:batch]])[1] <= 1e-5:
+            raise RuntimeError('The dynamic-batch graph does not run a larger batch alike')
+    meta.update(ort_max_abs_diff=max_abs, ort_max_rel_diff=max_rel)
+    set_metadata(proto, meta)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as err:
+        first = next((line for line in str(err).splitlines() if line.strip()), repr(err))
+        raise RuntimeError(f'onnx.checker rejects the exported model: {first}') from err
+    write_file_atomic(out, proto.SerializeToString(), force=force)
+    report = ExportReport(str(out), shape, batch, dynamic_batch, dtype, exporter, opset,
+                          deployed, fold, max_abs, max_rel, tolerance, nodes,
+                          backbone_blocks(model), seen.backbone_convs, tuple(got.shape),
+                          note, model)
+    print_log(report.summary(), logger='current')
+    return report
+
+
+def export_for_timing(module: nn.Module, example: Tensor, threads: int | None = None,
+                      exporter: str = 'dynamo',
+                      transform: Callable[[Any], Any] | None = None) -> Any:
+    """An ONNX Runtime session of ``module`` with a dynamic batch (for the benchmark).
+
+    Args:
+        module: A one-tensor module in eval mode (e.g. ``TensorForward``).
+        example: One example batch.
+        threads: Session intra-op threads.
+        exporter: The exporter.
+        transform: Applied to the ``ModelProto`` before the session is made (e.g. int8
+            quantization).
+
+    Returns:
+        The session.
+    """
+    proto = export_module(module, example, exporter, dynamic_batch=True)
+    if transform is not None:
+        proto = transform(proto)
+    return create_session(proto, threads)

@@ -1,0 +1,46 @@
+"""The benchmark's ONNX Runtime backends (fp32 and int8) run; without onnxruntime the tool
+says so in one line and exits 1 (it used to print an empty table and exit 0)."""
+from __future__ import annotations
+
+import runpy
+import sys
+
+import pytest
+import torch
+
+from mmrepvgg.analysis import run_benchmark
+
+
+@pytest.mark.parametrize('backend', ['onnxruntime', 'onnxruntime-int8'])
+def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
+    from mmrepvgg.deploy import onnx_export, quantize
+    made = []  # the sessions the benchmark times, and whether they were quantized
+    create, quant = onnx_export.create_session, quantize.quantize_for_timing
+    monkeypatch.setattr(onnx_export, 'create_session',
+                        lambda *a, **k: made.append('session') or create(*a, **k))
+    monkeypatch.setattr(quantize, 'quantize_for_timing',
+                        lambda *a, **k: made.append('int8') or quant(*a, **k))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # batch 2: the exported graph must take more than its example's batch of 1
+        report = run_benchmark(['A0'], batch=2, shape=(32, 32), warmup=1, iters=2,
+                               backend=backend, variants=('deploy', ))
+    finally:
+        torch.set_num_threads(threads)
+    assert report['protocol']['backend'] == backend and not report['skipped']
+    assert report['results'][0]['examples_per_s'] > 0
+    assert made == (['int8', 'session'] if backend.endswith('int8') else ['session'])
+
+
+def test_missing_onnxruntime_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # `import onnxruntime` fails
+    monkeypatch.setattr(sys, 'argv', ['benchmark.py', 'A0', '--backend', 'onnxruntime',
+                                      '--batch', '1', '--shape', '32', '32', '--device', 'cpu'])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path('tools/benchmark.py', run_name='__main__')
+    code = exit_info.value.code
+    # sys.exit(message): Python prints the message to stderr and exits with status 1
+    message = code if isinstance(code, str) else capsys.readouterr().err.strip()
+    assert code not in (0, None)
+    assert len(message.splitlines()) == 1 and 'onnxruntime is not installed' in message
+    assert '| Model |' not in capsys.readouterr().out

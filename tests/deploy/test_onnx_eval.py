@@ -1,0 +1,81 @@
+"""The exported model, evaluated with the config's pipeline and evaluator, scores as PyTorch."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmrepvgg.datasets import make_tiny_cityscapes, prepare_cityscapes
+from mmrepvgg.deploy import build_model
+from mmrepvgg.deploy.onnx_eval import (OnnxPredictor, TorchPredictor, build_dataset,
+                                       evaluate_export, make_loader)
+from mmrepvgg.deploy.onnx_export import create_session, load_model
+from tests.helpers import randomize_bn_
+
+ROOT = Path(__file__).resolve().parents[2]
+SEG = ROOT / 'configs/demo/pspnet_repvgg-small_tiny-cityscapes.py'
+CLS = ROOT / 'configs/demo/repvgg-small_digits.py'
+
+
+@pytest.fixture(scope='module')
+def tiny_psp(tmp_path_factory) -> tuple[Config, Path]:
+    """``make demo``'s PSPNet (random weights, randomized BNs) on 3 tiny Cityscapes images."""
+    tmp = tmp_path_factory.mktemp('psp')
+    root = tmp / 'cs'
+    make_tiny_cityscapes(root, 2, 3, (64, 128))
+    prepare_cityscapes(root)
+    cfg = Config.fromfile(SEG)
+    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': f'{root}/'
+                         for k in ('train', 'val', 'test')})
+    torch.manual_seed(0)
+    model = randomize_bn_(build_model(cfg), seed=2)
+    ckpt = tmp / 'psp.pth'
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    return cfg, ckpt
+
+
+def test_tiny_cityscapes_pspnet_onnx_miou_equals_pytorch(tiny_psp, tmp_path):
+    cfg, ckpt = tiny_psp
+    result = evaluate_export(cfg, str(ckpt), str(tmp_path / 'psp.onnx'), progress=False)
+    # whole-image inference: the test pipeline resizes the 64x128 images to 128x256, whose
+    # 16x32 map PSPNet's 3x3 and 6x6 pools do not divide (exported exactly as gathers)
+    assert result['shape'] == [128, 256] and result['metric'] == 'mIoU'
+    assert abs(result['diff']) <= 0.1
+    assert result['pytorch']['mIoU'] > 0
+    # the same pixels, not only the same score
+    model, _, _ = load_model(cfg, ckpt)
+    session = create_session(tmp_path / 'psp.onnx')
+    data = next(iter(make_loader(cfg, build_dataset(cfg, 'test'), 'test', [0, 1])))
+    expected = [s.pred_sem_seg.data for s in TorchPredictor(model)(data)]
+    got = [s.pred_sem_seg.data for s in OnnxPredictor(model, session)(data)]
+    assert got[0].shape == (1, 64, 128)  # back at the original image size
+    agree = sum((g == e).sum().item() for g, e in zip(got, expected))
+    assert agree / sum(e.numel() for e in expected) >= 0.999
+
+
+def test_slide_inference_feeds_windows_of_the_graph_size(tiny_psp, tmp_path):
+    whole_cfg, ckpt = tiny_psp
+    cfg = copy.deepcopy(whole_cfg)
+    cfg.model.test_cfg = dict(mode='slide', crop_size=(64, 96), stride=(48, 80))
+    result = evaluate_export(cfg, str(ckpt), str(tmp_path / 'slide.onnx'), progress=False)
+    assert result['shape'] == [64, 96]
+    assert abs(result['diff']) <= 0.1
+    # whole-image inference feeds 128x256: a 64x96 graph is a clear error
+    model, _, _ = load_model(whole_cfg, ckpt)
+    data = next(iter(make_loader(whole_cfg, build_dataset(whole_cfg, 'test'), 'test', [0])))
+    with pytest.raises(ValueError, match='export it with --shape 128 256'):
+        OnnxPredictor(model, create_session(tmp_path / 'slide.onnx'))(data)
+
+
+def test_digits_onnx_top1_equals_pytorch(digits_classifier, tmp_path):
+    cfg = Config.fromfile(CLS)
+    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': str(digits_classifier / 'digits')
+                         for k in ('train', 'val', 'test')})
+    ckpt = (digits_classifier / 'train' / 'last_checkpoint').read_text().strip()
+    result = evaluate_export(cfg, ckpt, str(tmp_path / 'digits.onnx'), progress=False)
+    assert result['shape'] == [32, 32] and result['metric'] == 'accuracy/top1'
+    assert result['pytorch']['accuracy/top1'] > 60
+    assert abs(result['diff']) <= 100 / 450 + 1e-6  # at most one of 450 digits flips

@@ -1,0 +1,152 @@
+"""tools/quantize.py on a digits classifier: QDQ int8 graph, accuracy bound, sensitivity,
+partial quantization, report, refusals."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmrepvgg.deploy.onnx_eval import build_dataset, capture_inputs
+from mmrepvgg.deploy.onnx_export import create_session, export_onnx, read_metadata
+from mmrepvgg.deploy.quantize import (MAX_SQNR_DB, QuantSettings, qdq_summary,
+                                      quantize_checkpoint, report_markdown, sqnr_db,
+                                      weighted_layers)
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location('tools_quantize', ROOT / 'tools' / 'quantize.py')
+quantize_tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(quantize_tool)
+CONFIG = ROOT / 'configs/demo/repvgg-small_digits.py'
+LAYERS = 10  # 9 RepVGG blocks (1 + 1-2-4-1) and the linear head
+
+
+@pytest.fixture(scope='module')
+def digits(digits_classifier) -> tuple[Config, str]:
+    cfg = Config.fromfile(CONFIG)
+    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': str(digits_classifier / 'digits')
+                         for k in ('train', 'val', 'test')})
+    ckpt = (digits_classifier / 'train' / 'last_checkpoint').read_text().strip()
+    return cfg, ckpt
+
+
+def weight_scale_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shape of the weight scale of every quantized Conv/Gemm."""
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == 'DequantizeLinear'}
+    return {n.name: tuple(inits[dq[n.input[1]].input[1]].dims) for n in model.graph.node
+            if n.op_type in ('Conv', 'Gemm') and n.input[1] in dq}
+
+
+def test_int8_digits_stays_within_2_points_with_int8_weights(digits, tmp_path):
+    cfg, ckpt = digits
+    out = tmp_path / 'int8.onnx'
+    result = quantize_checkpoint(cfg, ckpt, out, QuantSettings('minmax'), calib_images=64,
+                                 sensitivity_images=8, run_eval=True, shape=(32, 32),
+                                 threads=1, speed_iters=2, speed_rounds=1, progress=False)
+    ev = result['eval']
+    assert ev['metric'] == 'accuracy/top1' and ev['fp32']['accuracy/top1'] > 60
+    assert ev['int8']['accuracy/top1'] >= ev['fp32']['accuracy/top1'] - 2
+    assert ev['speed']['fp32_ms'] > 0 and ev['speed']['int8_ms'] > 0
+    # the graph: QDQ pairs, every weighted layer's weight an int8 initializer, per channel
+    summary = qdq_summary(out)
+    assert summary['QuantizeLinear'] > 0 and summary['DequantizeLinear'] > 0
+    assert len(summary['quantized_layers']) == LAYERS and summary['float_layers'] == []
+    assert summary['int8_initializers'] >= LAYERS
+    scales = weight_scale_shapes(out)
+    conv = next(n for n in scales if 'stem' in n)
+    assert scales[conv] == (48, )  # one scale per output channel of the stem
+    # sensitivity: every layer, ranked by output SQNR, most sensitive first
+    layers = result['sensitivity']['layers']
+    assert len(layers) == LAYERS and [r['rank'] for r in layers] == list(range(1, LAYERS + 1))
+    assert [r['sqnr_db'] for r in layers] == sorted(r['sqnr_db'] for r in layers)
+    assert {r['module'] for r in layers} >= {'backbone.stem.branch_reparam', 'head.fc'}
+    assert all(0 < r['sqnr_db'] < MAX_SQNR_DB for r in layers)
+    # report: json + markdown, naming calibrator, weights, kept layers
+    saved = json.loads(out.with_suffix('.json').read_text())
+    assert saved['quantization']['calibration'] == dict(
+        method='minmax', inputs=64, split='train',
+        pipeline='test pipeline, model inference (as deployed)', seed=0)
+    assert saved['quantization']['weights'] == 'int8 per-channel'
+    assert saved['quantization']['kept_float'] == []
+    md = out.with_suffix('.md').read_text()
+    assert 'minmax calibration on 64 train inputs' in md and '| int8 ONNX |' in md
+    meta = read_metadata(out)
+    assert meta['quantization']['weights'] == 'int8 per-channel' and meta['mean'] == [0] * 3
+
+
+def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits, tmp_path):
+    cfg, ckpt = digits
+    out = tmp_path / 'partial.onnx'
+    result = quantize_checkpoint(cfg, ckpt, out, QuantSettings('percentile', per_channel=False),
+                                 calib_images=16, sensitivity_images=4, keep_float=2,
+                                 keep_float_layers=['head.fc'], shape=(32, 32), threads=1,
+                                 report=tmp_path / 'r' / 'report.json', progress=False)
+    top2 = [r['node'] for r in result['sensitivity']['layers'][:2]]
+    kept = result['quantization']['kept_float']
+    assert [k['node'] for k in kept[:2]] == top2
+    assert {k['module'] for k in kept} >= {'head.fc'}
+    summary = qdq_summary(out)
+    assert set(summary['float_layers']) == {k['node'] for k in kept}
+    assert len(summary['quantized_layers']) == LAYERS - len(kept)
+    assert set(weight_scale_shapes(out).values()) == {()}  # per-tensor: scalar scales
+    assert (tmp_path / 'r' / 'report.md').is_file()
+    assert 'percentile calibration' in report_markdown(result)
+
+
+def test_cli_refusals(digits, tmp_path, capsys):
+    cfg, ckpt = digits
+    cfg_file = tmp_path / 'digits.py'
+    cfg.dump(str(cfg_file))
+    out = tmp_path / 'int8.onnx'
+    out.write_bytes(b'keep')
+    assert quantize_tool.main([str(cfg_file), ckpt, str(out), '--shape', '32', '32']) == 1
+    assert out.read_bytes() == b'keep'
+    assert quantize_tool.main([str(cfg_file), ckpt, str(tmp_path / 'b.onnx'), '--shape', '32',
+                               '32', '--keep-float-layers', 'backbone.nope',
+                               '--no-sensitivity', '--calib-images', '4']) == 1
+    assert not (tmp_path / 'b.onnx').exists()
+    with pytest.raises(SystemExit):  # either K most sensitive or named layers, not both
+        quantize_tool.parse_args([str(cfg_file), ckpt, 'c.onnx', '--keep-float', '1',
+                                  '--keep-float-layers', 'head.fc'])
+
+
+def test_calibration_inputs_are_train_images_as_deployed(digits, tmp_path):
+    cfg, ckpt = digits
+    report = export_onnx(cfg, ckpt, tmp_path / 'fp32.onnx', shape=(32, 32))
+    model = report.model
+    got = capture_inputs(cfg, model, create_session(tmp_path / 'fp32.onnx'), 12, progress=False)
+    assert len(got) == 12 and all(x.shape == (1, 3, 32, 32) for x in got)
+
+    def preprocessed(split: str) -> set[bytes]:
+        dataset = build_dataset(cfg, split)
+        with torch.no_grad():
+            return {model.data_preprocessor(dict(inputs=[dataset[i]['inputs']],
+                                                 data_samples=[dataset[i]['data_samples']]),
+                                            False)['inputs'].numpy().astype(np.float32).tobytes()
+                    for i in range(len(dataset))}
+
+    train = preprocessed('train')
+    assert all(x.tobytes() in train for x in got)  # normalized train images (/255)
+    assert len({x.tobytes() for x in got}) == 12  # a random subset, not one image 12 times
+    assert float(np.max(got)) <= 1.0
+
+
+def test_weighted_layers_and_sqnr():
+    ref = [torch.ones(2, 3)]
+    assert sqnr_db(ref, [torch.full((2, 3), 1.1)]) == pytest.approx(20.0)
+    assert sqnr_db(ref, ref) == MAX_SQNR_DB
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node('Conv', ['x', 'w'], ['y'], name='conv'),
+         onnx.helper.make_node('Relu', ['y'], ['z'], name='relu'),
+         onnx.helper.make_node('MatMul', ['z', 'z'], ['o'], name='act_matmul')],
+        'g', [onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1, 1, 3, 3])],
+        [onnx.helper.make_tensor_value_info('o', onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), 'w')])
+    assert weighted_layers(onnx.helper.make_model(graph)) == [('conv', 'Conv')]

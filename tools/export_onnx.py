@@ -1,0 +1,79 @@
+"""Export the folded (deployed) model to ONNX and check it against PyTorch with ONNX Runtime.
+
+Examples::
+
+    # a training-time checkpoint (ours, official, mmpretrain or timm layout) or a deployed one
+    python tools/export_onnx.py configs/repvgg-a0_in1k.py RepVGG-A0-train.pth a0.onnx
+    # PSPNet at the paper's 713x713 (the config's test crop, the default)
+    python tools/export_onnx.py configs/pspnet_repvgg-b1g2-fast_cityscapes.py \\
+        work_dirs/pspnet_repvgg-b1g2-fast_cityscapes/iter_40000.pth pspnet.onnx
+
+The graph takes the normalized NCHW tensor the config's data preprocessor makes (mean, std,
+channel order and class names are in the ONNX metadata) and returns logits: ``(N, classes)``
+for a classifier, the decode head's logits (not resized to the input) for a segmentor.
+See docs/export.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+
+import mmrepvgg  # noqa: F401  (registers the backbone)
+from mmrepvgg.checkpoint import CheckpointError
+from mmrepvgg.deploy import SOURCES
+from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS, export_onnx
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', help='mmseg or mmpretrain config of the model')
+    parser.add_argument('checkpoint', help='training-time or deployed checkpoint')
+    parser.add_argument('out', help='ONNX file to write')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help="input size (default: the config's test crop)")
+    parser.add_argument('--batch', type=int, default=1, help='batch size of the graph')
+    parser.add_argument('--dynamic-batch', action='store_true',
+                        help='make the batch axis dynamic')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
+    parser.add_argument('--fp16', action='store_true',
+                        help='export in float16 (input and output float16)')
+    parser.add_argument('--exporter', choices=EXPORTERS, default='dynamo',
+                        help='torch.onnx exporter (default: dynamo)')
+    parser.add_argument('--tolerance', type=float,
+                        help='max relative ONNX Runtime vs PyTorch difference '
+                        '(default 1e-4; 1e-2 with --fp16)')
+    parser.add_argument('--source', choices=SOURCES,
+                        help='checkpoint layout (default: detected from the keys)')
+    parser.add_argument('--force', action='store_true', help='overwrite OUT')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow full unpickling of a checkpoint that weights-only loading '
+                        'refuses (it can run code from the file): only for files you trust')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, as in tools/train.py')
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = Config.fromfile(args.config)
+        if args.cfg_options:
+            cfg.merge_from_dict(args.cfg_options)
+        export_onnx(cfg, args.checkpoint, args.out,
+                             shape=tuple(args.shape) if args.shape else None, batch=args.batch,
+                             dynamic_batch=args.dynamic_batch, opset=args.opset,
+                             fp16=args.fp16, exporter=args.exporter, force=args.force,
+                             trust=args.trust_checkpoint, source=args.source,
+                             tolerance=args.tolerance)
+    except (CheckpointError, FileExistsError, FileNotFoundError, ImportError, RuntimeError,
+            ValueError) as err:
+        print_log(f'export_onnx failed: {err}', logger='current', level=40)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
