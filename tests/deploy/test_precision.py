@@ -4,6 +4,7 @@ from __future__ import annotations
 import runpy
 import sys
 
+import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -38,7 +39,9 @@ def test_estimated_bn_statistics_keep_activations_at_unit_scale():
 def test_check_exactness_dtype_table(monkeypatch, capsys):
     monkeypatch.setattr(sys, 'argv', ['check_exactness.py', '--dtype', 'fp16', '--arch', 'A0',
                                       '--shape', '32', '32'])
-    runpy.run_path('tools/check_exactness.py', run_name='__main__')
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path('tools/check_exactness.py', run_name='__main__')
+    assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert '| model | dtype | deployed: max rel |' in out and '| A0 | fp16 |' in out
 
