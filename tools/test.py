@@ -17,7 +17,7 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone and the deploy hook)
-from mmrepvgg.apis import prepare_test_config, test
+from mmrepvgg.apis import close_distributed, prepare_test_config, test
 from mmrepvgg.apis.cli import add_runner_args, parse_runner_args, run_tool
 from mmrepvgg.checkpoint import install_mmengine_loader
 
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                                   out=args.out, cfg_options=args.cfg_options,
                                   launcher=args.launcher)
         test(cfg)
+        close_distributed()
 
     return run_tool(work)
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone and the deploy hook)
-from mmrepvgg.apis import prepare_train_config, train
+from mmrepvgg.apis import close_distributed, prepare_train_config, train
 from mmrepvgg.apis.cli import add_runner_args, parse_runner_args, run_tool
 from mmrepvgg.checkpoint import install_mmengine_loader
 
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.auto_scale_lr:
             cfg.auto_scale_lr = dict(cfg.get('auto_scale_lr') or {}, enable=True)
         train(cfg)
+        close_distributed()
 
     return run_tool(work)
 

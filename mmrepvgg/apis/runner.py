@@ -36,6 +36,19 @@ def init_cpu_distributed(cfg: Config) -> bool:
     return True
 
 
+def close_distributed() -> None:
+    """Wait for every rank, then close the process group (no-op without one).
+
+    Without this a rank that finishes first (e.g. while rank 0 still writes the deployed
+    checkpoint) exits with its gloo group alive, which can abort that process at
+    interpreter exit ("terminate called without an active exception") and fail a run that
+    completed.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def build_runner(cfg: Config) -> Runner:
     """The runner of the config's scope (``runner_type`` if the config names one).
 

@@ -30,8 +30,8 @@ class FoldError(ValueError):
 
 def nonfinite_problem(tensor: Tensor | None, what: str) -> str | None:
     """``'<what> has N non-finite values (of M)'`` if ``tensor`` holds NaN/Inf, else None."""
-    if tensor is None or not tensor.is_floating_point():
-        return None
+    if tensor is None or not tensor.is_floating_point() or tensor.is_meta:
+        return None  # (a meta tensor has no values to check: shape-only folding)
     tensor = tensor.detach()
     if torch.isfinite(tensor.sum()):  # one fast pass: a NaN/Inf anywhere makes the sum one
         return None
@@ -62,6 +62,8 @@ def fold_problem(kernel: Tensor | None, norm: _BatchNorm) -> str | None:
         problem = nonfinite_problem(tensor, what)
         if problem:
             return problem
+    if norm.running_var.is_meta:
+        return None
     bad = int((norm.running_var.double() + norm.eps <= 0).sum())
     if bad:
         return (f'running_var + eps <= 0 in {bad} of {norm.num_features} channels '
