@@ -11,7 +11,8 @@
 #   a2  the same rows with TF32 on (all forms: train, deploy, fused), 2 interleaved rounds,
 #       feature-map + allocator memory at batch 32 (paper Fig. 3), matmul peak in TF32
 #   a3  Table 6 pair in strict fp32: RepVGG-A0 and B0 training-time vs deployed, 2 rounds
-#   b   ours vs timm's and mmpretrain's deployed A0, B0, B2, B3, TF32 on, 5 rounds
+#   b   ours vs timm's and mmpretrain's deployed A0, B0, B2, B3, TF32 on, 5 rounds, every
+#       peer given our deployed weights (outputs checked; tools/gpu/peers_weights.py swaps them)
 #   d   the six Table 8 PSPNets at 713x713, batch 16, strict fp32, reduced (3 + 8 batches)
 #   e   matmul peaks in bf16 and fp16
 # Environment: OUT (results folder; the device tool sets it), BUDGET (seconds for all steps,
