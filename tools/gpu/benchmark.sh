@@ -118,7 +118,7 @@ step a2_table4_tf32 150 "${TABLE4[@]}" --dtype "$TF32" --rounds "$ROUNDS" --memo
   --memory-batch "$MEMB" --measure-peak ${CLS[@]+"${CLS[@]}"}
 step a3_table6_fp32 25 A0 B0 --variants train deploy --dtype fp32 --rounds "$ROUNDS" \
   ${CLS[@]+"${CLS[@]}"}
-step b_peers_tf32 60 A0 B0 B2 B3 --peers --variants deploy --dtype "$TF32" --warmup 20 \
+step b_peers_tf32 80 A0 B0 B2 B3 --peers --variants deploy --dtype "$TF32" --warmup 20 \
   --rounds "$PEER_ROUNDS" --measure-peak ${CLS[@]+"${CLS[@]}"}
 step d_table8_fp32 70 "${TABLE8[@]}" --dtype fp32 --batch 16 ${SEG[@]+"${SEG[@]}"}
 step e_peak_bf16 8 --measure-peak --dtype bf16
