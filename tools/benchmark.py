@@ -5,7 +5,8 @@ Examples:
     python tools/benchmark.py A0 B0 ResNet-18 ResNet-34 --device cuda --out bench.json
     # the same with TF32 convs and matmuls (PyTorch's default for cuDNN convs)
     python tools/benchmark.py A0 B0 ResNet-18 ResNet-34 --device cuda --dtype tf32
-    # ours next to timm's and mmpretrain's deployed RepVGG, timed interleaved
+    # ours next to timm's and mmpretrain's deployed RepVGG, timed interleaved, every peer
+    # given our deployed weights (outputs checked equal; --peer-weights own: their own)
     python tools/benchmark.py A0 B0 --peers --variants deploy --rounds 5
     python tools/benchmark.py A0 timm:repvgg_a0 mmpretrain:A0 --variants deploy
     # reduced for a CPU, with feature-map memory (paper Fig. 3)
@@ -36,7 +37,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from mmrepvgg.analysis.peers import PEER_SOURCES  # noqa: E402
+from mmrepvgg.analysis.peers import PEER_SOURCES, PEER_WEIGHTS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--peers', nargs='*', choices=PEER_SOURCES, metavar='SOURCE',
                         help='also time the deployed RepVGG of the same arch from these '
                         'libraries (default both: timm, mmpretrain), interleaved with ours')
+    parser.add_argument('--peer-weights', choices=PEER_WEIGHTS, default='shared',
+                        help='shared (default): copy our deployed weights into each peer and '
+                        'check its output equals ours (fp32, CPU) before timing, so every '
+                        "implementation runs the same weight values; own: each library's own "
+                        'random initialization (GPU speed depends on the values)')
     parser.add_argument('--memory', action='store_true',
                         help='also measure the feature-map peak (and the CUDA allocator peak)')
     parser.add_argument('--memory-batch', type=int, help='batch for --memory (default --batch)')
@@ -182,7 +188,8 @@ def run(args: argparse.Namespace) -> None:
         dtype=args.dtype, backend=args.backend, variants=args.variants, memory=args.memory,
         memory_batch=args.memory_batch, num_classes=args.num_classes,
         cfg_options=args.cfg_options, cudnn_autotune=not args.no_cudnn_benchmark,
-        flops=not args.no_flops, peak_tflops=args.peak_tflops, measure_peak=args.measure_peak)
+        flops=not args.no_flops, peak_tflops=args.peak_tflops, measure_peak=args.measure_peak,
+        peer_weights=args.peer_weights)
     report['command'] = command
     table = bm.benchmark_markdown(report)
     print(table)

@@ -9,7 +9,8 @@ measured in one or more *variants*:
   (re-parameterized: one 3x3 conv per block);
 - baselines: ``fused`` (conv-BN folded, the paper's protocol) and, on request, ``unfused``;
 - peers (``timm:A0``, ``mmpretrain:A0``, see :mod:`mmrepvgg.analysis.peers`): another
-  library's deployed RepVGG, paired with ours of the same arch.
+  library's deployed RepVGG, paired with ours of the same arch, given our deployed weights
+  (outputs checked equal) unless ``peer_weights='own'``.
 
 Timed rounds are interleaved over all variants (round 1 of every variant, then round 2, ...;
 the order is rotated by one each round so that no variant always runs first), so a noisy
@@ -43,7 +44,8 @@ from ..models.block import reparameterize
 from .conv_bn import fuse_conv_bn_pairs
 from .memory import peak_forward_memory
 from .models import TensorForward, build_model, example_input, resolve_name
-from .peers import PEER_SOURCES, build_peer, parse_peer, peer_specs
+from .peers import (PEER_SOURCES, PEER_TOLERANCE, PEER_WEIGHTS, build_peer, check_same_outputs,
+                    copy_weights, parse_peer, peer_specs)
 from .precision import (DTYPES, cudnn_benchmark, float32_precision, measure_matmul_peak,
                         precision_label, tf32_state)
 
@@ -98,6 +100,10 @@ class Variant:
         params: Parameters of this form.
         arch: The RepVGG arch (``'A0'``) of an arch-named RepVGG or a peer, else ``None``.
         source: ``'mmrepvgg'`` for ours, the library of a peer.
+        weights: A peer's weights: ``'ours'`` (copied from our deployed model of the same
+            arch) or ``'own'``; ``None`` for our models.
+        weights_max_rel_diff: A peer given our weights: max relative difference of its
+            output from ours (fp32, CPU).
     """
 
     model: str
@@ -108,6 +114,8 @@ class Variant:
     params: int
     arch: str | None = None
     source: str = 'mmrepvgg'
+    weights: str | None = None
+    weights_max_rel_diff: float | None = None
     result: dict = field(default_factory=dict)
 
 
@@ -161,7 +169,7 @@ def prepare_variants(spec: str, variants: Sequence[str] = ('train', 'deploy', 'f
         module = TensorForward(built.model).eval()
         return [Variant(built.name, 'deploy', 'peer', 'cls', module,
                         sum(p.numel() for p in module.parameters()), arch=peer[1],
-                        source=peer[0])]
+                        source=peer[0], weights='own')]
     kind, name = resolve_name(spec)
     built = build_model(spec, num_classes=num_classes, cfg_options=cfg_options)
     base = TensorForward(built.model).eval()
@@ -184,6 +192,45 @@ def prepare_variants(spec: str, variants: Sequence[str] = ('train', 'deploy', 'f
             fuse_conv_bn_pairs(base, example_input(probe_shape))
             add('fused', base)
     return out
+
+
+def share_peer_weights(all_variants: Sequence[Variant], num_classes: int = 1000,
+                       shape: tuple[int, int] = (224, 224),
+                       tolerance: float = PEER_TOLERANCE) -> None:
+    """Give every peer our deployed weights of its arch and check that its output is ours.
+
+    Our deployed model of the arch is taken from ``all_variants`` (or built and folded if the
+    run has none). Its parameters and buffers are copied into the peer
+    (:func:`~mmrepvgg.analysis.peers.copy_weights`, keys matched through the key maps, shapes
+    checked), then both run one random batch of 2 at ``shape`` on the CPU in fp32
+    (:func:`~mmrepvgg.analysis.peers.check_same_outputs`). The peer's ``weights`` becomes
+    ``'ours'`` and ``weights_max_rel_diff`` the measured difference.
+
+    Args:
+        all_variants: The run's variants (CPU, fp32, not yet timed); peers are changed.
+        num_classes: Classes of an arch built here.
+        shape: ``(H, W)`` of the check batch.
+        tolerance: Max relative output difference.
+
+    Raises:
+        ValueError: A peer's weights do not map onto ours, or its output differs.
+    """
+    ours = {v.arch: v for v in all_variants if v.family == 'repvgg' and v.arch
+            and v.variant == 'deploy' and v.source == 'mmrepvgg'}
+    for v in all_variants:
+        if v.family != 'peer':
+            continue
+        if v.arch not in ours:
+            print_log(f'benchmark: building our deployed {v.arch} for its weights',
+                      logger='current')
+            ours[v.arch] = prepare_variants(v.arch, ('deploy', ), num_classes)[0]
+        mine = ours[v.arch]
+        copy_weights(mine.module, v.module, 'mmrepvgg', v.source)
+        v.weights = 'ours'
+        v.weights_max_rel_diff = check_same_outputs(mine.module, v.module, shape, tolerance,
+                                                    what=v.model)
+        print_log(f'benchmark: {v.model} has our weights; output vs ours: max rel diff '
+                  f'{v.weights_max_rel_diff:.3g}', logger='current')
 
 
 def _sync(device: torch.device) -> None:
@@ -356,7 +403,8 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
                   memory: bool = False, memory_batch: int | None = None,
                   num_classes: int = 1000, cfg_options: dict | None = None,
                   cudnn_autotune: bool = True, flops: bool = True,
-                  peak_tflops: float | None = None, measure_peak: bool = False) -> dict:
+                  peak_tflops: float | None = None, measure_peak: bool = False,
+                  peer_weights: str = 'shared') -> dict:
     """Time every form of every model in one run and compute the ratios.
 
     Args:
@@ -382,10 +430,16 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
         flops: Count each variant's multiply-adds and report the achieved TFLOP/s.
         peak_tflops: The device's peak in this precision (TFLOP/s) for the fraction of peak.
         measure_peak: Measure the peak as a large matmul in this precision on the device.
+        peer_weights: ``'shared'``: every peer gets our deployed weights of its arch and its
+            output is checked equal to ours (:func:`share_peer_weights`), so that all
+            implementations are timed on the same weight values; ``'own'``: each library's
+            own random initialization.
 
     Returns:
         ``dict(device_info, protocol, results, ratios, skipped, peak)``, json-serializable.
     """
+    if peer_weights not in PEER_WEIGHTS:
+        raise ValueError(f'peer_weights must be one of {PEER_WEIGHTS}, got {peer_weights!r}')
     dev = torch.device(device)
     ok, reason = backend_supported(dtype, dev)
     if not ok:
@@ -407,6 +461,9 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
     for key, value in (('batch', batch), ('shape', shape), ('warmup', warmup), ('iters', iters)):
         if value is not None:
             proto[key] = tuple(value) if key == 'shape' else value
+    has_peers = any(v.family == 'peer' for v in all_variants)
+    if has_peers and peer_weights == 'shared':
+        share_peer_weights(all_variants, num_classes, tuple(proto['shape']))
     autotune = cudnn_autotune and dev.type == 'cuda'
     with float32_precision(dtype == 'tf32'), cudnn_benchmark(autotune):
         state = tf32_state()
@@ -420,6 +477,8 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
                  tf32_conv=state['cudnn_conv_tf32'] if cuda else False,
                  tf32_matmul=state['matmul_tf32'] if cuda else False,
                  cudnn_benchmark=autotune, order='rotated each round')
+    if has_peers:
+        proto['peer_weights'] = peer_weights
     proto['paper_protocol'] = is_paper_protocol(proto)
     return dict(device_info=info, protocol=_jsonable(proto), results=results,
                 ratios=compute_ratios(results), skipped=skipped, peak=peak,
@@ -476,6 +535,10 @@ def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.d
                    arch=v.arch, source=v.source, params_m=v.params / 1e6,
                    examples_per_s=speed, best_examples_per_s=max(per_round[i]),
                    ms_per_batch=1000 * proto['batch'] / speed, rounds=per_round[i])
+        if v.weights is not None:
+            res['weights'] = v.weights
+        if v.weights_max_rel_diff is not None:
+            res['weights_max_rel_diff'] = v.weights_max_rel_diff
         if macs.get(i):
             res.update(gmacs_per_example=macs[i] / 1e9,
                        achieved_tflops=2 * macs[i] * speed / 1e12)
@@ -677,7 +740,8 @@ def benchmark_markdown(report: dict) -> str:
             lines.append('| ' + ' | '.join(cells) + ' |')
     if ratios.get('ours_vs_peers'):
         lines += ['', 'Ours vs peers, deployed, same input and precision (ratio: median over '
-                  'rounds of ours / peer in the same round; > 1.00x: ours is faster):', '']
+                  'rounds of ours / peer in the same round; > 1.00x: ours is faster). '
+                  + _peer_weights_line(proto, results), '']
         sources = [s for s in PEER_SOURCES if any(s in v for v in ratios['ours_vs_peers'].values())]
         speeds = {(r.get('arch'), r.get('source')): r['examples_per_s'] for r in results
                   if r['variant'] == 'deploy'}
@@ -695,6 +759,24 @@ def benchmark_markdown(report: dict) -> str:
     for s in report.get('skipped', []):
         lines.append(f"\nSkipped {s['model']} [{s['variant']}]: {s['reason']}")
     return '\n'.join(lines)
+
+
+def _peer_weights_line(proto: dict, results: list[dict]) -> str:
+    """What weights the peers were timed with (a GPU's speed depends on the values)."""
+    mode = proto.get('peer_weights')
+    if mode == 'shared':
+        diffs = [r['weights_max_rel_diff'] for r in results
+                 if r.get('family') == 'peer' and r.get('weights_max_rel_diff') is not None]
+        worst = f'max rel diff {max(diffs):.2g}' if diffs else 'max rel diff not recorded'
+        return (f'Same weights: ours copied into each peer; outputs checked (fp32, CPU: '
+                f'{worst}, allowed {PEER_TOLERANCE:g}).')
+    if mode == 'own':
+        return ("Own weights: each library's own random initialization (a GPU's speed "
+                'depends on the weight values; `--peer-weights shared` times the same '
+                'weights).')
+    return ("Peer weights not recorded: this report is from before weights were shared, so "
+            "each library ran its own random initialization (a GPU's speed depends on the "
+            'weight values).')
 
 
 def _paper_pairs(results: list[dict], ratios: dict) -> list[str]:

@@ -224,12 +224,14 @@ def test_peer_specs():
     assert parse_peer('timm:repvgg_b1g4') == ('timm', 'B1g4')
     assert parse_peer('mmpretrain:RepVGG-B2g2') == ('mmpretrain', 'B2g2')
     assert parse_peer('A0') is None and parse_peer('configs/x.py') is None
-    for bad in ('tvm:A0', 'timm:B1g2', 'timm:Z1'):
+    for bad in ('tvm:A0', 'timm:B1g2', 'timm:Z1', 'mmpretrain:D2se'):
         with pytest.raises(KeyError):
             parse_peer(bad)
     assert with_peers(['A0', 'ResNet-18', 'B1g2']) == [
         'A0', 'timm:A0', 'mmpretrain:A0', 'ResNet-18', 'B1g2', 'mmpretrain:B1g2']
     assert with_peers(['A0'], ['timm']) == ['A0', 'timm:A0']
+    # mmpretrain's deployed D2se drops its SE layer: not a peer (see test_peer_d2se_...)
+    assert with_peers(['D2se']) == ['D2se', 'timm:D2se']
 
 
 def test_peers_in_the_same_run():
@@ -252,6 +254,124 @@ def test_peers_in_the_same_run():
     assert report['ratios']['reference'] == 'RepVGG-A0/deploy'
     table = benchmark_markdown(report)
     assert 'ours / timm' in table and 'ours / mmpretrain' in table
+    # by default every peer runs our weights, checked on the CPU
+    assert report['protocol']['peer_weights'] == 'shared'
+    for source in ('timm', 'mmpretrain'):
+        r = got[f'RepVGG-A0 [{source}]', source]
+        assert r['weights'] == 'ours' and 0 <= r['weights_max_rel_diff'] <= 1e-5
+    assert 'weights' not in ours
+    assert 'Same weights: ours copied into each peer; outputs checked' in table
+
+
+def _deployed_pair(arch, spec, num_classes=10):
+    from mmrepvgg.analysis.models import TensorForward, build_model
+    from mmrepvgg.analysis.peers import build_peer
+    from mmrepvgg.models import reparameterize
+    ours = TensorForward(reparameterize(build_model(arch, num_classes=num_classes).model)).eval()
+    return ours, TensorForward(build_peer(spec, num_classes).model).eval()
+
+
+@pytest.mark.parametrize('spec,tensors', [('timm:A0', 46), ('mmpretrain:A0', 46),
+                                          ('mmpretrain:B1g4', 58)])
+def test_copy_weights_makes_the_outputs_equal(spec, tensors):
+    from mmrepvgg.analysis.peers import check_same_outputs, copy_weights
+    ours, peer = _deployed_pair(spec.split(':')[1], spec)
+    with pytest.raises(ValueError, match='differs from ours'):  # own random weights
+        check_same_outputs(ours, peer, (32, 32))
+    assert copy_weights(ours, peer, 'mmrepvgg', spec.split(':')[0]) == tensors  # 2 a conv
+    assert check_same_outputs(ours, peer, (32, 32)) <= 1e-5
+    # the copy is a copy: moving or changing the peer leaves ours alone
+    ours_conv = ours.model.backbone.stem.branch_reparam.weight
+    assert not any(p.data_ptr() == ours_conv.data_ptr() for p in peer.parameters())
+
+
+def test_copy_weights_checks_keys_and_shapes_and_copies_nothing_on_error():
+    from mmrepvgg.analysis.peers import copy_weights
+    ours, _ = _deployed_pair('A0', 'timm:A0')
+    _, wider = _deployed_pair('A0', 'timm:A1')
+    _, deeper = _deployed_pair('A0', 'timm:B0')
+    before = [p.clone() for p in wider.parameters()]
+    with pytest.raises(ValueError, match=r'backbone\.stem\.branch_reparam\.weight is '
+                       r'\(48, 3, 3, 3\) in mmrepvgg, \(64, 3, 3, 3\) in timm'):
+        copy_weights(ours, wider, 'mmrepvgg', 'timm')
+    assert all(torch.equal(a, b) for a, b in zip(before, wider.parameters()))
+    with pytest.raises(ValueError, match='0 key.s. only in mmrepvgg .* only in timm'):
+        copy_weights(ours, deeper, 'mmrepvgg', 'timm')
+    with pytest.raises(ValueError, match='unknown weight layout'):
+        copy_weights(ours, wider, 'mmrepvgg', 'official')
+
+
+def _swap_two_convs(src, dst, src_layout, dst_layout):
+    """A wrong copy: every tensor copied, but two same-shape convs on each other's layer."""
+    from mmrepvgg.analysis.peers import copy_weights
+    n = copy_weights(src, dst, src_layout, dst_layout)
+    a, b = dst.model.stages[0][0].reparam_conv, dst.model.stages[0][1].reparam_conv
+    with torch.no_grad():
+        wa = a.weight.clone()
+        a.weight.copy_(b.weight)
+        b.weight.copy_(wa)
+    return n
+
+
+@pytest.mark.parametrize('copy', ['none', 'swapped'])
+def test_a_wrong_copy_stops_the_benchmark(monkeypatch, copy):
+    """The output check, not the copy, is what guarantees equal weights: it catches a copy
+    that leaves a peer's own weights or puts ours on the wrong layers."""
+    from mmrepvgg.analysis import benchmark as bm
+    monkeypatch.setattr(bm, 'copy_weights',
+                        (lambda *args: 0) if copy == 'none' else _swap_two_convs)
+    with pytest.raises(ValueError, match=r'RepVGG-A0 \[timm\]: with our weights its output '
+                       'differs from ours by'):
+        run_benchmark(['A0', 'timm:A0'], batch=1, shape=(32, 32), warmup=1, iters=1,
+                      variants=('deploy', ), flops=False)
+
+
+def test_peers_with_their_own_weights_and_alone():
+    """--peer-weights own: nothing copied, the report says so; a peer without ours in the
+    run gets the weights of our model built for it."""
+    report = run_benchmark(['A0', 'timm:A0'], batch=1, shape=(32, 32), warmup=1, iters=1,
+                           variants=('deploy', ), flops=False, peer_weights='own')
+    assert report['protocol']['peer_weights'] == 'own'
+    peer = report['results'][1]
+    assert peer['weights'] == 'own' and 'weights_max_rel_diff' not in peer
+    assert 'Own weights: each library' in benchmark_markdown(report)
+    alone = run_benchmark(['timm:A0'], batch=1, shape=(32, 32), warmup=1, iters=1, flops=False)
+    assert [r['model'] for r in alone['results']] == ['RepVGG-A0 [timm]']
+    assert alone['results'][0]['weights'] == 'ours'
+    with pytest.raises(ValueError, match='peer_weights'):
+        run_benchmark(['timm:A0'], peer_weights='theirs')
+    old = json.loads(json.dumps(report))  # a report from before the weights were shared
+    del old['protocol']['peer_weights']
+    assert 'Peer weights not recorded' in benchmark_markdown(old)
+
+
+def test_cli_peer_weights(monkeypatch, tmp_path):
+    out = tmp_path / 'p.json'
+    _cli(monkeypatch, 'A0', '--peers', 'timm', '--peer-weights', 'own', '--variants', 'deploy',
+         '--batch', '1', '--shape', '32', '32', '--warmup', '1', '--iters', '1', '--device',
+         'cpu', '--no-flops', '--out', str(out))
+    saved = json.loads(out.read_text())
+    assert saved['protocol']['peer_weights'] == 'own' and '--peer-weights own' in saved['command']
+    with pytest.raises(SystemExit):
+        _cli(monkeypatch, 'A0', '--peers', '--peer-weights', 'theirs')
+
+
+def test_peer_d2se_timm_matches_and_mmpretrain_is_another_network():
+    """timm's deployed D2se is ours (SE keys mapped); mmpretrain's drops the SE layer once
+    deployed, which the output check catches (hence no mmpretrain:D2se peer)."""
+    from mmrepvgg.analysis.models import TensorForward, _build, _classifier_cfg
+    from mmrepvgg.analysis.peers import check_same_outputs, copy_weights
+    ours, timm_peer = _deployed_pair('D2se', 'timm:D2se')
+    assert copy_weights(ours, timm_peer, 'mmrepvgg', 'timm') == 290
+    assert check_same_outputs(ours, timm_peer, (32, 32)) <= 1e-5
+    del timm_peer
+    mmpre = _build(_classifier_cfg(dict(type='RepVGG', arch='D2se'), 2560, 10),
+                   'mmpretrain').eval()
+    mmpre.backbone.switch_to_deploy()
+    mmpre = TensorForward(mmpre)
+    assert copy_weights(ours, mmpre, 'mmrepvgg', 'mmpretrain') == 290
+    with pytest.raises(ValueError, match='differs from ours'):
+        check_same_outputs(ours, mmpre, (32, 32))
 
 
 def test_peer_outputs_are_deployed_plain_convs():
@@ -332,7 +452,11 @@ def test_saved_reports_render(path):
     if 'results' not in saved:
         return
     text = benchmark_markdown(saved)
-    assert text.startswith('Device: ') and '\nProtocol: batch ' in text
+    assert text.startswith('Device: ')
+    if saved['results']:
+        assert '\nProtocol: batch ' in text
+    else:  # a matmul peak alone (--measure-peak without models)
+        assert '\nPeak: ' in text and saved['peak']['tflops'] > 0
 
 
 def test_paper_pairs_in_the_markdown(report):

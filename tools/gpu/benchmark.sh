@@ -11,7 +11,8 @@
 #   a2  the same rows with TF32 on (all forms: train, deploy, fused), 2 interleaved rounds,
 #       feature-map + allocator memory at batch 32 (paper Fig. 3), matmul peak in TF32
 #   a3  Table 6 pair in strict fp32: RepVGG-A0 and B0 training-time vs deployed, 2 rounds
-#   b   ours vs timm's and mmpretrain's deployed A0, B0, B2, B3, TF32 on, 5 rounds
+#   b   ours vs timm's and mmpretrain's deployed A0, B0, B2, B3, TF32 on, 5 rounds, every
+#       peer given our deployed weights (outputs checked; tools/gpu/peers_weights.py swaps them)
 #   d   the six Table 8 PSPNets at 713x713, batch 16, strict fp32, reduced (3 + 8 batches)
 #   e   matmul peaks in bf16 and fp16
 # Environment: OUT (results folder; the device tool sets it), BUDGET (seconds for all steps,
@@ -117,7 +118,7 @@ step a2_table4_tf32 150 "${TABLE4[@]}" --dtype "$TF32" --rounds "$ROUNDS" --memo
   --memory-batch "$MEMB" --measure-peak ${CLS[@]+"${CLS[@]}"}
 step a3_table6_fp32 25 A0 B0 --variants train deploy --dtype fp32 --rounds "$ROUNDS" \
   ${CLS[@]+"${CLS[@]}"}
-step b_peers_tf32 60 A0 B0 B2 B3 --peers --variants deploy --dtype "$TF32" --warmup 20 \
+step b_peers_tf32 80 A0 B0 B2 B3 --peers --variants deploy --dtype "$TF32" --warmup 20 \
   --rounds "$PEER_ROUNDS" --measure-peak ${CLS[@]+"${CLS[@]}"}
 step d_table8_fp32 70 "${TABLE8[@]}" --dtype fp32 --batch 16 ${SEG[@]+"${SEG[@]}"}
 step e_peak_bf16 8 --measure-peak --dtype bf16
