@@ -10,8 +10,10 @@ and ``configs/demo/qarepvgg-small_digits.py``), then on the held-out 450 images:
   after :func:`mmrepvgg.reparameterize`;
 - the int8 weight-quantization error of every folded kernel
   (:func:`mmrepvgg.analysis.folded_kernel_errors`: SQNR per channel and per tensor);
-- int8 top-1 through :func:`int8_top1`, the one step that needs the ONNX Runtime quantizer.
-  It is not wired in yet, so it reports "not measured"; no number is ever made up.
+- int8 top-1 through :func:`int8_top1`: ONNX Runtime static quantization with the library
+  behind ``tools/quantize.py`` (:mod:`mmrepvgg.deploy.quantize`), calibrated on train
+  images, per-channel and per-tensor int8 weights, ``minmax`` calibration (the tool's
+  default) in the headline columns and every other calibrator beside them.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ import json
 import math
 import os
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from mmengine.config import Config
@@ -31,7 +34,8 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from ..analysis.quant_error import errors_to_dicts, folded_kernel_errors, summarize_errors
-from ..checkpoint import extract_state_dict, load_checkpoint_file, load_state_dict_strict
+from ..checkpoint import (extract_state_dict, load_checkpoint_file, load_state_dict_strict,
+                          write_atomic)
 from ..models import reparameterize
 from .demo import CLS_DEMO_CONFIG, REPO, fresh_work_dir, run_cls_demo
 
@@ -39,8 +43,10 @@ QA_DEMO_CONFIG = 'configs/demo/qarepvgg-small_digits.py'
 #: The two arms of the comparison: block type -> demo config.
 DEMO_CONFIGS = {'RepVGGBlock': CLS_DEMO_CONFIG, 'QARepVGGBlock': QA_DEMO_CONFIG}
 SHORT_NAMES = {'RepVGGBlock': 'RepVGG', 'QARepVGGBlock': 'QARepVGG'}
-INT8_NOT_MEASURED = ('int8 top-1 not measured: the ONNX Runtime static quantizer '
-                     '(mmrepvgg/deploy/quantize.py) is not wired into int8_top1() yet')
+#: Calibrators of the int8 step, first the one the headline columns use: ``minmax``,
+#: the default of ``tools/quantize.py`` (:class:`~mmrepvgg.deploy.quantize.QuantSettings`).
+INT8_CALIBRATORS = ('minmax', 'entropy', 'percentile')
+INT8_NOT_MEASURED = 'int8 top-1 not measured'
 
 
 @dataclass
@@ -48,14 +54,30 @@ class Int8Result:
     """int8 top-1 of a deployed classifier (None when not measured).
 
     Attributes:
-        per_channel: Top-1 (%) with per-channel weight scales.
-        per_tensor: Top-1 (%) with per-tensor weight scales.
+        per_channel: Top-1 (%) with per-channel weight scales and the first calibrator.
+        per_tensor: Top-1 (%) with per-tensor weight scales and the first calibrator.
         note: How it was measured, or why it was not.
+        calibrator: The calibrator of ``per_channel`` / ``per_tensor``.
+        fp32_onnx: Top-1 (%) of the fp32 ONNX model the int8 ones are made from.
+        fp32_onnx_max_rel: Its logits vs PyTorch's, max relative difference.
+        calibrators: ``{method: {'per_channel': {...}, 'per_tensor': {...}}}`` for every
+            calibrator run, each with ``top1``, ``logits_sqnr_db`` (int8 vs fp32 ONNX logits
+            on the test images), ``quantized_layers``, ``float_layers`` and
+            ``max_weight_scales`` (the most scales one weight has: its output channels
+            per-channel, 1 per-tensor).
+        calib_inputs: Calibration images (train split).
+        seconds: Time the int8 step took.
     """
 
     per_channel: float | None = None
     per_tensor: float | None = None
     note: str = INT8_NOT_MEASURED
+    calibrator: str | None = None
+    fp32_onnx: float | None = None
+    fp32_onnx_max_rel: float | None = None
+    calibrators: dict = field(default_factory=dict)
+    calib_inputs: int = 0
+    seconds: float = 0.0
 
     @property
     def measured(self) -> bool:
@@ -77,24 +99,106 @@ class DigitsData:
     calib_inputs: Tensor
 
 
-def int8_top1(model: nn.Module, data: DigitsData) -> Int8Result:
+def _top1_of_logits(logits: Tensor, labels: Tensor) -> float:
+    return 100.0 * (logits.argmax(dim=1) == labels).sum().item() / len(labels)
+
+
+def _max_weight_scales(proto: Any) -> int:
+    """The largest number of scales of a weight ``DequantizeLinear`` in a QDQ model."""
+    from onnx import TensorProto
+    inits = {i.name: i for i in proto.graph.initializer}
+    sizes = [math.prod(inits[n.input[1]].dims) if inits[n.input[1]].dims else 1
+             for n in proto.graph.node
+             if n.op_type == 'DequantizeLinear' and n.input[0] in inits
+             and inits[n.input[0]].data_type == TensorProto.INT8]  # an int8 weight
+    return max(sizes, default=0)
+
+
+def int8_top1(model: nn.Module, data: DigitsData,
+              calibrators: tuple[str, ...] = INT8_CALIBRATORS,
+              threads: int | None = None, exporter: str = 'dynamo',
+              progress: bool = True) -> Int8Result:
     """int8 top-1 of a deployed (folded) classifier, per-channel and per-tensor weights.
 
-    The place where ONNX Runtime static quantization (``mmrepvgg/deploy/quantize.py``) plugs
-    in: export ``model`` (``mode='tensor'``, input ``(N, 3, 32, 32)``) to ONNX, quantize it
-    statically (int8 weights and activations, calibrated on ``data.calib_inputs``) once with
-    per-channel and once with per-tensor weight scales, run both on ``data.test_inputs`` and
-    return the top-1 (%) against ``data.test_labels``. Until that quantizer is wired in here,
-    nothing is measured and the result says so.
+    ONNX Runtime static quantization, through the library behind ``tools/quantize.py``
+    (:mod:`mmrepvgg.deploy.quantize`), step by step as it does: the folded model is exported
+    (``mode='tensor'``, dynamic batch) and checked against PyTorch, pre-processed
+    (``quant_pre_process``), calibrated once per calibrator on ``data.calib_inputs`` (train
+    images, one per calibration input as the tool feeds them, never a test image), and
+    quantized from that calibration twice: QDQ, int8 weights per channel and per tensor,
+    int8 activations. All of them (the fp32 ONNX model too) run on ``data.test_inputs``; top-1
+    is against ``data.test_labels``.
 
     Args:
         model: The deployed classifier, eval mode, CPU, fp32.
         data: Test and calibration tensors.
+        calibrators: :data:`~mmrepvgg.deploy.quantize.CALIBRATORS` keys; the first one gives
+            ``per_channel`` / ``per_tensor``, every one is in ``calibrators`` of the result.
+        threads: ONNX Runtime intra-op threads (None: torch's current number).
+        exporter: ``'dynamo'`` or ``'torchscript'``.
+        progress: Show the calibration progress bars.
 
     Returns:
-        The int8 top-1s, or an unmeasured result with the reason.
+        The int8 top-1s.
+
+    Raises:
+        RuntimeError: If ONNX Runtime's fp32 logits differ from PyTorch's by more than the
+            export tolerance.
     """
-    return Int8Result()
+    from ..analysis.models import TensorForward
+    from ..deploy.convert import compare_outputs
+    from ..deploy.onnx_export import (ONNX_TOLERANCE, create_session, export_module, require,
+                                      run_session)
+    from ..deploy.quantize import (QuantSettings, calibrate, prepare_fp32, qdq_summary,
+                                   quantize_file, sqnr_db)
+    if not calibrators:
+        raise ValueError('int8_top1 needs at least one calibrator')
+    onnx = require('onnx')
+    t0 = time.time()
+    threads = threads or torch.get_num_threads()
+    with torch.no_grad():
+        reference = model(data.test_inputs, mode='tensor')
+    calib = [x[None].numpy() for x in data.calib_inputs]
+    result = Int8Result(calibrator=calibrators[0], calib_inputs=len(calib))
+    with tempfile.TemporaryDirectory(prefix='mmrepvgg-qa-int8-') as tmp:
+        fp32_path, prepared = Path(tmp) / 'fp32.onnx', Path(tmp) / 'fp32_prepared.onnx'
+        onnx.save(export_module(TensorForward(model).eval(), data.test_inputs[:2], exporter,
+                                dynamic_batch=True), str(fp32_path))
+        prepare_fp32(fp32_path, prepared)
+        fp32_logits = run_session(create_session(prepared, threads), data.test_inputs)
+        _, max_rel = compare_outputs([reference], [fp32_logits])
+        if not max_rel <= ONNX_TOLERANCE['fp32']:
+            raise RuntimeError(f'ONNX Runtime does not reproduce PyTorch on the test images: '
+                               f'max rel diff {max_rel:.3g} > {ONNX_TOLERANCE["fp32"]:g}')
+        result.fp32_onnx = _top1_of_logits(fp32_logits, data.test_labels)
+        for method in calibrators:
+            cache = Path(tmp) / f'calibration_{method}.json'
+            calibrate(prepared, calib, method, cache, progress=progress)
+            runs = {}
+            for key, per_channel in (('per_channel', True), ('per_tensor', False)):
+                out = Path(tmp) / f'int8_{method}_{key}.onnx'
+                quantize_file(prepared, out, cache, QuantSettings(method, per_channel))
+                proto = onnx.load(str(out))
+                summary = qdq_summary(proto)
+                logits = run_session(create_session(proto, threads), data.test_inputs)
+                runs[key] = dict(top1=_top1_of_logits(logits, data.test_labels),
+                                 logits_sqnr_db=sqnr_db([fp32_logits], [logits]),
+                                 quantized_layers=len(summary['quantized_layers']),
+                                 float_layers=len(summary['float_layers']),
+                                 max_weight_scales=_max_weight_scales(proto))
+            result.calibrators[method] = runs
+    first = result.calibrators[calibrators[0]]
+    result.per_channel, result.per_tensor = first['per_channel']['top1'], \
+        first['per_tensor']['top1']
+    result.seconds = time.time() - t0
+    result.note = (f'ONNX Runtime static quantization (mmrepvgg.deploy.quantize), QDQ, int8 '
+                   f'weights and activations, {calibrators[0]} calibration on {len(calib)} '
+                   f'train images (also: {", ".join(calibrators[1:]) or "none"})')
+    result.fp32_onnx_max_rel = max_rel
+    print_log(f'int8 top-1 ({calibrators[0]}): per-channel {result.per_channel:.2f}, '
+              f'per-tensor {result.per_tensor:.2f} (fp32 ONNX {result.fp32_onnx:.2f}; '
+              f'{result.seconds:.0f} s)', logger='current')
+    return result
 
 
 @dataclass
@@ -247,15 +351,11 @@ def compare_blocks(work_dir: str | Path = 'work_dirs/compare_qa_digits',
                   runs=[dict(asdict(r), int8=dict(asdict(r.int8), measured=r.int8.measured))
                         for r in runs])
     report['summary'] = summarize_runs(report['runs'])
-    _write_atomic(work_dir / 'qa_digits.json', json.dumps(report, indent=2))
-    _write_atomic(work_dir / 'qa_digits.md', comparison_markdown(report))
+    write_atomic(work_dir / 'qa_digits.json',
+                 lambda tmp: tmp.write_text(json.dumps(report, indent=2)), force=True)
+    write_atomic(work_dir / 'qa_digits.md',
+                 lambda tmp: tmp.write_text(comparison_markdown(report)), force=True)
     return report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -276,19 +376,41 @@ _COLUMNS = {
     'sqnr_per_tensor_median': lambda r: r['weight_error']['per_tensor']['median_db'],
     'max_over_std_max': lambda r: r['weight_error']['max_over_std']['max'],
 }
+_WEIGHTS = ('per_channel', 'per_tensor')
+
+
+def _calibrators(runs: list[dict]) -> list[str]:
+    """The calibrators every run measured, in the order of the first run."""
+    if not runs:
+        return []
+    return [c for c in runs[0]['int8'].get('calibrators', {})
+            if all(c in r['int8'].get('calibrators', {}) for r in runs)]
 
 
 def summarize_runs(runs: list[dict]) -> dict:
     """Mean and standard deviation over seeds of every column, per block type (int8 only if
-    every run measured it)."""
+    every run measured it).
+
+    ``int8_per_channel`` / ``int8_per_tensor`` are the headline calibrator's top-1;
+    ``int8_<calibrator>_<weights>`` and ``logits_sqnr_<calibrator>_<weights>`` cover every
+    calibrator that all runs measured, ``fp32_onnx`` the fp32 ONNX top-1.
+    """
     summary = {}
     for block in dict.fromkeys(r['block'] for r in runs):
         mine = [r for r in runs if r['block'] == block]
         summary[block] = {k: _mean_std([f(r) for r in mine]) for k, f in _COLUMNS.items()}
-        for key in ('per_channel', 'per_tensor'):
+        for key in _WEIGHTS:
             values = [r['int8'][key] for r in mine]
             summary[block][f'int8_{key}'] = (_mean_std(values) if None not in values
                                              else None)
+        fp32 = [r['int8'].get('fp32_onnx') for r in mine]
+        summary[block]['fp32_onnx'] = _mean_std(fp32) if None not in fp32 else None
+        for method in _calibrators(mine):
+            for key in _WEIGHTS:
+                got = [r['int8']['calibrators'][method][key] for r in mine]
+                summary[block][f'int8_{method}_{key}'] = _mean_std([g['top1'] for g in got])
+                summary[block][f'logits_sqnr_{method}_{key}'] = _mean_std(
+                    [g['logits_sqnr_db'] for g in got])
     return summary
 
 
@@ -296,11 +418,19 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return 'not measured' if value is None else f'{value:.{digits}f}'
 
 
+def _headline_calibrator(report: dict) -> str | None:
+    return next((r['int8'].get('calibrator') for r in report['runs']
+                 if r['int8'].get('calibrator')), None)
+
+
 def comparison_markdown(report: dict) -> str:
-    """The report as markdown: one row per run, then mean ± std per block type."""
-    head = ('| block | seed | fp32 top-1 trained | fp32 top-1 deployed | int8 top-1 per-channel '
-            '| int8 top-1 per-tensor | weight SQNR per-channel min / median (dB) '
-            '| weight SQNR per-tensor min / median (dB) | max abs(w)/std(w) |')
+    """The report as markdown: one row per run, then mean ± std per block type; then every
+    calibrator's int8 top-1 and logits SQNR, likewise."""
+    calib = _headline_calibrator(report)
+    cal = f' ({calib})' if calib else ''
+    head = (f'| block | seed | fp32 top-1 trained | fp32 top-1 deployed | int8 top-1 '
+            f'per-channel{cal} | int8 top-1 per-tensor{cal} | weight SQNR per-channel min / '
+            'median (dB) | weight SQNR per-tensor min / median (dB) | max abs(w)/std(w) |')
     lines = [f'RepVGG vs QARepVGG on scikit-learn digits (450 test images), seeds '
              f'{report["seeds"]}, torch threads {report["threads"]}.', '', head,
              '|' + '---|' * 9]
@@ -312,17 +442,19 @@ def comparison_markdown(report: dict) -> str:
             f'| {_fmt(r["int8"]["per_tensor"])} | {we["per_channel"]["min_db"]:.1f} / '
             f'{we["per_channel"]["median_db"]:.1f} | {we["per_tensor"]["min_db"]:.1f} / '
             f'{we["per_tensor"]["median_db"]:.1f} | {we["max_over_std"]["max"]:.1f} |')
+
+    def ms(s: dict, key: str, digits: int = 2) -> str:
+        if s.get(key) is None:
+            return 'not measured'
+        return f'{s[key][0]:.{digits}f} ± {s[key][1]:.{digits}f}'
+
     for block, s in report['summary'].items():
-        def ms(key: str, digits: int = 2) -> str:
-            if s.get(key) is None:
-                return 'not measured'
-            return f'{s[key][0]:.{digits}f} ± {s[key][1]:.{digits}f}'
         lines.append(
-            f'| **{SHORT_NAMES.get(block, block)}** | mean ± std | {ms("trained")} '
-            f'| {ms("deployed")} | {ms("int8_per_channel")} | {ms("int8_per_tensor")} '
-            f'| {ms("sqnr_per_channel_min", 1)} / {ms("sqnr_per_channel_median", 1)} '
-            f'| {ms("sqnr_per_tensor_min", 1)} / {ms("sqnr_per_tensor_median", 1)} '
-            f'| {ms("max_over_std_max", 1)} |')
+            f'| **{SHORT_NAMES.get(block, block)}** | mean ± std | {ms(s, "trained")} '
+            f'| {ms(s, "deployed")} | {ms(s, "int8_per_channel")} | {ms(s, "int8_per_tensor")} '
+            f'| {ms(s, "sqnr_per_channel_min", 1)} / {ms(s, "sqnr_per_channel_median", 1)} '
+            f'| {ms(s, "sqnr_per_tensor_min", 1)} / {ms(s, "sqnr_per_tensor_median", 1)} '
+            f'| {ms(s, "max_over_std_max", 1)} |')
     lines += ['', 'fp32 top-1 from the tensors here; the mmengine runner reported '
               + ', '.join(f'{SHORT_NAMES.get(r["block"], r["block"])}/{r["seed"]}: '
                           f'{r["runner_trained"]:.2f} trained, {r["runner_deployed"]:.2f} '
@@ -331,4 +463,36 @@ def comparison_markdown(report: dict) -> str:
               'min and median over the layers (mmrepvgg.analysis.quant_error).']
     if not report['int8_measured']:
         lines.append(f'**{INT8_NOT_MEASURED}.**')
+        return '\n'.join(lines) + '\n'
+    line = f'int8: {report["runs"][0]["int8"]["note"]}.'
+    if all(r['int8'].get('fp32_onnx') is not None for r in report['runs']):
+        rel = max(r['int8'].get('fp32_onnx_max_rel') or 0.0 for r in report['runs'])
+        line += (' The fp32 ONNX models they are made from scored ' + ', '.join(
+            f'{SHORT_NAMES.get(r["block"], r["block"])}/{r["seed"]}: '
+            f'{r["int8"]["fp32_onnx"]:.2f}' for r in report['runs'])
+            + f' (logits within a max rel diff of {rel:.2g} of PyTorch\'s).')
+    lines.append(line)
+    methods = _calibrators(report['runs'])
+    if methods:
+        lines += ['', 'int8 top-1 and the SQNR of the int8 logits against the fp32 ONNX logits '
+                  '(450 test images), per calibrator:', '',
+                  '| block | seed | calibrator | int8 top-1 per-channel | int8 top-1 per-tensor '
+                  '| logits SQNR per-channel (dB) | logits SQNR per-tensor (dB) |',
+                  '|' + '---|' * 7]
+        for r in report['runs']:
+            for method in methods:
+                got = r['int8']['calibrators'][method]
+                lines.append(
+                    f'| {SHORT_NAMES.get(r["block"], r["block"])} | {r["seed"]} | {method} '
+                    f'| {got["per_channel"]["top1"]:.2f} | {got["per_tensor"]["top1"]:.2f} '
+                    f'| {got["per_channel"]["logits_sqnr_db"]:.1f} '
+                    f'| {got["per_tensor"]["logits_sqnr_db"]:.1f} |')
+        for block, s in report['summary'].items():
+            for method in methods:
+                lines.append(
+                    f'| **{SHORT_NAMES.get(block, block)}** | mean ± std | {method} '
+                    f'| {ms(s, f"int8_{method}_per_channel")} '
+                    f'| {ms(s, f"int8_{method}_per_tensor")} '
+                    f'| {ms(s, f"logits_sqnr_{method}_per_channel", 1)} '
+                    f'| {ms(s, f"logits_sqnr_{method}_per_tensor", 1)} |')
     return '\n'.join(lines) + '\n'

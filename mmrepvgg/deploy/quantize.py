@@ -21,7 +21,9 @@ Library behind ``tools/quantize.py`` and ``make demo-int8``. The recipe:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -132,10 +134,12 @@ def calibrate(model: str | os.PathLike, inputs: Sequence[np.ndarray], method: st
         calibrator = q.create_calibrator(
             Path(model), ops, augmented_model_path=os.path.join(tmp, 'augmented.onnx'),
             calibrate_method=getattr(q.CalibrationMethod, CALIBRATORS[method]))
-        for start in tqdm(range(0, len(inputs), chunk), desc=f'calibration ({method})',
-                          unit='chunk', disable=not progress, leave=False):
-            calibrator.collect_data(_Reader(name, inputs[start:start + chunk]))
-        ranges = calibrator.compute_data()
+        # the histogram calibrators print a line per chunk on stdout: the bar says as much
+        with contextlib.redirect_stdout(io.StringIO()):
+            for start in tqdm(range(0, len(inputs), chunk), desc=f'calibration ({method})',
+                              unit='chunk', disable=not progress, leave=False):
+                calibrator.collect_data(_Reader(name, inputs[start:start + chunk]))
+            ranges = calibrator.compute_data()
         del calibrator
     q.save_tensors_data(ranges, cache)
 

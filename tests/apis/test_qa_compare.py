@@ -5,15 +5,19 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
 import mmrepvgg.apis.qa_compare as qa_compare
+import mmrepvgg.deploy.quantize as quantize
+from mmrepvgg import reparameterize
 from mmrepvgg.analysis.quant_error import LayerQuantError, summarize_errors
 from mmrepvgg.apis.demo import DemoResult
 from mmrepvgg.apis.qa_compare import (DEMO_CONFIGS, INT8_NOT_MEASURED, QA_DEMO_CONFIG,
-                                      Int8Result, comparison_markdown, evaluate_checkpoint,
-                                      int8_top1, load_demo_config)
+                                      DigitsData, Int8Result, comparison_markdown,
+                                      evaluate_checkpoint, int8_top1, load_demo_config,
+                                      top1)
 from mmrepvgg.deploy import build_model
 from tests.helpers import randomize_bn_
 
@@ -45,10 +49,54 @@ def test_evaluate_checkpoint(tmp_path):
     assert min(seen['labels']) >= 40 and seen['calib'] == (256, 3, 32, 32)
 
 
-def test_the_int8_step_measures_nothing_until_wired():
-    result = int8_top1(torch.nn.Identity(), None)
-    assert not result.measured and result.per_channel is None and result.per_tensor is None
-    assert result.note == INT8_NOT_MEASURED and 'not measured' in result.note
+def test_int8_step_runs_the_real_quantizer(monkeypatch):
+    """An untrained QARepVGG digits model through ONNX Runtime's quantizer: both weight
+    granularities, two calibrators, calibration on the calibration images only."""
+    torch.manual_seed(0)
+    model = randomize_bn_(build_model(load_demo_config(QA_DEMO_CONFIG, 'unused'))).eval()
+    reparameterize(model)
+    gen = torch.Generator().manual_seed(1)
+    test = torch.rand(60, 3, 32, 32, generator=gen)
+    labels = torch.randint(0, 10, (60, ), generator=gen)
+    calib = torch.rand(20, 3, 32, 32, generator=gen)
+    calibrated, quantized = [], []
+    real_calibrate, real_quantize_file = quantize.calibrate, quantize.quantize_file
+
+    def calibrate(model_path, inputs, method, cache, **kwargs):
+        calibrated.append((method, np.concatenate(inputs)))
+        return real_calibrate(model_path, inputs, method, cache, **kwargs)
+
+    def quantize_file(model_path, out, cache, settings, **kwargs):
+        quantized.append((settings.calib_method, settings.per_channel))
+        return real_quantize_file(model_path, out, cache, settings, **kwargs)
+
+    monkeypatch.setattr(quantize, 'calibrate', calibrate)
+    monkeypatch.setattr(quantize, 'quantize_file', quantize_file)
+    result = int8_top1(model, DigitsData(test, labels, calib), calibrators=('minmax', 'entropy'),
+                       threads=1, progress=False)
+    # calibrated on the calibration images only, once per calibrator; both granularities each
+    assert [m for m, _ in calibrated] == ['minmax', 'entropy']
+    assert all(np.array_equal(x, calib.numpy()) for _, x in calibrated)
+    assert quantized == [('minmax', True), ('minmax', False), ('entropy', True),
+                         ('entropy', False)]
+    assert result.measured and result.calibrator == 'minmax' and result.calib_inputs == 20
+    # the fp32 ONNX model scores what the PyTorch model does on the same images and labels
+    assert result.fp32_onnx == top1(model, test, labels) and result.fp32_onnx_max_rel <= 1e-4
+    assert 'minmax calibration on 20 train images' in result.note
+    assert (result.per_channel, result.per_tensor) == (
+        result.calibrators['minmax']['per_channel']['top1'],
+        result.calibrators['minmax']['per_tensor']['top1'])
+    for method in ('minmax', 'entropy'):
+        runs = result.calibrators[method]
+        for key in ('per_channel', 'per_tensor'):
+            got = runs[key]
+            correct = got['top1'] * 60 / 100  # a whole number of the 60 images
+            assert 0 <= got['top1'] <= 100 and correct == pytest.approx(round(correct))
+            assert got['quantized_layers'] == 10 and got['float_layers'] == 0  # 9 blocks + fc
+            assert 10 < got['logits_sqnr_db'] < quantize.MAX_SQNR_DB  # quantized, not garbage
+        # per channel: one scale per output channel (stage 4 has 512); per tensor: one
+        assert runs['per_channel']['max_weight_scales'] == 512
+        assert runs['per_tensor']['max_weight_scales'] == 1
 
 
 def _stand_ins(monkeypatch, calls: list, int8: Int8Result, offset: float = 0.0):
@@ -89,12 +137,27 @@ def test_compare_blocks_report(tmp_path, monkeypatch):
 
 
 def test_a_wired_int8_step_is_reported(tmp_path, monkeypatch):
-    _stand_ins(monkeypatch, [], Int8Result(per_channel=40.0, per_tensor=30.0, note='test'))
+    def run(top1: float, sqnr: float) -> dict:
+        return dict(top1=top1, logits_sqnr_db=sqnr, quantized_layers=10, float_layers=0,
+                    max_weight_scales=1)
+
+    calibrators = {'minmax': dict(per_channel=run(40.0, 30.0), per_tensor=run(30.0, 20.0)),
+                   'entropy': dict(per_channel=run(41.0, 31.0), per_tensor=run(31.0, 21.0))}
+    _stand_ins(monkeypatch, [], Int8Result(per_channel=40.0, per_tensor=30.0, note='test',
+                                           calibrator='minmax', fp32_onnx=93.0,
+                                           fp32_onnx_max_rel=1e-7, calibrators=calibrators))
     report = qa_compare.compare_blocks(tmp_path / 'cmp', seeds=(3, ), blocks=('QARepVGGBlock', ))
     assert report['int8_measured']
-    assert report['summary']['QARepVGGBlock']['int8_per_tensor'] == (30.0, 0.0)
+    s = report['summary']['QARepVGGBlock']
+    assert s['int8_per_tensor'] == (30.0, 0.0) and s['fp32_onnx'] == (93.0, 0.0)
+    assert s['int8_entropy_per_tensor'] == (31.0, 0.0)
+    assert s['logits_sqnr_minmax_per_channel'] == (30.0, 0.0)
     md = comparison_markdown(report)
     assert INT8_NOT_MEASURED not in md and 'not measured' not in md and '| 40.00 | 30.00 |' in md
+    assert '| int8 top-1 per-channel (minmax) |' in md and 'QARepVGG/3: 93.00' in md
+    assert '| QARepVGG | 3 | entropy | 41.00 | 31.00 | 31.0 | 21.0 |' in md
+    assert '| **QARepVGG** | mean ± std | minmax | 40.00 ± 0.00 | 30.00 ± 0.00 |' in md
+    assert (tmp_path / 'cmp' / 'qa_digits.md').read_text() == md
 
 
 def test_an_evaluation_that_disagrees_with_the_runner_is_an_error(tmp_path, monkeypatch):
