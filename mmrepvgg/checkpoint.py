@@ -437,6 +437,49 @@ def check_output_path(path: str | os.PathLike, force: bool = False,
     return path
 
 
+def check_output_paths(paths: Sequence[str | os.PathLike | None], force: bool = False,
+                       inputs: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """:func:`check_output_path` for every output of one run; no two may be the same file.
+
+    A tool that writes several files (a model and its json and markdown reports) calls it
+    before its long work, so that an output that may not be written, or two outputs that
+    would overwrite each other (``--report a.onnx`` beside the model ``a.onnx``), fail at
+    once.
+
+    Args:
+        paths: The destinations (None entries are skipped).
+        force: Whether existing files may be replaced.
+        inputs: Files the outputs are made from; no output may be one of them.
+
+    Returns:
+        The checked destinations, None entries left out.
+
+    Raises:
+        SameFileError: If an output is an input, or two outputs are the same file.
+        FileExistsError, IsADirectoryError, NotADirectoryError: As :func:`check_output_path`.
+    """
+    checked: list[Path] = []
+    for raw in paths:
+        if raw is None:
+            continue
+        path = check_output_path(raw, force, inputs)
+        for other in checked:
+            if _same_destination(path, other):
+                raise SameFileError(f'Outputs {other} and {path} are the same file: one would '
+                                    'overwrite the other; choose different output files')
+        checked.append(path)
+    return checked
+
+
+def _same_destination(a: Path, b: Path) -> bool:
+    """Whether two output paths name one file (also through links, existing or not)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    return False
+
+
 _UMASK_LOCK = threading.Lock()
 
 
@@ -614,3 +657,25 @@ def save_checkpoint_atomic(obj: Any, path: str | os.PathLike, force: bool = Fals
         SameFileError: If ``path`` is one of ``inputs``.
     """
     return write_atomic(path, lambda tmp: torch.save(obj, str(tmp)), force=force, inputs=inputs)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes | str, force: bool = False,
+                       inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Write bytes (or text, as UTF-8) through :func:`write_atomic` (see there for the
+    guarantees): ONNX models, reports.
+
+    Args:
+        path: The destination.
+        data: The content.
+        force: Overwrite an existing file.
+        inputs: Files ``data`` was made from; ``path`` may never be one of them.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        FileExistsError: If ``path`` exists and ``force`` is False.
+        SameFileError: If ``path`` is one of ``inputs``.
+    """
+    content = data.encode() if isinstance(data, str) else bytes(data)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(content), force=force, inputs=inputs)

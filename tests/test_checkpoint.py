@@ -17,8 +17,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mmrepvgg.checkpoint import (CheckpointError, SameFileError, check_output_path,
-                                 install_mmengine_loader, load_checkpoint_file,
-                                 mmengine_safe_globals, save_checkpoint_atomic, write_atomic)
+                                 check_output_paths, install_mmengine_loader,
+                                 load_checkpoint_file, mmengine_safe_globals,
+                                 save_checkpoint_atomic, write_atomic, write_bytes_atomic)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,6 +217,43 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
         assert written.stat().st_mode & 0o777 == mode and written.read_bytes() == b'onnx'
     finally:
         os.umask(old)
+
+
+def test_bytes_and_text_go_through_the_same_writer(tmp_path):
+    """ONNX models and reports (write_bytes_atomic): the checkpoint writer's guarantees."""
+    src = save_checkpoint_atomic({'x': torch.ones(1)}, tmp_path / 'model.pth')
+    data = src.read_bytes()
+    onnx_file = write_bytes_atomic(tmp_path / 'model.onnx', b'\x08\x07', inputs=[src])
+    report = write_bytes_atomic(tmp_path / 'model.md', 'résumé\n')
+    assert onnx_file.read_bytes() == b'\x08\x07' and report.read_text() == 'résumé\n'
+    with pytest.raises(FileExistsError, match='--force'):
+        write_bytes_atomic(onnx_file, b'new')
+    write_bytes_atomic(onnx_file, b'new', force=True)
+    assert onnx_file.read_bytes() == b'new'
+    (tmp_path / 'link.onnx').symlink_to(src)
+    for out in (src, tmp_path / 'link.onnx'):  # an ONNX output never replaces its checkpoint
+        with pytest.raises(SameFileError, match='is the input'):
+            write_bytes_atomic(out, b'onnx', force=True, inputs=[src])
+    assert src.read_bytes() == data and _temp_files(tmp_path) == []
+
+
+def test_outputs_of_one_run_are_distinct_files(tmp_path):
+    src = tmp_path / 'in.pth'
+    src.write_bytes(b'ckpt')
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'alias').symlink_to(tmp_path / 'sub')
+    a, b = tmp_path / 'a.onnx', tmp_path / 'a.json'
+    assert check_output_paths([a, None, b], inputs=[src]) == [a, b]
+    for paths in ([a, b, a], [tmp_path / 'sub' / 'r.json', tmp_path / 'alias' / 'r.json'],
+                  [a, tmp_path / '.' / 'a.onnx']):
+        with pytest.raises(SameFileError, match='are the same file'):
+            check_output_paths(paths, force=True)
+    with pytest.raises(SameFileError, match='is the input'):
+        check_output_paths([a, src], force=True, inputs=[src])
+    b.write_text('keep')
+    with pytest.raises(FileExistsError):
+        check_output_paths([a, b], inputs=[src])
+    assert not a.exists() and b.read_text() == 'keep'
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path):

@@ -37,6 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--no-paper', action='store_true',
                         help="leave out the paper's columns in --markdown")
     parser.add_argument('--json', help='also write the results to this json file')
+    parser.add_argument('--force', action='store_true', help='overwrite the --json file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of a config')
     return parser.parse_args()
@@ -57,6 +58,12 @@ def main() -> int:
             fail(err.args[0])
         if kind == 'config' and not osp.isfile(name):
             fail(f'Config not found: {name}')
+    if args.json:  # before the work: an output that may not be written fails at once
+        from mmrepvgg.checkpoint import check_output_path
+        code = run_tool(lambda: check_output_path(
+            args.json, args.force, [s for s in specs if osp.isfile(s)]))
+        if code:
+            return code
     # KeyError / ValueError / TypeError: a config or --cfg-options that builds no model
     return run_tool(lambda: _run(args, specs), user_errors() + (KeyError, ValueError, TypeError))
 
@@ -87,8 +94,9 @@ def _run(args: argparse.Namespace, specs: list[str]) -> None:
                       f"counted by mmengine: {c['flops_all_b']:.2f} B) at "
                       f"{r['input_shape'][0]}x{r['input_shape'][1]}")
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(rows, f, indent=1)
+        from mmrepvgg.checkpoint import write_bytes_atomic
+        write_bytes_atomic(args.json, json.dumps(rows, indent=1), force=args.force,
+                           inputs=[s for s in specs if osp.isfile(s)])
 
 
 if __name__ == '__main__':

@@ -19,10 +19,9 @@ import argparse
 import sys
 
 from mmengine.config import Config, DictAction
-from mmengine.logging import print_log
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.checkpoint import CheckpointError
+from mmrepvgg.apis.cli import run_tool, user_errors
 from mmrepvgg.deploy import SOURCES
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS, export_onnx
 
@@ -57,22 +56,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Export; bad input prints one ``error:`` line and returns 1."""
     args = parse_args(argv)
-    try:
+
+    def work() -> None:
         cfg = Config.fromfile(args.config)
         if args.cfg_options:
             cfg.merge_from_dict(args.cfg_options)
         export_onnx(cfg, args.checkpoint, args.out,
-                             shape=tuple(args.shape) if args.shape else None, batch=args.batch,
-                             dynamic_batch=args.dynamic_batch, opset=args.opset,
-                             fp16=args.fp16, exporter=args.exporter, force=args.force,
-                             trust=args.trust_checkpoint, source=args.source,
-                             tolerance=args.tolerance)
-    except (CheckpointError, FileExistsError, FileNotFoundError, ImportError, RuntimeError,
-            ValueError) as err:
-        print_log(f'export_onnx failed: {err}', logger='current', level=40)
-        return 1
-    return 0
+                    shape=tuple(args.shape) if args.shape else None, batch=args.batch,
+                    dynamic_batch=args.dynamic_batch, opset=args.opset, fp16=args.fp16,
+                    exporter=args.exporter, force=args.force, trust=args.trust_checkpoint,
+                    source=args.source, tolerance=args.tolerance)
+
+    # besides bad files: a missing ONNX package, an export or check that fails, bad values
+    return run_tool(work, user_errors() + (ImportError, RuntimeError, ValueError))
 
 
 if __name__ == '__main__':

@@ -20,10 +20,9 @@ import argparse
 import sys
 
 from mmengine.config import Config, DictAction
-from mmengine.logging import print_log
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.checkpoint import CheckpointError
+from mmrepvgg.apis.cli import run_tool, user_errors
 from mmrepvgg.deploy import SOURCES
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS
 from mmrepvgg.deploy.quantize import (ACTIVATION_TYPES, CALIBRATORS, QuantSettings,
@@ -80,14 +79,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Quantize; bad input prints one ``error:`` line and returns 1."""
     args = parse_args(argv)
     command = 'python tools/quantize.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
-    try:
+    results = []
+
+    def work() -> None:
         cfg = Config.fromfile(args.config)
         if args.cfg_options:
             cfg.merge_from_dict(args.cfg_options)
         settings = QuantSettings(args.calib_method, not args.per_tensor, args.activation_type)
-        result = quantize_checkpoint(
+        results.append(quantize_checkpoint(
             cfg, args.checkpoint, args.out, settings, calib_images=args.calib_images,
             keep_float=args.keep_float, keep_float_layers=args.keep_float_layers,
             sensitivity=not args.no_sensitivity, sensitivity_images=args.sensitivity_images,
@@ -95,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             fp32_out=args.fp32_out, shape=tuple(args.shape) if args.shape else None,
             exporter=args.exporter, opset=args.opset, threads=args.threads,
             speed_iters=args.speed_iters, speed_rounds=args.speed_rounds, force=args.force,
-            trust=args.trust_checkpoint, source=args.source, seed=args.seed, command=command)
-    except (CheckpointError, FileExistsError, FileNotFoundError, ImportError, RuntimeError,
-            ValueError) as err:
-        print_log(f'quantize failed: {err}', logger='current', level=40)
-        return 1
-    print('\n'.join(summary_lines(result)), flush=True)
-    return 0
+            trust=args.trust_checkpoint, source=args.source, seed=args.seed, command=command))
+
+    # besides bad files: a missing ONNX package, an export or check that fails, bad values
+    status = run_tool(work, user_errors() + (ImportError, RuntimeError, ValueError))
+    if status == 0:
+        print('\n'.join(summary_lines(results[0])), flush=True)
+    return status
 
 
 if __name__ == '__main__':

@@ -31,7 +31,6 @@ import os.path as osp
 import platform
 import re
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -851,17 +850,10 @@ def fold_time_line(res: dict) -> str:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    folder = osp.dirname(osp.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` over ``path`` atomically (:func:`mmrepvgg.checkpoint.write_atomic`, the
+    one writer of every output; the tool checks ``--force`` before the work)."""
+    from ..checkpoint import write_bytes_atomic
+    write_bytes_atomic(path, text, force=True)
 
 
 #: A block of a markdown file that ``tools/benchmark.py --update-docs`` re-renders from a json:

@@ -34,7 +34,6 @@ import importlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -47,7 +46,7 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from ..analysis.models import TensorForward
-from ..checkpoint import load_state_dict_strict
+from ..checkpoint import check_output_path, load_state_dict_strict, write_bytes_atomic
 from .convert import (DEFAULT_TOLERANCE, FoldReport, build_model, compare_outputs, deploy_meta,
                       find_backbone, fold_and_verify, input_shape_from_config, load_mapped_state,
                       tensor_forward)
@@ -88,50 +87,13 @@ def require(name: str) -> Any:
 
 # ------------------------------------------------------------------------------ files
 
-def write_file_atomic(path: str | os.PathLike, data: bytes | str, force: bool = False) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    The one writer of ONNX models and reports here (the same contract as
-    :func:`mmrepvgg.checkpoint.save_checkpoint_atomic`): a reader never sees a half-written
-    file, and an existing file is kept unless ``force``.
-
-    Args:
-        path: Destination.
-        data: Bytes, or text (written as UTF-8).
-        force: Overwrite an existing file.
-
-    Returns:
-        The destination path.
-
-    Raises:
-        FileExistsError: If ``path`` exists and ``force`` is False.
-    """
-    path = Path(path)
-    refuse_existing([path], force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def refuse_existing(paths: Sequence[str | os.PathLike | None], force: bool) -> None:
-    """Raise ``FileExistsError`` for the first existing path unless ``force``."""
-    for path in paths:
-        if path is not None and Path(path).exists() and not force:
-            raise FileExistsError(f'{path} exists; pass --force to overwrite it')
+def source_files(config: str | os.PathLike | Config,
+                 checkpoint: str | os.PathLike) -> list[str | os.PathLike]:
+    """The files an export is made from (the checkpoint and the config file): no output of
+    it may be one of them (:func:`mmrepvgg.checkpoint.check_output_path`'s ``inputs``)."""
+    if isinstance(config, Config):
+        return [checkpoint] + ([config.filename] if config.filename else [])
+    return [checkpoint, config]
 
 
 # ------------------------------------------------------------------------------ sessions
@@ -640,8 +602,8 @@ def export_onnx(config: str | Config,
     exports ``model(x, mode='tensor')``, checks the graph (``onnx.checker``; no
     BatchNormalization; as many Conv nodes as the folded model calls convs), runs ONNX
     Runtime on the same random input as PyTorch and compares with the model the checkpoint
-    holds, then writes the file atomically with the preprocessing and class names in its
-    metadata.
+    holds, then writes the file atomically (:func:`mmrepvgg.checkpoint.write_atomic`, the one
+    writer of every output) with the preprocessing and class names in its metadata.
 
     Args:
         config: mmseg or mmpretrain config (path or Config) with a RepVGG backbone.
@@ -665,13 +627,18 @@ def export_onnx(config: str | Config,
         An :class:`ExportReport` (its ``model`` is the folded PyTorch model).
 
     Raises:
-        FileExistsError: ``out`` exists and ``force`` is False.
+        FileExistsError: ``out`` exists and ``force`` is False (checked before any work, and
+            again when writing: a file that appears meanwhile is not overwritten).
+        SameFileError: ``out`` is the checkpoint or the config (also through a link),
+            whatever ``force`` says.
+        IsADirectoryError, NotADirectoryError: ``out`` cannot be a file.
         RuntimeError: Folding or ONNX Runtime differ by more than the tolerance, or the
             graph is not the folded one.
         PoolShapeError: The TorchScript exporter cannot export the adaptive pools at
             ``shape``.
     """
-    refuse_existing([out], force)
+    sources = source_files(config, checkpoint)
+    check_output_path(out, force, sources)
     onnx = require('onnx')
     require('onnxruntime')
     cfg = with_data_preprocessor(config if isinstance(config, Config)
@@ -748,7 +715,7 @@ def export_onnx(config: str | Config,
     except onnx.checker.ValidationError as err:
         first = next((line for line in str(err).splitlines() if line.strip()), repr(err))
         raise RuntimeError(f'onnx.checker rejects the exported model: {first}') from err
-    write_file_atomic(out, proto.SerializeToString(), force=force)
+    write_bytes_atomic(out, proto.SerializeToString(), force=force, inputs=sources)
     report = ExportReport(str(out), shape, batch, dynamic_batch, dtype, exporter, opset,
                           deployed, fold, max_abs, max_rel, tolerance, nodes,
                           backbone_blocks(model), seen.backbone_convs, tuple(got.shape),

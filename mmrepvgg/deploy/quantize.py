@@ -38,9 +38,10 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from .onnx_eval import (OnnxPredictor, capture_inputs, evaluate, main_metric, time_sessions)
+from ..checkpoint import check_output_paths, write_bytes_atomic
 from .onnx_export import (DEFAULT_OPSET, create_session, export_onnx, graph_summary,
-                          node_module, read_metadata, refuse_existing, require, run_session,
-                          set_metadata, write_file_atomic)
+                          node_module, read_metadata, require, run_session, set_metadata,
+                          source_files)
 
 #: Calibration methods (ONNX Runtime's ``CalibrationMethod`` names).
 CALIBRATORS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percentile'}
@@ -324,6 +325,12 @@ def quantize_checkpoint(config: str | Config,
 
     Returns:
         The report (also written as json and markdown).
+
+    Raises:
+        FileExistsError: An output (``out``, the reports, ``fp32_out``) exists and ``force``
+            is False; checked before any work.
+        SameFileError: An output is the checkpoint or the config (also through a link), or
+            two outputs are the same file (``--report OUT``), whatever ``force`` says.
     """
     settings = settings or QuantSettings()
     if keep_float and not sensitivity:
@@ -332,7 +339,8 @@ def quantize_checkpoint(config: str | Config,
     out = Path(out)
     report_json = Path(report) if report else out.with_suffix('.json')
     report_md = report_json.with_suffix('.md')
-    refuse_existing([out, report_json, report_md, fp32_out], force)
+    sources = source_files(config, checkpoint)
+    check_output_paths([out, report_json, report_md, fp32_out], force, sources)
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     result: dict[str, Any] = dict(command=command, config=cfg.filename,
                                   checkpoint=str(checkpoint),
@@ -394,7 +402,7 @@ def quantize_checkpoint(config: str | Config,
             result['quantization'], calibration=dict(result['quantization']['calibration']),
             tool='onnxruntime.quantization.quantize_static')))
         onnx.checker.check_model(proto)
-        write_file_atomic(out, proto.SerializeToString(), force=force)
+        write_bytes_atomic(out, proto.SerializeToString(), force=force, inputs=sources)
         print_log(f'Wrote {out}: {len(summary["quantized_layers"])} int8 layers, '
                   f'{len(summary["float_layers"])} float; output SQNR vs fp32 '
                   f'{result["output_sqnr_db"]:.1f} dB', logger='current')
@@ -403,7 +411,7 @@ def quantize_checkpoint(config: str | Config,
                                             threads, speed_iters, speed_rounds, progress)
     result.update(device=dict(cpu=_cpu(), cpu_count=os.cpu_count(), ort_threads=threads),
                   versions=_versions())
-    write_report(result, report_json, force=force)
+    write_report(result, report_json, force=force, inputs=sources)
     return result
 
 
@@ -503,11 +511,21 @@ def report_markdown(result: dict, top: int = 10) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_report(result: dict, path: str | os.PathLike, force: bool = False) -> None:
-    """Write the report as json and as markdown beside it (``.md``), atomically."""
+def write_report(result: dict, path: str | os.PathLike, force: bool = False,
+                 inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Write the report as json and as markdown beside it (``.md``), atomically.
+
+    Args:
+        result: The report.
+        path: The json file; the markdown goes to the same name with ``.md``.
+        force: Overwrite existing files.
+        inputs: Files the report is about (the checkpoint, the config): never overwritten.
+    """
     path = Path(path)
-    write_file_atomic(path, json.dumps(result, indent=1), force=force)
-    write_file_atomic(path.with_suffix('.md'), report_markdown(result), force=force)
+    check_output_paths([path, path.with_suffix('.md')], force, inputs)
+    write_bytes_atomic(path, json.dumps(result, indent=1), force=force, inputs=inputs)
+    write_bytes_atomic(path.with_suffix('.md'), report_markdown(result), force=force,
+                       inputs=inputs)
     print_log(f'Wrote {path} and {path.with_suffix(".md")}', logger='current')
 
 

@@ -19,9 +19,9 @@ from mmengine.config import Config
 
 import mmrepvgg  # noqa: F401
 from mmrepvgg.deploy import build_model, convert_checkpoint, input_shape_from_config
+from mmrepvgg.checkpoint import SameFileError
 from mmrepvgg.deploy.onnx_export import (PoolShapeError, create_session, export_onnx,
-                                         pool_friendly_sizes, probe, read_metadata,
-                                         write_file_atomic)
+                                         pool_friendly_sizes, probe, read_metadata)
 from tests.helpers import randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,7 +190,7 @@ def test_pools_that_cannot_export_give_one_line_with_the_sizes_that_work(seg_fil
                           env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1'))
     assert proc.returncode == 1
     assert 'Traceback' not in proc.stderr + proc.stdout
-    assert 'export_onnx failed: Cannot export at 40x40' in proc.stderr + proc.stdout
+    assert 'error: Cannot export at 40x40' in proc.stderr
 
 
 def test_dynamo_exports_those_pools_exactly(seg_files, tmp_path):
@@ -202,15 +202,54 @@ def test_dynamo_exports_those_pools_exactly(seg_files, tmp_path):
     assert rel_err(ort_logits(out, x), logits(model, x)) <= 1e-4
 
 
-def test_existing_output_is_refused_without_force(cls_files, tmp_path):
+def test_existing_output_is_refused_without_force(cls_files, tmp_path, capsys, monkeypatch):
     cfg_file, ckpt, _ = cls_files
     out = tmp_path / 'cls.onnx'
     out.write_bytes(b'keep me')
+    # refused before any work: the exporter is never reached
+    monkeypatch.setattr('mmrepvgg.deploy.onnx_export.load_model', _never_called)
     assert export_tool.main([str(cfg_file), str(ckpt), str(out)]) == 1
     assert out.read_bytes() == b'keep me'
+    assert capsys.readouterr().err.strip() == (f'error: {out} exists; pass --force (force=True) '
+                                               'to overwrite it')
+    monkeypatch.undo()
     assert export_tool.main([str(cfg_file), str(ckpt), str(out), '--force']) == 0
     assert onnx.load(str(out)).graph.node
     assert sorted(p.name for p in tmp_path.iterdir()) == ['cls.onnx']  # no temp file left
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError('the output path must be checked before the checkpoint is loaded')
+
+
+@pytest.mark.parametrize('link', ['same', 'symlink', 'hardlink'])
+def test_output_is_never_the_checkpoint_even_with_force(cls_files, tmp_path, capsys, link):
+    cfg_file, ckpt, _ = cls_files
+    copy = tmp_path / 'ckpt.pth'
+    copy.write_bytes(ckpt.read_bytes())
+    out = copy
+    if link == 'symlink':
+        out = tmp_path / 'link.onnx'
+        out.symlink_to(copy)
+    elif link == 'hardlink':
+        out = tmp_path / 'hard.onnx'
+        os.link(copy, out)
+    before = copy.read_bytes()
+    assert export_tool.main([str(cfg_file), str(copy), str(out), '--force']) == 1
+    assert 'is the input' in capsys.readouterr().err
+    assert copy.read_bytes() == before
+    # the config is an input too; the library refuses alike
+    with pytest.raises(SameFileError):
+        export_onnx(str(cfg_file), copy, cfg_file, force=True)
+
+
+def test_bad_output_paths_fail_before_the_work(cls_files, tmp_path, capsys):
+    cfg_file, ckpt, _ = cls_files
+    assert export_tool.main([str(cfg_file), str(ckpt), str(tmp_path)]) == 1
+    assert 'is a directory' in capsys.readouterr().err
+    (tmp_path / 'file').write_text('x')
+    assert export_tool.main([str(cfg_file), str(ckpt), str(tmp_path / 'file' / 'a.onnx')]) == 1
+    assert 'is a file, not a directory' in capsys.readouterr().err
 
 
 def test_bad_inputs_fail_cleanly(cls_files, seg_files, tmp_path):
@@ -220,15 +259,6 @@ def test_bad_inputs_fail_cleanly(cls_files, seg_files, tmp_path):
     # a checkpoint of another model: strict key matching refuses it
     assert export_tool.main([str(cfg_file), str(seg_files[1]), str(tmp_path / 'b.onnx')]) == 1
     assert not any(tmp_path.iterdir())
-
-
-def test_atomic_writer_refuses_and_replaces(tmp_path):
-    path = tmp_path / 'f.bin'
-    write_file_atomic(path, b'1')
-    with pytest.raises(FileExistsError):
-        write_file_atomic(path, b'2')
-    write_file_atomic(path, b'3', force=True)
-    assert path.read_bytes() == b'3' and [p.name for p in tmp_path.iterdir()] == ['f.bin']
 
 
 def test_default_shape_is_the_test_crop():
@@ -248,3 +278,4 @@ def test_paper_psp_shape_gives_a_map_every_pool_divides():
     assert {p.input_size for p in pools} == {(90, 90)} and len(pools) == 4
     assert all(p.divides(0) and p.divides(1) for p in pools)
     assert {p.input_size for p in probe(model, (257, 257)).pools} == {(33, 33)}
+

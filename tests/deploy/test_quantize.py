@@ -100,21 +100,54 @@ def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits,
     assert 'percentile calibration' in report_markdown(result)
 
 
-def test_cli_refusals(digits, tmp_path, capsys):
+def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
     cfg, ckpt = digits
     cfg_file = tmp_path / 'digits.py'
     cfg.dump(str(cfg_file))
+    args = ['--shape', '32', '32', '--no-sensitivity', '--calib-images', '4']
+
+    def refused(out, *extra, early: bool = True) -> str:
+        assert quantize_tool.main([str(cfg_file), ckpt, str(out), *args,
+                                   *map(str, extra)]) == 1
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert lines[-1].startswith('error: ') and (len(lines) == 1 or not early), lines
+        return lines[-1]
+
+    # every output path is checked before the export: the exporter is never reached
+    monkeypatch.setattr('mmrepvgg.deploy.quantize.export_onnx', _never_called)
     out = tmp_path / 'int8.onnx'
     out.write_bytes(b'keep')
-    assert quantize_tool.main([str(cfg_file), ckpt, str(out), '--shape', '32', '32']) == 1
+    assert 'exists; pass --force' in refused(out)
     assert out.read_bytes() == b'keep'
-    assert quantize_tool.main([str(cfg_file), ckpt, str(tmp_path / 'b.onnx'), '--shape', '32',
-                               '32', '--keep-float-layers', 'backbone.nope',
-                               '--no-sensitivity', '--calib-images', '4']) == 1
+    report = tmp_path / 'new.json'
+    report.write_text('keep')  # the default report of new.onnx
+    assert 'new.json exists' in refused(tmp_path / 'new.onnx')
+    # an output that is the checkpoint or the config: refused even with --force
+    before = Path(ckpt).read_bytes()
+    assert 'is the input' in refused(ckpt, '--force')
+    assert 'is the input' in refused(tmp_path / 'x.onnx', '--fp32-out', ckpt, '--force')
+    assert 'is the input' in refused(tmp_path / 'x.onnx', '--report', cfg_file, '--force')
+    link = tmp_path / 'link.onnx'
+    link.symlink_to(ckpt)
+    assert 'is the input' in refused(link, '--force')
+    assert Path(ckpt).read_bytes() == before and cfg_file.read_text() == cfg.pretty_text
+    # two outputs that are one file: the report would overwrite the model
+    assert 'are the same file' in refused(tmp_path / 'y.onnx', '--report', tmp_path / 'y.onnx')
+    assert 'are the same file' in refused(tmp_path / 'z.json')  # its default report is z.json
+    assert 'are the same file' in refused(tmp_path / 'w.onnx', '--fp32-out',
+                                          tmp_path / 'w.onnx')
+    assert not any((tmp_path / n).exists() for n in ('x.onnx', 'y.onnx', 'z.json', 'w.onnx'))
+    monkeypatch.undo()
+    assert 'No weighted layer' in refused(tmp_path / 'b.onnx', '--keep-float-layers',
+                                          'backbone.nope', early=False)
     assert not (tmp_path / 'b.onnx').exists()
     with pytest.raises(SystemExit):  # either K most sensitive or named layers, not both
         quantize_tool.parse_args([str(cfg_file), ckpt, 'c.onnx', '--keep-float', '1',
                                   '--keep-float-layers', 'head.fc'])
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError('the output paths must be checked before the export')
 
 
 def test_calibration_inputs_are_train_images_as_deployed(digits, tmp_path):
@@ -150,3 +183,4 @@ def test_weighted_layers_and_sqnr():
         [onnx.helper.make_tensor_value_info('o', onnx.TensorProto.FLOAT, None)],
         [onnx.numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), 'w')])
     assert weighted_layers(onnx.helper.make_model(graph)) == [('conv', 'Conv')]
+

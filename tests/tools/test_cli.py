@@ -1,6 +1,7 @@
 """The tools' one way to report bad input: one ``error:`` line, non-zero exit, no traceback."""
 from __future__ import annotations
 
+import json
 import runpy
 import sys
 from pathlib import Path
@@ -51,3 +52,25 @@ def test_unknown_model_names_are_one_line_errors(tool, argv, match, monkeypatch,
         runpy.run_path(str(ROOT / 'tools' / f'{tool}.py'), run_name='__main__')
     assert info.value.code == 1
     assert match in _stderr_line(capsys)
+
+
+def test_complexity_json_is_written_atomically_and_never_clobbered(tmp_path, monkeypatch,
+                                                                    capsys):
+    def run(*argv: str) -> int:
+        monkeypatch.setattr(sys, 'argv', ['complexity.py', *argv])
+        monkeypatch.chdir(ROOT)
+        with pytest.raises(SystemExit) as info:
+            runpy.run_path(str(ROOT / 'tools' / 'complexity.py'), run_name='__main__')
+        return info.value.code
+
+    out = tmp_path / 'rows.json'
+    out.write_text('keep')
+    assert run('A0', '--json', str(out)) == 1
+    assert 'exists; pass --force' in _stderr_line(capsys) and out.read_text() == 'keep'
+    config = tmp_path / 'a0.py'
+    config.write_text("_base_ = '%s'\n" % (ROOT / 'configs/repvgg-a0_in1k.py'))
+    assert run(str(config), '--json', str(config), '--force') == 1
+    assert 'is the input' in _stderr_line(capsys)
+    assert run('A0', '--json', str(out), '--force') == 0
+    assert json.loads(out.read_text())[0]['name'] == 'RepVGG-A0'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a0.py', 'rows.json']
