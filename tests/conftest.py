@@ -23,3 +23,27 @@ def digits_classifier(tmp_path_factory) -> Path:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work
+
+
+@pytest.fixture(scope='session')
+def qa_digits_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    """The digits QARepVGG demo config (``configs/demo/qarepvgg-small_digits.py``, data in a
+    fresh digits folder) as a config file, and a freshly built training-time checkpoint of it
+    with randomized BN statistics (untrained: for the tools, not for accuracy)."""
+    import torch
+
+    from mmrepvgg.apis.qa_compare import QA_DEMO_CONFIG, load_demo_config
+    from mmrepvgg.datasets import make_digits_folder
+    from mmrepvgg.deploy import build_model
+    from tests.helpers import randomize_bn_
+    root = tmp_path_factory.mktemp('qa_digits')
+    make_digits_folder(root / 'digits')
+    cfg = load_demo_config(QA_DEMO_CONFIG, root / 'digits')
+    config = root / 'qarepvgg-small_digits.py'
+    cfg.dump(str(config))
+    torch.manual_seed(0)
+    model = randomize_bn_(build_model(cfg), seed=1).eval()
+    assert model.backbone.block_type == 'QARepVGGBlock'
+    checkpoint = root / 'qa_train.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
+    return config, checkpoint

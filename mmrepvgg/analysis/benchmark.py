@@ -823,9 +823,9 @@ def fold_time(arch: str, repeats: int = 5, dilation_plan: str | None = None) -> 
         ``dict(arch, dilation_plan, seconds, median_s, min_s, max_s, blocks, torch_threads,
         device_info)``.
     """
-    from ..models import RepVGG, RepVGGBlock
+    from ..models import RepBlockBase, RepVGG
     model = RepVGG(arch=arch, dilation_plan=dilation_plan).eval()
-    blocks = sum(isinstance(m, RepVGGBlock) for m in model.modules())
+    blocks = sum(isinstance(m, RepBlockBase) for m in model.modules())
     seconds = []
     for _ in range(repeats):
         fresh = copy.deepcopy(model)

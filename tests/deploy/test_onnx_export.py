@@ -279,3 +279,23 @@ def test_paper_psp_shape_gives_a_map_every_pool_divides():
     assert all(p.divides(0) and p.divides(1) for p in pools)
     assert {p.input_size for p in probe(model, (257, 257)).pools} == {(33, 33)}
 
+
+def test_qarepvgg_model_exports_folded(qa_digits_checkpoint, tmp_path):
+    """Issue 11: a QARepVGG checkpoint (the digits QA demo config) exports as the same plain
+    graph: one Conv per block, no BatchNormalization, ONNX Runtime = the training-time model."""
+    config, ckpt = qa_digits_checkpoint
+    cfg = Config.fromfile(str(config))
+    model = build_model(cfg)
+    model.load_state_dict(torch.load(ckpt, weights_only=True)['state_dict'])
+    model.eval()
+    out = tmp_path / 'qa.onnx'
+    assert export_tool.main([str(config), str(ckpt), str(out), '--shape', '32', '32']) == 0
+    x = torch.rand(4, 3, 32, 32)  # the normalized tensor (pixels / 255), as the graph takes
+    session = create_session(out)
+    for i in range(4):
+        got = torch.from_numpy(session.run(None, {'input': x[i:i + 1].numpy()})[0])
+        assert rel_err(got, logits(model, x[i:i + 1])) <= 1e-4
+    counts = op_counts(out)
+    assert counts['Conv'] == 9 and 'BatchNormalization' not in counts  # 1 + 1-2-4-1 blocks
+    meta = read_metadata(out)
+    assert meta['block'] == 'QARepVGGBlock' and meta['folded_blocks'] == 9

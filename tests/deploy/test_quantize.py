@@ -184,3 +184,24 @@ def test_weighted_layers_and_sqnr():
         [onnx.numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), 'w')])
     assert weighted_layers(onnx.helper.make_model(graph)) == [('conv', 'Conv')]
 
+
+def test_qarepvgg_model_quantizes(qa_digits_checkpoint, tmp_path):
+    """Issue 11: tools/quantize.py on a QARepVGG checkpoint (the digits QA demo config):
+    every folded block and the head int8 (per channel), no BN, evaluated on the test split."""
+    config, ckpt = qa_digits_checkpoint
+    out = tmp_path / 'qa_int8.onnx'
+    assert quantize_tool.main([str(config), str(ckpt), str(out), '--shape', '32', '32',
+                               '--calib-images', '16', '--sensitivity-images', '2', '--eval',
+                               '--max-eval-images', '64', '--threads', '1', '--speed-iters',
+                               '1', '--speed-rounds', '1']) == 0
+    summary = qdq_summary(out)
+    assert len(summary['quantized_layers']) == LAYERS and summary['float_layers'] == []
+    assert 'BatchNormalization' not in {n.op_type for n in onnx.load(str(out)).graph.node}
+    conv = next(n for n in weight_scale_shapes(out) if 'stem' in n)
+    assert weight_scale_shapes(out)[conv] == (48, )
+    report = json.loads(out.with_suffix('.json').read_text())
+    assert report['quantization']['calibration']['split'] == 'train'
+    assert len(report['sensitivity']['layers']) == LAYERS
+    ev = report['eval']
+    assert ev['images'] == 64 and 0 <= ev['int8']['accuracy/top1'] <= 100
+    assert read_metadata(out)['block'] == 'QARepVGGBlock'
