@@ -347,7 +347,8 @@ def compare_blocks(work_dir: str | Path = 'work_dirs/compare_qa_digits',
                               seconds=time.time() - t, **measured))
     report = dict(seeds=list(seeds), blocks=list(blocks), max_epochs=max_epochs,
                   threads=torch.get_num_threads(), torch=torch.__version__,
-                  seconds=time.time() - t0, int8_measured=all(r.int8.measured for r in runs),
+                  machine=_machine(), seconds=time.time() - t0,
+                  int8_measured=all(r.int8.measured for r in runs),
                   runs=[dict(asdict(r), int8=dict(asdict(r.int8), measured=r.int8.measured))
                         for r in runs])
     report['summary'] = summarize_runs(report['runs'])
@@ -356,6 +357,19 @@ def compare_blocks(work_dir: str | Path = 'work_dirs/compare_qa_digits',
     write_atomic(work_dir / 'qa_digits.md',
                  lambda tmp: tmp.write_text(comparison_markdown(report)), force=True)
     return report
+
+
+def _machine() -> dict:
+    """The CPU, its core count and the versions the numbers depend on."""
+    from ..analysis.benchmark import device_info
+    info = device_info('cpu')
+    versions = dict(torch=info['torch'], python=info['python'])
+    for name in ('onnx', 'onnxruntime'):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    return dict(cpu=info['cpu'], cpu_count=info['cpu_count'], versions=versions)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -431,8 +445,11 @@ def comparison_markdown(report: dict) -> str:
     head = (f'| block | seed | fp32 top-1 trained | fp32 top-1 deployed | int8 top-1 '
             f'per-channel{cal} | int8 top-1 per-tensor{cal} | weight SQNR per-channel min / '
             'median (dB) | weight SQNR per-tensor min / median (dB) | max abs(w)/std(w) |')
+    machine = report.get('machine') or {}
+    where = (f' on {machine["cpu"]} ({machine["cpu_count"]} cores), ' + ', '.join(
+        f'{k} {v}' for k, v in machine['versions'].items() if v) if machine else '')
     lines = [f'RepVGG vs QARepVGG on scikit-learn digits (450 test images), seeds '
-             f'{report["seeds"]}, torch threads {report["threads"]}.', '', head,
+             f'{report["seeds"]}, torch threads {report["threads"]}{where}.', '', head,
              '|' + '---|' * 9]
     for r in report['runs']:
         we = r['weight_error']

@@ -134,6 +134,9 @@ def test_compare_blocks_report(tmp_path, monkeypatch):
     assert md == comparison_markdown(report)
     assert md.count('| not measured | not measured |') == 6 and INT8_NOT_MEASURED in md
     assert (tmp_path / 'cmp' / 'qa_digits.json').is_file()
+    # the machine the numbers come from: CPU, cores, versions
+    assert report['machine']['cpu_count'] >= 1 and report['machine']['versions']['onnxruntime']
+    assert f'({report["machine"]["cpu_count"]} cores), torch {torch.__version__}' in md
 
 
 def test_a_wired_int8_step_is_reported(tmp_path, monkeypatch):
