@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..analysis.quant_error import errors_to_dicts, folded_kernel_errors, summarize_errors
 from ..checkpoint import (extract_state_dict, load_checkpoint_file, load_state_dict_strict,
-                          write_atomic)
+                          write_bytes_atomic)
 from ..models import reparameterize
 from .demo import CLS_DEMO_CONFIG, REPO, fresh_work_dir, run_cls_demo
 
@@ -352,10 +352,9 @@ def compare_blocks(work_dir: str | Path = 'work_dirs/compare_qa_digits',
                   runs=[dict(asdict(r), int8=dict(asdict(r.int8), measured=r.int8.measured))
                         for r in runs])
     report['summary'] = summarize_runs(report['runs'])
-    write_atomic(work_dir / 'qa_digits.json',
-                 lambda tmp: tmp.write_text(json.dumps(report, indent=2)), force=True)
-    write_atomic(work_dir / 'qa_digits.md',
-                 lambda tmp: tmp.write_text(comparison_markdown(report)), force=True)
+    # the work dir was emptied above: an existing report means another writer, not ours
+    write_bytes_atomic(work_dir / 'qa_digits.json', json.dumps(report, indent=2))
+    write_bytes_atomic(work_dir / 'qa_digits.md', comparison_markdown(report))
     return report
 
 

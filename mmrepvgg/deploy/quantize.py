@@ -37,8 +37,8 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from .onnx_eval import (OnnxPredictor, capture_inputs, evaluate, main_metric, time_sessions)
 from ..checkpoint import check_output_paths, write_bytes_atomic
+from .onnx_eval import (OnnxPredictor, capture_inputs, evaluate, main_metric, time_sessions)
 from .onnx_export import (DEFAULT_OPSET, create_session, export_onnx, graph_summary,
                           node_module, read_metadata, require, run_session, set_metadata,
                           source_files)
