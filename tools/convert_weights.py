@@ -16,21 +16,16 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401
-from mmrepvgg.apis.cli import run_tool, user_errors
-from mmrepvgg.deploy import SOURCES, convert_backbone_weights
+from mmrepvgg.apis.cli import add_checkpoint_args, run_tool, user_errors
+from mmrepvgg.deploy import convert_backbone_weights
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('checkpoint', help='ImageNet weights (training-time)')
     parser.add_argument('out', help='backbone checkpoint to write')
-    parser.add_argument('--source', choices=SOURCES,
-                        help='checkpoint layout (default: detected from the keys)')
     parser.add_argument('--arch', help='RepVGG arch, e.g. B2 (default: inferred from shapes)')
-    parser.add_argument('--force', action='store_true', help='overwrite OUT')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow full unpickling of a checkpoint that weights-only loading '
-                        'refuses (it can run code from the file): only for files you trust')
+    add_checkpoint_args(parser, force_help='overwrite OUT', cfg_options=False)
     return parser.parse_args(argv)
 
 

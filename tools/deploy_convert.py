@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmengine.config import Config, DictAction
-
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.apis.cli import run_tool
-from mmrepvgg.deploy import DEFAULT_TOLERANCE, SOURCES, convert_checkpoint
+from mmrepvgg.apis.cli import add_checkpoint_args, load_tool_config, run_tool
+from mmrepvgg.deploy import DEFAULT_TOLERANCE, convert_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,8 +26,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('config', help='mmseg or mmpretrain config of the model')
     parser.add_argument('checkpoint', help='training-time checkpoint')
     parser.add_argument('out', help='deployed checkpoint to write')
-    parser.add_argument('--source', choices=SOURCES,
-                        help='checkpoint layout (default: detected from the keys)')
     parser.add_argument('--verify', action='store_true',
                         help='compare outputs before and after folding on a random input of '
                         'the config\'s size; fail above --tolerance')
@@ -37,12 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='max relative output difference for --verify')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='verification input size (default: from the config)')
-    parser.add_argument('--force', action='store_true', help='overwrite OUT')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow full unpickling of a checkpoint that weights-only loading '
-                        'refuses (it can run code from the file): only for files you trust')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, as in tools/train.py')
+    add_checkpoint_args(parser, force_help='overwrite OUT')
     return parser.parse_args(argv)
 
 
@@ -51,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def work() -> None:
-        cfg = Config.fromfile(args.config)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
+        cfg = load_tool_config(args)
         convert_checkpoint(cfg, args.checkpoint, args.out, source=args.source,
                            verify=args.verify, force=args.force, trust=args.trust_checkpoint,
                            input_shape=tuple(args.shape) if args.shape else None,

@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmengine.config import Config, DictAction
-
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.apis.cli import run_tool, user_errors
-from mmrepvgg.deploy import SOURCES
+from mmrepvgg.apis.cli import add_checkpoint_args, load_tool_config, run_tool, user_errors
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS, export_onnx
 
 
@@ -44,14 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--tolerance', type=float,
                         help='max relative ONNX Runtime vs PyTorch difference '
                         '(default 1e-4; 1e-2 with --fp16)')
-    parser.add_argument('--source', choices=SOURCES,
-                        help='checkpoint layout (default: detected from the keys)')
-    parser.add_argument('--force', action='store_true', help='overwrite OUT')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow full unpickling of a checkpoint that weights-only loading '
-                        'refuses (it can run code from the file): only for files you trust')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, as in tools/train.py')
+    add_checkpoint_args(parser, force_help='overwrite OUT')
     return parser.parse_args(argv)
 
 
@@ -60,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def work() -> None:
-        cfg = Config.fromfile(args.config)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
+        cfg = load_tool_config(args)
         export_onnx(cfg, args.checkpoint, args.out,
                     shape=tuple(args.shape) if args.shape else None, batch=args.batch,
                     dynamic_batch=args.dynamic_batch, opset=args.opset, fp16=args.fp16,

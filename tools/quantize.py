@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmengine.config import Config, DictAction
-
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.apis.cli import run_tool, user_errors
-from mmrepvgg.deploy import SOURCES
+from mmrepvgg.apis.cli import add_checkpoint_args, load_tool_config, run_tool, user_errors
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS
 from mmrepvgg.deploy.quantize import (ACTIVATION_TYPES, CALIBRATORS, QuantSettings,
                                       quantize_checkpoint, summary_lines)
@@ -67,14 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='timed runs per round (default: a quarter second per round)')
     parser.add_argument('--speed-rounds', type=int, default=5, help='interleaved rounds')
     parser.add_argument('--seed', type=int, default=0, help='seed of the calibration subset')
-    parser.add_argument('--source', choices=SOURCES,
-                        help='checkpoint layout (default: detected from the keys)')
-    parser.add_argument('--force', action='store_true', help='overwrite OUT and the report')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow full unpickling of a checkpoint that weights-only loading '
-                        'refuses (it can run code from the file): only for files you trust')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, as in tools/train.py')
+    add_checkpoint_args(parser, force_help='overwrite OUT and the report')
     return parser.parse_args(argv)
 
 
@@ -85,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
 
     def work() -> None:
-        cfg = Config.fromfile(args.config)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
+        cfg = load_tool_config(args)
         settings = QuantSettings(args.calib_method, not args.per_tensor, args.activation_type)
         results.append(quantize_checkpoint(
             cfg, args.checkpoint, args.out, settings, calib_images=args.calib_images,

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, Callable, NoReturn
 
-from mmengine.config import DictAction
+from mmengine.config import Config, DictAction
 
 from ..checkpoint import CheckpointError, SameFileError
 from ..models.fusion import FoldError
@@ -38,6 +38,42 @@ def add_runner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     return parser
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser, force_help: str = 'overwrite OUT',
+                        cfg_options: bool = True) -> argparse.ArgumentParser:
+    """Add the options of the tools that read a checkpoint and write a file.
+
+    ``--source`` (checkpoint layout), ``--force``, ``--trust-checkpoint`` and, for tools that
+    take a config, ``--cfg-options`` (see :func:`load_tool_config`).
+
+    Args:
+        parser: The tool's parser.
+        force_help: What ``--force`` overwrites.
+        cfg_options: Add ``--cfg-options``.
+
+    Returns:
+        The same parser.
+    """
+    from ..deploy.keymaps import SOURCES
+    parser.add_argument('--source', choices=SOURCES,
+                        help='checkpoint layout (default: detected from the keys)')
+    parser.add_argument('--force', action='store_true', help=force_help)
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow full unpickling of a checkpoint that weights-only loading '
+                        'refuses (it can run code from the file): only for files you trust')
+    if cfg_options:
+        parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                            help='override config settings, as in tools/train.py')
+    return parser
+
+
+def load_tool_config(args: argparse.Namespace) -> Config:
+    """``args.config`` loaded, with ``args.cfg_options`` merged."""
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    return cfg
 
 
 def parse_runner_args(parser: argparse.ArgumentParser,
