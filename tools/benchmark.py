@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 
@@ -38,6 +37,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 
 from mmrepvgg.analysis.peers import PEER_SOURCES, PEER_WEIGHTS  # noqa: E402
+from mmrepvgg.apis.cli import (non_negative_int, positive_int, run_tool,  # noqa: E402
+                               user_errors)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,15 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('models', nargs='*', help='arch names, baseline names, peer specs '
                         '(timm:A0, mmpretrain:A0) or config paths (all classifiers or all '
                         'segmentors)')
-    parser.add_argument('--batch', type=int, help='batch size (paper: 128 cls, 16 seg)')
+    parser.add_argument('--batch', type=positive_int, help='batch size (paper: 128 cls, 16 seg)')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='input size (paper: 224 224 cls, 713 713 seg)')
-    parser.add_argument('--warmup', type=int, help='warm-up batches per model (paper: 50)')
-    parser.add_argument('--iters', type=int, help='timed batches per round (paper: 50)')
-    parser.add_argument('--rounds', type=int, default=1,
+    parser.add_argument('--warmup', type=non_negative_int, help='warm-up batches per model (paper: 50)')
+    parser.add_argument('--iters', type=positive_int, help='timed batches per round (paper: 50)')
+    parser.add_argument('--rounds', type=positive_int, default=1,
                         help='interleaved timed rounds; the median round counts')
     parser.add_argument('--device', default=None, help='cuda if available, else cpu')
-    parser.add_argument('--threads', type=int, help='torch.set_num_threads (CPU)')
+    parser.add_argument('--threads', type=positive_int, help='torch.set_num_threads (CPU)')
     parser.add_argument('--dtype', default='fp32', choices=['fp32', 'tf32', 'bf16', 'fp16'],
                         help='fp32: strict IEEE fp32, TF32 off on CUDA (the paper\'s); tf32: '
                         'fp32 tensors with TF32 cuDNN convs and matmuls (CUDA only)')
@@ -74,18 +75,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         'random initialization (GPU speed depends on the values)')
     parser.add_argument('--memory', action='store_true',
                         help='also measure the feature-map peak (and the CUDA allocator peak)')
-    parser.add_argument('--memory-batch', type=int, help='batch for --memory (default --batch)')
+    parser.add_argument('--memory-batch', type=positive_int, help='batch for --memory (default --batch)')
     parser.add_argument('--no-cudnn-benchmark', action='store_true',
                         help='leave torch.backends.cudnn.benchmark off while timing on CUDA')
     parser.add_argument('--no-flops', action='store_true',
                         help='do not count FLOPs (no TFLOP/s column)')
     peak = parser.add_mutually_exclusive_group()
     peak.add_argument('--peak-tflops', type=float,
-                      help="the device's peak TFLOP/s in this precision, for the % of peak")
+                      help="the device's peak TFLOP/s in this precision, for the %% of peak")
     peak.add_argument('--measure-peak', action='store_true',
                       help='measure the peak as a large matmul in this precision on the device '
                       '(alone if no model is given)')
-    parser.add_argument('--num-classes', type=int, default=1000)
+    parser.add_argument('--num-classes', type=positive_int, default=1000)
     parser.add_argument('--out', help='write the results (json) here, for plotting')
     parser.add_argument('--markdown', help='also write the markdown table here')
     parser.add_argument('--force', action='store_true', help='overwrite --out / --markdown')
@@ -97,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         'from their json (<!-- benchmark: PATH.json --> ... <!-- /benchmark -->)')
     parser.add_argument('--fold-time', nargs='+', metavar='ARCH',
                         help='time reparameterize() of these backbones instead (CPU)')
-    parser.add_argument('--fold-repeats', type=int, default=5,
+    parser.add_argument('--fold-repeats', type=positive_int, default=5,
                         help='fresh copies folded per arch for --fold-time')
     parser.add_argument('--plan', choices=['full', 'fast'],
                         help='dilation plan of the --fold-time backbones')
@@ -112,28 +113,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Before anything runs: outputs are new (or --force) and their folders exist."""
-    for path in (args.out, args.markdown):
-        if not path:
-            continue
-        if osp.isdir(path):
-            raise ValueError(f'{path} is a folder; give a file path')
-        if osp.exists(path) and not args.force:
-            raise ValueError(f'{path} exists; pass --force to overwrite it')
-        folder = osp.dirname(osp.abspath(path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as err:
-            raise ValueError(f'cannot create the folder of {path}: {err.strerror}') from None
-
-
-def _save(args: argparse.Namespace, report: dict, text: str) -> None:
-    from mmrepvgg.analysis.benchmark import write_text_atomic
-    if args.out:
-        write_text_atomic(args.out, json.dumps(report, indent=1) + '\n')
-    if args.markdown:
-        write_text_atomic(args.markdown, f"Generated by `{report['command']}`.\n\n{text}\n")
+def _check_outputs(args: argparse.Namespace, inputs: tuple[str, ...] = ()) -> None:
+    """Before anything runs: --out and --markdown may be written (new or --force, not a
+    folder, not under a file, not the same file, not an input such as the --render json)."""
+    from mmrepvgg.checkpoint import check_output_paths
+    check_output_paths([args.out, args.markdown], args.force, inputs)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -145,22 +129,22 @@ def run(args: argparse.Namespace) -> None:
     if args.render:
         if args.out:
             raise ValueError('--render writes --markdown only')
+        _check_outputs(args, (args.render, ))
         with open(args.render) as f:
             report = json.load(f)
-        _check_outputs(args)
         table = bm.benchmark_markdown(report)
         print(table)
-        if args.markdown:
-            bm.write_text_atomic(args.markdown, f"Generated by `{report.get('command', '?')}`."
-                                 f"\n\n{table}\n")
+        bm.save_report(report, table, markdown=args.markdown, force=args.force,
+                       inputs=(args.render, ))
         return
     if args.update_docs:
+        from mmrepvgg.checkpoint import write_bytes_atomic
         for md in args.update_docs:
             with open(md) as f:
                 text = f.read()
             new, paths = bm.update_marked_tables(text)
             if new != text:
-                bm.write_text_atomic(md, new)
+                write_bytes_atomic(md, new, force=True, inputs=paths)
             print(f"{md}: {len(paths)} table(s) rendered from {', '.join(paths) or '-'}")
         return
     if args.fold_time:
@@ -174,7 +158,8 @@ def run(args: argparse.Namespace) -> None:
             print(bm.fold_time_line(res))
             results.append(res)
         report = dict(command=command, fold_time=results)
-        _save(args, report, '\n'.join(bm.fold_time_line(r) for r in results))
+        bm.save_report(report, '\n'.join(bm.fold_time_line(r) for r in results), args.out,
+                       args.markdown, args.force)
         return
     specs = list(args.models)
     if args.peers is not None:
@@ -193,17 +178,15 @@ def run(args: argparse.Namespace) -> None:
     report['command'] = command
     table = bm.benchmark_markdown(report)
     print(table)
-    _save(args, report, table)
+    bm.save_report(report, table, args.out, args.markdown, args.force)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run; bad input (an unknown model, an output that may not be written, a missing
+    package) prints one ``error:`` line and returns 1."""
     args = parse_args(argv)
-    try:
-        run(args)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        sys.exit(f'benchmark.py: error: {msg}')
+    return run_tool(lambda: run(args), user_errors() + (KeyError, ValueError, ImportError))
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

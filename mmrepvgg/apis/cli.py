@@ -68,6 +68,22 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, force_help: str = 'over
     return parser
 
 
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an int >= 1 (counts of batches, rounds, images, threads)."""
+    value = int(text)  # a ValueError becomes argparse's "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type: an int >= 0 (warm-up runs, layers kept in float)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be at least 0, got {value}')
+    return value
+
+
 def load_tool_config(args: argparse.Namespace) -> Config:
     """``args.config`` loaded, with ``args.cfg_options`` merged."""
     cfg = Config.fromfile(args.config)
@@ -119,6 +135,7 @@ def fail(message: str, status: int = 1) -> NoReturn:
     """Print ``error: <message>`` on stderr and exit with ``status``."""
     print_error(message)
     sys.exit(status)
+
 
 
 def run_tool(work: Callable[[], Any],

@@ -74,3 +74,18 @@ def test_complexity_json_is_written_atomically_and_never_clobbered(tmp_path, mon
     assert run('A0', '--json', str(out), '--force') == 0
     assert json.loads(out.read_text())[0]['name'] == 'RepVGG-A0'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a0.py', 'rows.json']
+
+
+TOOLS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob('tools/*.py'),
+                                                  *ROOT.glob('tools/gpu/*.py')]
+               if p.name != 'mmcv_lite_ext.py')  # (a module copied into mmcv, not a tool)
+
+
+@pytest.mark.parametrize('tool', TOOLS)
+def test_every_tool_prints_its_help(tool, monkeypatch, capsys):
+    """`python tools/X.py --help` works (benchmark.py's help once crashed on a '%')."""
+    monkeypatch.setattr(sys, 'argv', [tool, '--help'])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / tool), run_name='__main__')
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith('usage: ')
