@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--batch', type=positive_int, help='batch size (paper: 128 cls, 16 seg)')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='input size (paper: 224 224 cls, 713 713 seg)')
-    parser.add_argument('--warmup', type=non_negative_int, help='warm-up batches per model (paper: 50)')
+    parser.add_argument('--warmup', type=non_negative_int,
+                        help='warm-up batches per model (paper: 50)')
     parser.add_argument('--iters', type=positive_int, help='timed batches per round (paper: 50)')
     parser.add_argument('--rounds', type=positive_int, default=1,
                         help='interleaved timed rounds; the median round counts')
@@ -75,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         'random initialization (GPU speed depends on the values)')
     parser.add_argument('--memory', action='store_true',
                         help='also measure the feature-map peak (and the CUDA allocator peak)')
-    parser.add_argument('--memory-batch', type=positive_int, help='batch for --memory (default --batch)')
+    parser.add_argument('--memory-batch', type=positive_int,
+                        help='batch for --memory (default --batch)')
     parser.add_argument('--no-cudnn-benchmark', action='store_true',
                         help='leave torch.backends.cudnn.benchmark off while timing on CUDA')
     parser.add_argument('--no-flops', action='store_true',

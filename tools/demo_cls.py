@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mmrepvgg.apis.cli import positive_int, run_tool
 from mmrepvgg.apis.demo import CLS_DEMO_CONFIG, run_cls_demo
 
 
@@ -16,13 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--work-dir', default='work_dirs/demo_cls',
                         help='output folder (emptied)')
     parser.add_argument('--config', default=CLS_DEMO_CONFIG)
-    parser.add_argument('--max-epochs', type=int, help='training epochs (config: 8)')
-    parser.add_argument('--threads', type=int,
+    parser.add_argument('--max-epochs', type=positive_int,
+                        help='training epochs (config: 8)')
+    parser.add_argument('--threads', type=positive_int,
                         help='torch threads (default: 1 on a busy machine, else all cores)')
     parser.add_argument('--min-accuracy', type=float, default=80.0,
                         help='fail below this test top-1 (%%); chance is 10%%')
     args = parser.parse_args(argv)
-    result = run_cls_demo(args.work_dir, args.config, args.max_epochs, threads=args.threads)
+    results = []
+    status = run_tool(lambda: results.append(
+        run_cls_demo(args.work_dir, args.config, args.max_epochs, threads=args.threads)))
+    if status:
+        return status
+    result = results[0]
     ok = result.same and result.trained >= args.min_accuracy
     if result.trained < args.min_accuracy:
         print(f'Top-1 {result.trained:.2f} is below --min-accuracy {args.min_accuracy}')

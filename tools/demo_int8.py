@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mmrepvgg.apis.cli import non_negative_int, positive_int, run_tool
 from mmrepvgg.apis.demo_int8 import run_int8_demo
 from mmrepvgg.deploy.quantize import CALIBRATORS
 
@@ -26,17 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--no-seg', action='store_true', help='skip the PSPNet export check')
     parser.add_argument('--calib-method', choices=list(CALIBRATORS), default='minmax')
     parser.add_argument('--per-tensor', action='store_true', help='per-tensor weight scales')
-    parser.add_argument('--keep-float', type=int, default=0, metavar='K',
+    parser.add_argument('--keep-float', type=non_negative_int, default=0, metavar='K',
                         help='keep the K most sensitive layers in float')
     parser.add_argument('--max-drop', type=float, default=2.0,
                         help='fail if int8 top-1 < fp32 top-1 - this (points)')
-    parser.add_argument('--threads', type=int,
+    parser.add_argument('--threads', type=positive_int,
                         help='threads (default: 1 on a busy machine, else all cores)')
     args = parser.parse_args(argv)
-    result = run_int8_demo(args.work_dir, args.cls_work_dir,
-                           None if args.no_seg else args.seg_work_dir, args.calib_method,
-                           not args.per_tensor, args.keep_float, args.max_drop, args.threads)
-    return 0 if result.ok else 1
+    results = []
+    status = run_tool(lambda: results.append(run_int8_demo(
+        args.work_dir, args.cls_work_dir, None if args.no_seg else args.seg_work_dir,
+        args.calib_method, not args.per_tensor, args.keep_float, args.max_drop, args.threads)))
+    return status or (0 if results[0].ok else 1)
 
 
 if __name__ == '__main__':

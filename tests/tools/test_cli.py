@@ -89,3 +89,17 @@ def test_every_tool_prints_its_help(tool, monkeypatch, capsys):
         runpy.run_path(str(ROOT / tool), run_name='__main__')
     assert info.value.code == 0
     assert capsys.readouterr().out.startswith('usage: ')
+
+
+@pytest.mark.parametrize('tool', ['demo', 'demo_cls', 'demo_int8'])
+def test_demos_refuse_a_folder_they_did_not_make_in_one_line(tool, tmp_path, monkeypatch,
+                                                             capsys):
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'thesis.tex').write_text('keep')
+    monkeypatch.setattr(sys, 'argv', [f'{tool}.py', '--work-dir', str(mine)])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / 'tools' / f'{tool}.py'), run_name='__main__')
+    assert info.value.code == 1
+    assert 'was not made by' in _stderr_line(capsys)
+    assert [p.name for p in mine.iterdir()] == ['thesis.tex']
