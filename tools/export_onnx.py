@@ -19,7 +19,8 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.apis.cli import add_checkpoint_args, load_tool_config, run_tool, user_errors
+from mmrepvgg.apis.cli import (add_checkpoint_args, load_tool_config, positive_int, run_tool,
+                               user_errors)
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS, export_onnx
 
 
@@ -30,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('out', help='ONNX file to write')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help="input size (default: the config's test crop)")
-    parser.add_argument('--batch', type=int, default=1, help='batch size of the graph')
+    parser.add_argument('--batch', type=positive_int, default=1, help='batch size of the graph')
     parser.add_argument('--dynamic-batch', action='store_true',
                         help='make the batch axis dynamic')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)

@@ -20,7 +20,8 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.apis.cli import add_checkpoint_args, load_tool_config, run_tool, user_errors
+from mmrepvgg.apis.cli import (add_checkpoint_args, load_tool_config, non_negative_int,
+                               positive_int, run_tool, user_errors)
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS
 from mmrepvgg.deploy.quantize import (ACTIVATION_TYPES, CALIBRATORS, QuantSettings,
                                       quantize_checkpoint, summary_lines)
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('config', help='mmseg or mmpretrain config of the model')
     parser.add_argument('checkpoint', help='training-time or deployed checkpoint')
     parser.add_argument('out', help='int8 ONNX file to write')
-    parser.add_argument('--calib-images', type=int, default=200,
+    parser.add_argument('--calib-images', type=positive_int, default=200,
                         help='calibration inputs from the train split (default 200, or the '
                         'split size)')
     parser.add_argument('--calib-method', choices=list(CALIBRATORS), default='minmax')
@@ -40,29 +41,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--activation-type', choices=list(ACTIVATION_TYPES), default='int8',
                         help='int8 (S8S8, default) or uint8 (U8S8) activations')
     keep = parser.add_mutually_exclusive_group()
-    keep.add_argument('--keep-float', type=int, default=0, metavar='K',
+    keep.add_argument('--keep-float', type=non_negative_int, default=0, metavar='K',
                       help='keep the K most sensitive layers in float')
     keep.add_argument('--keep-float-layers', nargs='+', default=[], metavar='NAME',
                       help='keep these layers in float (module paths such as '
                       'backbone.stem.branch_reparam, or ONNX node names)')
     parser.add_argument('--no-sensitivity', action='store_true',
                         help='skip the per-layer sensitivity ranking')
-    parser.add_argument('--sensitivity-images', type=int, default=16,
+    parser.add_argument('--sensitivity-images', type=positive_int, default=16,
                         help='calibration inputs the sensitivity is measured on')
     parser.add_argument('--eval', action='store_true',
                         help='evaluate fp32 and int8 ONNX on the val/test split and time both')
-    parser.add_argument('--max-eval-images', type=int, help='evaluate on the first N only')
+    parser.add_argument('--max-eval-images', type=positive_int, help='evaluate on the first N only')
     parser.add_argument('--report', help='json report (default OUT.json; markdown beside it)')
     parser.add_argument('--fp32-out', help='also keep the fp32 ONNX model here')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help="input size (default: the config's test crop)")
     parser.add_argument('--exporter', choices=EXPORTERS, default='dynamo')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
-    parser.add_argument('--threads', type=int,
+    parser.add_argument('--threads', type=positive_int,
                         help='ONNX Runtime intra-op threads (default: its own)')
-    parser.add_argument('--speed-iters', type=int,
+    parser.add_argument('--speed-iters', type=positive_int,
                         help='timed runs per round (default: a quarter second per round)')
-    parser.add_argument('--speed-rounds', type=int, default=5, help='interleaved rounds')
+    parser.add_argument('--speed-rounds', type=positive_int, default=5, help='interleaved rounds')
     parser.add_argument('--seed', type=int, default=0, help='seed of the calibration subset')
     add_checkpoint_args(parser, force_help='overwrite OUT and the report')
     return parser.parse_args(argv)

@@ -637,6 +637,8 @@ def export_onnx(config: str | Config,
         PoolShapeError: The TorchScript exporter cannot export the adaptive pools at
             ``shape``.
     """
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f'batch must be an int >= 1, got {batch!r}')
     sources = source_files(config, checkpoint)
     check_output_path(out, force, sources)
     onnx = require('onnx')

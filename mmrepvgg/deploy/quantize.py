@@ -260,15 +260,6 @@ def _versions() -> dict:
                 onnxruntime=onnxruntime.__version__, python=platform.python_version())
 
 
-def _cpu() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next((line.split(':', 1)[1].strip() for line in f
-                         if line.startswith('model name')), platform.processor())
-    except OSError:
-        return platform.processor()
-
-
 def quantize_checkpoint(config: str | Config,
                         checkpoint: str | os.PathLike,
                         out: str | os.PathLike,
@@ -333,6 +324,14 @@ def quantize_checkpoint(config: str | Config,
             two outputs are the same file (``--report OUT``), whatever ``force`` says.
     """
     settings = settings or QuantSettings()
+    for name, value, least in (('calib_images', calib_images, 1), ('keep_float', keep_float, 0),
+                               ('sensitivity_images', sensitivity_images, 1),
+                               ('speed_rounds', speed_rounds, 1),
+                               ('speed_iters', 1 if speed_iters is None else speed_iters, 1),
+                               ('max_eval_images',
+                                1 if max_eval_images is None else max_eval_images, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f'{name} must be an int >= {least}, got {value!r}')
     if keep_float and not sensitivity:
         raise ValueError('--keep-float K keeps the K most sensitive layers: it needs the '
                          'sensitivity ranking')
@@ -357,6 +356,7 @@ def quantize_checkpoint(config: str | Config,
         prepared = Path(tmp) / 'fp32_prepared.onnx'
         prepare_fp32(fp32_path, prepared)
         layers = weighted_layers(prepared)
+        requested = resolve_layers(keep_float_layers, layers)  # a typo fails before the work
         fp32 = create_session(prepared, threads)
         calib = capture_inputs(cfg, model, fp32, calib_images, 'train', seed, progress)
         cache = Path(tmp) / 'calibration.json'
@@ -383,7 +383,7 @@ def quantize_checkpoint(config: str | Config,
                 inputs=len(sens_inputs), split='train', layers=ranking)
         kept = [dict(node=r['node'], module=r['module'], reason=f'sensitivity rank {r["rank"]}')
                 for r in (ranking or [])[:keep_float]]
-        for node in resolve_layers(keep_float_layers, layers):
+        for node in requested:
             if node not in {k['node'] for k in kept}:
                 kept.append(dict(node=node, module=node_module(node), reason='requested'))
         result['quantization']['kept_float'] = kept
@@ -409,8 +409,9 @@ def quantize_checkpoint(config: str | Config,
         if run_eval:
             result['eval'] = _eval_and_time(cfg, model, fp32, int8, calib[0], max_eval_images,
                                             threads, speed_iters, speed_rounds, progress)
-    result.update(device=dict(cpu=_cpu(), cpu_count=os.cpu_count(), ort_threads=threads),
-                  versions=_versions())
+    from ..analysis.benchmark import device_info
+    result.update(device=dict(cpu=device_info('cpu')['cpu'], cpu_count=os.cpu_count(),
+                              ort_threads=threads), versions=_versions())
     write_report(result, report_json, force=force, inputs=sources)
     return result
 

@@ -137,10 +137,20 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
     assert 'are the same file' in refused(tmp_path / 'w.onnx', '--fp32-out',
                                           tmp_path / 'w.onnx')
     assert not any((tmp_path / n).exists() for n in ('x.onnx', 'y.onnx', 'z.json', 'w.onnx'))
+    # counts: K = -1 would keep every layer but one in float
+    for bad in (dict(keep_float=-1), dict(calib_images=0), dict(speed_rounds=0)):
+        with pytest.raises(ValueError, match=f'{next(iter(bad))} must be an int'):
+            quantize_checkpoint(cfg, ckpt, tmp_path / 'k.onnx', **bad)
+    for bad in (['--keep-float', '-1'], ['--calib-images', '0'], ['--threads', '0']):
+        with pytest.raises(SystemExit):
+            quantize_tool.parse_args([str(cfg_file), ckpt, 'c.onnx', *bad])
     monkeypatch.undo()
+    # a layer name that does not exist fails after the export, before the calibration
+    monkeypatch.setattr('mmrepvgg.deploy.quantize.calibrate', _never_called)
     assert 'No weighted layer' in refused(tmp_path / 'b.onnx', '--keep-float-layers',
                                           'backbone.nope', early=False)
     assert not (tmp_path / 'b.onnx').exists()
+    monkeypatch.undo()
     with pytest.raises(SystemExit):  # either K most sensitive or named layers, not both
         quantize_tool.parse_args([str(cfg_file), ckpt, 'c.onnx', '--keep-float', '1',
                                   '--keep-float-layers', 'head.fc'])
