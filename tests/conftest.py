@@ -11,6 +11,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def pristine_loader():
+    """Undo :func:`mmrepvgg.checkpoint.install_mmengine_loader` (mmengine's local loader) and
+    the process-wide safe globals after a test."""
+    import torch
+    from mmengine.runner.checkpoint import CheckpointLoader
+    schemes = dict(CheckpointLoader._schemes)
+    safe = torch.serialization.get_safe_globals()
+    yield
+    CheckpointLoader._schemes = type(CheckpointLoader._schemes)(schemes)
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(safe)
+
+
 @pytest.fixture(scope='session')
 def digits_classifier(tmp_path_factory) -> Path:
     """``make demo-cls`` at 2 epochs (~10 s; ~93% test top-1): its work dir, holding

@@ -74,17 +74,6 @@ class _RunsCode:
         return os.system, (f'touch {self.marker}', )
 
 
-@pytest.fixture
-def pristine_loader():
-    """Undo install_mmengine_loader() and the process-wide safe globals after a test."""
-    schemes = dict(CheckpointLoader._schemes)
-    safe = torch.serialization.get_safe_globals()
-    yield
-    CheckpointLoader._schemes = type(CheckpointLoader._schemes)(schemes)
-    torch.serialization.clear_safe_globals()
-    torch.serialization.add_safe_globals(safe)
-
-
 @pytest.fixture(scope='module')
 def mmengine_ckpt(tmp_path_factory) -> Path:
     work_dir = tmp_path_factory.mktemp('runner')

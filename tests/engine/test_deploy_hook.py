@@ -125,18 +125,6 @@ def test_after_train_writes_verified_deploy_checkpoint_with_ema_weights(trained_
         assert rel_err(out, unfolded(x)) <= 1e-5
 
 
-@pytest.fixture
-def pristine_loader():
-    """Undo install_mmengine_loader() after a test."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-    schemes = dict(CheckpointLoader._schemes)
-    safe = torch.serialization.get_safe_globals()
-    yield
-    CheckpointLoader._schemes = type(CheckpointLoader._schemes)(schemes)
-    torch.serialization.clear_safe_globals()
-    torch.serialization.add_safe_globals(safe)
-
-
 def test_test_time_folds_after_loading_the_checkpoint(trained_ema, tmp_path, pristine_loader):
     _, work_dir = trained_ema
     install_mmengine_loader()

@@ -5,21 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.runner.checkpoint import CheckpointLoader
 
 from mmrepvgg.checkpoint import CheckpointError, install_mmengine_loader
 from mmrepvgg.engine import StrictLoadHook
 from tests.engine.test_deploy_hook import TinyClassifier, _loader, _runner
-
-
-@pytest.fixture
-def pristine_loader():
-    schemes = dict(CheckpointLoader._schemes)
-    safe = torch.serialization.get_safe_globals()
-    yield
-    CheckpointLoader._schemes = type(CheckpointLoader._schemes)(schemes)
-    torch.serialization.clear_safe_globals()
-    torch.serialization.add_safe_globals(safe)
 
 
 @pytest.fixture(scope='module')
