@@ -35,8 +35,9 @@ from .models import BuiltModel, TensorForward, _build, _classifier_cfg, example_
 #: Libraries a peer can come from.
 PEER_SOURCES = ('timm', 'mmpretrain')
 
-#: The key layout (:data:`mmrepvgg.deploy.keymaps.SOURCES`) of each library's whole model.
-WEIGHT_LAYOUTS = {'mmrepvgg': 'mmrepvgg', 'timm': 'timm', 'mmpretrain': 'mmpretrain'}
+#: The libraries whose whole-model keys :mod:`mmrepvgg.deploy.keymaps` maps (each library's
+#: name is its layout in :data:`~mmrepvgg.deploy.keymaps.SOURCES`).
+WEIGHT_LAYOUTS = ('mmrepvgg', 'timm', 'mmpretrain')
 
 #: Max relative output difference (max |peer - ours| / max |ours|, fp32 on the CPU) between a
 #: peer given our weights and our model: the same convs on the same weights differ only by
@@ -138,7 +139,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _mapped_state(model: nn.Module, layout: str) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in _unwrap(model).state_dict(keep_vars=True).items():
-        new = convert_key(key, WEIGHT_LAYOUTS[layout])
+        new = convert_key(key, layout)
         if new in out:
             raise ValueError(f'{layout} keys collide after mapping: {new}')
         out[new] = value
