@@ -2,7 +2,7 @@
 
 Example:
     python tools/plot_speed_accuracy.py work_dirs/bench_cpu.json --table 4 \
-        --out docs/speed_accuracy_cpu.png
+        --out docs/speed_accuracy_cpu.png --force
 """
 from __future__ import annotations
 
@@ -14,27 +14,37 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Plot; bad input (a missing json, an existing figure) prints one ``error:`` line."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('benchmark', help='json written by tools/benchmark.py --out')
     parser.add_argument('--out', required=True, help='figure path (.png, .pdf, .svg)')
+    parser.add_argument('--force', action='store_true', help='overwrite --out')
     parser.add_argument('--table', type=int, default=4, choices=[4, 5, 8],
                         help='paper table of the accuracies (4: 120 epochs, 5: 200 epochs, '
                         '8: Cityscapes mIoU)')
     parser.add_argument('--variants', nargs='+', default=['deploy', 'fused'])
     parser.add_argument('--metafile', help='default: configs/metafile.yml')
     parser.add_argument('--title')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from mmrepvgg.analysis.plot import plot_speed_accuracy
-    with open(args.benchmark) as f:
-        report = json.load(f)
-    points = plot_speed_accuracy(report, args.out, args.table, args.variants, args.metafile,
-                                 args.title)
-    for p in points:
-        print(f"{p['model']:<16} {p['variant']:<7} {p['speed']:10.2f} examples/s  "
-              f"{p['accuracy']:.2f}")
-    print(f'saved {args.out}')
+    from mmrepvgg.apis.cli import run_tool, user_errors
+
+    def work() -> None:
+        with open(args.benchmark) as f:
+            report = json.load(f)
+        inputs = [args.benchmark] + ([args.metafile] if args.metafile else [])
+        points = plot_speed_accuracy(report, args.out, args.table, args.variants,
+                                     args.metafile, args.title, force=args.force,
+                                     inputs=inputs)
+        for p in points:
+            print(f"{p['model']:<16} {p['variant']:<7} {p['speed']:10.2f} examples/s  "
+                  f"{p['accuracy']:.2f}")
+        print(f'saved {args.out}')
+
+    # ValueError: a json that is no benchmark report, a file name that is no figure
+    return run_tool(work, user_errors() + (ValueError, KeyError))
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

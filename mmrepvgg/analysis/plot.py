@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Sequence
 
 from .metafile import find_paper_model, load_metafile
@@ -37,7 +38,8 @@ def speed_accuracy_points(report: dict, table: int = 4, variants: Sequence[str] 
 
 def plot_speed_accuracy(report: dict, out: str, table: int = 4,
                         variants: Sequence[str] = ('deploy', 'fused'),
-                        metafile: str | None = None, title: str | None = None) -> list[dict]:
+                        metafile: str | None = None, title: str | None = None,
+                        force: bool = False, inputs: Sequence[str] = ()) -> list[dict]:
     """Save a top-1 vs measured speed plot (RepVGG as a line, baselines as markers).
 
     The axes name the device, torch, the date, the precision (TF32 state) and the protocol the
@@ -51,13 +53,29 @@ def plot_speed_accuracy(report: dict, out: str, table: int = 4,
         variants: Forms to plot.
         metafile: Path of the metafile.
         title: Figure title (default: the paper table).
+        force: Overwrite an existing ``out``.
+        inputs: Files the plot is made from (the benchmark json): ``out`` is never one.
 
     Returns:
         The plotted points.
+
+    Raises:
+        ValueError: ``out`` has no figure format matplotlib writes, or no model has a result
+            in the table.
+        FileExistsError: ``out`` exists and ``force`` is False (checked before plotting).
     """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
+    from ..checkpoint import check_output_path, write_atomic
+    fmt = Path(out).suffix.lstrip('.').lower()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close('all')
+    if fmt not in formats:
+        raise ValueError(f'{out}: give a figure file ending in one of '
+                         f'{", ".join("." + f for f in sorted(formats))}')
+    check_output_path(out, force, inputs)
     points = speed_accuracy_points(report, table, variants, metafile)
     if not points:
         raise ValueError(f'no benchmarked model has a result in paper Table {table}')
@@ -90,6 +108,8 @@ def plot_speed_accuracy(report: dict, out: str, table: int = 4,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        write_atomic(out, lambda tmp: fig.savefig(tmp, format=fmt), force=force, inputs=inputs)
+    finally:
+        plt.close(fig)
     return points

@@ -76,11 +76,26 @@ def test_cli_tools(tmp_path, monkeypatch, capsys):
         runpy.run_path(osp.join(ROOT, 'tools/benchmark.py'), run_name='__main__')
     assert info.value.code == 0
     assert json.loads(out.read_text())['results'][0]['variant'] == 'deploy'
-    monkeypatch.setattr(sys, 'argv', ['plot_speed_accuracy.py', str(out), '--out',
-                                      str(tmp_path / 'p.png')])
-    runpy.run_path(osp.join(ROOT, 'tools/plot_speed_accuracy.py'), run_name='__main__')
-    assert (tmp_path / 'p.png').exists()
-    assert 'saved' in capsys.readouterr().out
+
+    def plot(*argv: str) -> int:
+        monkeypatch.setattr(sys, 'argv', ['plot_speed_accuracy.py', *argv])
+        with pytest.raises(SystemExit) as info:
+            runpy.run_path(osp.join(ROOT, 'tools/plot_speed_accuracy.py'), run_name='__main__')
+        return info.value.code
+
+    png = tmp_path / 'p.png'
+    assert plot(str(out), '--out', str(png)) == 0
+    assert png.stat().st_size > 0 and 'saved' in capsys.readouterr().out
+    before = png.read_bytes()
+    assert plot(str(out), '--out', str(png), '--title', 'other') == 1  # never overwritten
+    assert 'exists; pass --force' in _error_line(capsys) and png.read_bytes() == before
+    assert plot(str(out), '--out', str(png), '--title', 'other', '--force') == 0
+    assert png.read_bytes() != before
+    assert plot(str(out), '--out', str(tmp_path / 'p.json')) == 1  # not a figure format
+    assert 'give a figure file' in _error_line(capsys)
+    assert plot(str(tmp_path / 'missing.json'), '--out', str(tmp_path / 'q.png')) == 1
+    assert 'missing.json' in _error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['bench.json', 'p.png']
 
 
 def test_reduced_precision_is_probed():
