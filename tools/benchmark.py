@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         '(timm:A0, mmpretrain:A0) or config paths (all classifiers or all '
                         'segmentors)')
     parser.add_argument('--batch', type=positive_int, help='batch size (paper: 128 cls, 16 seg)')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help='input size (paper: 224 224 cls, 713 713 seg)')
     parser.add_argument('--warmup', type=non_negative_int,
                         help='warm-up batches per model (paper: 50)')

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mmengine.utils import ProgressBar
 
-from mmrepvgg.apis.cli import fail
+from mmrepvgg.apis.cli import fail, positive_int, run_tool, user_errors
 from mmrepvgg.deploy.exactness import (PRECISIONS, checkpoint_precision_errors, fold_errors,
                                        precision_errors)
 from mmrepvgg.models import BLOCK_TYPES
@@ -33,6 +33,13 @@ from mmrepvgg.models.arch import ARCH_ZOO, get_arch
 
 
 def _precision_table(args: argparse.Namespace) -> None:
+    import torch
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise ValueError(f'--device {args.device}: {err}') from None
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {args.device}: CUDA is not available on this machine')
     rows, notes = [], []
     if args.checkpoint:
         config, ckpt = args.checkpoint
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                         'with --dtype: A0 B0 B2)')
     parser.add_argument('--plan', nargs='+', default=['none', 'full', 'fast'],
                         choices=['none', 'full', 'fast'], help='dilation plans')
-    parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
+    parser.add_argument('--shape', nargs=2, type=positive_int, metavar=('H', 'W'),
                         help='input size (default 40 48; with --dtype 224 224)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--block', default='RepVGGBlock', choices=BLOCK_TYPES,
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--dtype', nargs='+', choices=list(PRECISIONS),
                         help='measure these precisions of the folded model instead')
     parser.add_argument('--device', default='cpu', help='device for --dtype')
-    parser.add_argument('--batch', type=int, default=1,
+    parser.add_argument('--batch', type=positive_int, default=1,
                         help='batch for --dtype (images for --checkpoint: 8 unless given)')
     parser.add_argument('--checkpoint', nargs=2, metavar=('CONFIG', 'CKPT'),
                         help='with --dtype: also measure this trained model (its logits, on '
@@ -90,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as err:
             fail(err.args[0])
     if args.dtype:
-        _precision_table(args)
-        return 0
+        # a missing or unsafe checkpoint, a device that is not there: one error line
+        return run_tool(lambda: _precision_table(args), user_errors() + (ValueError, ))
     if args.arch is None:
         args.arch = [a for a in ARCH_ZOO
                      if args.block == 'RepVGGBlock' or not ARCH_ZOO[a].use_se]
@@ -107,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print('|---|---|---|---|---|')
     for arch, plan, e in rows:
         print(f'| {arch} | {plan} | {e.fp64:.1e} | {e.fp32_reference:.1e} | {e.fp32_default:.1e} |')
-    worst = [max(getattr(e, f) for *_, e in rows) for f in ('fp64', 'fp32_reference', 'fp32_default')]
+    worst = [max(getattr(e, f) for *_, e in rows)
+             for f in ('fp64', 'fp32_reference', 'fp32_default')]
     print(f'| **worst** | | {worst[0]:.1e} | {worst[1]:.1e} | {worst[2]:.1e} |')
     return 0
 

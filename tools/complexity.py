@@ -21,6 +21,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.utils import ProgressBar  # noqa: E402
 
+from mmrepvgg.apis.cli import positive_int  # noqa: E402
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -30,9 +32,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--table', action='store_true',
                         help="every classifier of the paper's Tables 4-5 that can be built "
                         '(RepVGG rows and the mmpretrain baselines)')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help='input size (default 224 224; 713 713 for segmentors)')
-    parser.add_argument('--num-classes', type=int, default=1000)
+    parser.add_argument('--num-classes', type=positive_int, default=1000)
     parser.add_argument('--markdown', action='store_true', help='print a markdown table')
     parser.add_argument('--no-paper', action='store_true',
                         help="leave out the paper's columns in --markdown")

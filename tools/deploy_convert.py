@@ -17,7 +17,7 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.apis.cli import add_checkpoint_args, load_tool_config, run_tool
+from mmrepvgg.apis.cli import add_checkpoint_args, load_tool_config, positive_int, run_tool
 from mmrepvgg.deploy import DEFAULT_TOLERANCE, convert_checkpoint
 
 
@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         'the config\'s size; fail above --tolerance')
     parser.add_argument('--tolerance', type=float, default=DEFAULT_TOLERANCE,
                         help='max relative output difference for --verify')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help='verification input size (default: from the config)')
     add_checkpoint_args(parser, force_help='overwrite OUT')
     return parser.parse_args(argv)

@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('config', help='mmseg or mmpretrain config of the model')
     parser.add_argument('checkpoint', help='training-time or deployed checkpoint')
     parser.add_argument('out', help='ONNX file to write')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help="input size (default: the config's test crop)")
     parser.add_argument('--batch', type=positive_int, default=1, help='batch size of the graph')
     parser.add_argument('--dynamic-batch', action='store_true',

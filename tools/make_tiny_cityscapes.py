@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmrepvgg.apis.cli import run_tool
+from mmrepvgg.apis.cli import positive_int, run_tool
 from mmrepvgg.datasets import make_tiny_cityscapes, prepare_cityscapes
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('root', help='output folder (new, empty, or made by this tool)')
-    parser.add_argument('--num-train', type=int, default=8)
-    parser.add_argument('--num-val', type=int, default=4)
-    parser.add_argument('--size', type=int, nargs=2, default=(128, 256),
+    parser.add_argument('--num-train', type=positive_int, default=8)
+    parser.add_argument('--num-val', type=positive_int, default=4)
+    parser.add_argument('--size', type=positive_int, nargs=2, default=(128, 256),
                         metavar=('H', 'W'), help='image size')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--prepare', action='store_true',

@@ -7,18 +7,21 @@ Unzip ``gtFine_trainvaltest.zip`` and ``leftImg8bit_trainvaltest.zip`` into one 
 from __future__ import annotations
 
 import argparse
+import sys
 
+from mmrepvgg.apis.cli import positive_int, run_tool
 from mmrepvgg.datasets import prepare_cityscapes
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Prepare; a folder without the Cityscapes files prints one ``error:`` line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('root', help='Cityscapes root (holds leftImg8bit/ and gtFine/)')
     parser.add_argument('--gt-dir', default='gtFine', help='annotation folder under root')
-    parser.add_argument('--nproc', type=int, default=1, help='worker processes')
+    parser.add_argument('--nproc', type=positive_int, default=1, help='worker processes')
     args = parser.parse_args(argv)
-    prepare_cityscapes(args.root, gt_dir=args.gt_dir, nproc=args.nproc)
+    return run_tool(lambda: prepare_cityscapes(args.root, gt_dir=args.gt_dir, nproc=args.nproc))
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

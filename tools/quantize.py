@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--max-eval-images', type=positive_int, help='evaluate on the first N only')
     parser.add_argument('--report', help='json report (default OUT.json; markdown beside it)')
     parser.add_argument('--fp32-out', help='also keep the fp32 ONNX model here')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help="input size (default: the config's test crop)")
     parser.add_argument('--exporter', choices=EXPORTERS, default='dynamo')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)

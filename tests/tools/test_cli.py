@@ -44,8 +44,13 @@ def test_run_tool_reports_bad_input_and_keeps_bugs_loud(capsys):
     ('complexity', ['A0', 'ResNet-5O'], "Unknown model 'ResNet-5O'"),
     ('complexity', ['configs/no_such_config.py'], 'Config not found'),
     ('check_exactness', ['--arch', 'A0', 'C9'], "Unknown RepVGG arch 'C9'"),
+    ('check_exactness', ['--dtype', 'fp16', '--checkpoint', 'configs/repvgg-a0_in1k.py',
+                         'no_such.pth'], 'Checkpoint not found: no_such.pth'),
+    ('check_exactness', ['--dtype', 'fp16', '--arch', 'A0', '--device', 'gpu0'],
+     "--device gpu0: Invalid device string: 'gpu0'"),
+    ('prepare_cityscapes', ['no_such_folder'], 'No *_gtFine_polygons.json under'),
 ])
-def test_unknown_model_names_are_one_line_errors(tool, argv, match, monkeypatch, capsys):
+def test_bad_names_and_files_are_one_line_errors(tool, argv, match, monkeypatch, capsys):
     monkeypatch.setattr(sys, 'argv', [f'{tool}.py', *argv])
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as info:

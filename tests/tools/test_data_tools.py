@@ -54,9 +54,10 @@ def test_tiny_cityscapes_layout_and_prepare(tmp_path):
     assert (root / 'train.txt').read_text().splitlines()[0].startswith('aachen/aachen_')
 
 
-def test_prepare_without_polygons_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match='gtFine_trainvaltest.zip'):
-        load_tool('prepare_cityscapes').main([str(tmp_path)])
+def test_prepare_without_polygons_is_a_clear_error(tmp_path, capsys):
+    assert load_tool('prepare_cityscapes').main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and 'gtFine_trainvaltest.zip' in err and '\n' not in err
 
 
 def test_mmseg_reads_the_tiny_dataset(tmp_path):

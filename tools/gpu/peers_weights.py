@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--dtype', choices=['fp32', 'tf32', 'bf16', 'fp16'],
                         help='default: tf32 on CUDA (as the H200 diagnostic), fp32 on a CPU')
     parser.add_argument('--batch', type=positive_int, default=128)
-    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'))
+    parser.add_argument('--shape', type=positive_int, nargs=2, default=[224, 224],
+                        metavar=('H', 'W'))
     parser.add_argument('--warmup', type=non_negative_int, default=10,
                         help='warm-up batches per model')
     parser.add_argument('--iters', type=positive_int, default=30, help='timed batches per round')
