@@ -339,18 +339,16 @@ def reparameterize(model: nn.Module, verbose: bool = False) -> nn.Module:
             ``running_var + eps <= 0`` (a diverged run, a damaged checkpoint); the message
             names the layer.
     """
-    blocks = [m for m in model.modules() if isinstance(m, RepBlockBase) and not m.deploy]
-    training = [name for name, m in model.named_modules()
-                if isinstance(m, RepBlockBase) and any(n.training for n in m.norms())]
+    blocks = {name: m for name, m in model.named_modules()
+              if isinstance(m, RepBlockBase) and not m.deploy}
+    training = [name for name, m in blocks.items() if any(n.training for n in m.norms())]
     if training:
         raise RuntimeError(
             f'reparameterize() uses the BN running statistics, but {len(training)} block(s) '
             f'have BNs in training mode (first: {training[0] or type(model).__name__}); the '
             'folded model would not match. Call model.eval() first.')
     problems = []
-    for name, block in model.named_modules():
-        if not isinstance(block, RepBlockBase) or block.deploy:
-            continue
+    for name, block in blocks.items():
         prefix = f'{name}.' if name else ''
         for sub, module in block.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -365,7 +363,7 @@ def reparameterize(model: nn.Module, verbose: bool = False) -> nn.Module:
         raise FoldError(f'Cannot fold: {problems[0]}{more}. The weights or BN statistics are '
                         'broken (a diverged run or a damaged checkpoint); the folded model '
                         'would compute NaN/Inf.')
-    for block in blocks:
+    for block in blocks.values():
         block.switch_to_deploy()
     if verbose:
         print_log(f'reparameterize: folded {len(blocks)} RepVGG blocks', logger='current')

@@ -217,12 +217,16 @@ def fuse_branches(conv3x3: tuple[Tensor, _BatchNorm],
             centre += k1[:, :, 0, 0] * scale1.reshape(-1, 1)
             bias = bias + shift1
     if identity is not None and identity is not False:
-        idx = torch.arange(kernel3.shape[0], device=kernel3.device)
+        eye = identity_kernel(kernel3.shape[0], groups, kernel_size=1,
+                              device=kernel3.device)[:, :, 0, 0]
+        if eye.shape != centre.shape:
+            raise ValueError(f'an identity branch needs a square kernel: got '
+                             f'{tuple(kernel3.shape)} with groups={groups}')
         if identity is True:
-            centre[idx, idx % kernel3.shape[1]] += 1  # identity_kernel's ones
+            centre += eye
         else:
             scale0, shift0 = bn_scale_shift(identity)
-            centre[idx, idx % kernel3.shape[1]] += scale0  # identity_kernel's ones, scaled
+            centre += eye * scale0.reshape(-1, 1)
             bias = bias + shift0
     post_scale = None
     if post_norm is not None:
