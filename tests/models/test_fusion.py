@@ -133,6 +133,11 @@ def test_fuse_branches_rejects_wrong_kernel_sizes():
         fuse_branches((torch.zeros(4, 4, 5, 5), bn), None, None, groups=1)
     with pytest.raises(ValueError, match='1x1'):
         fuse_branches((torch.zeros(4, 4, 3, 3), bn), (torch.zeros(4, 4, 3, 3), bn), None, 1)
+    # an identity needs in == out channels: groups that do not match the kernel are refused
+    with pytest.raises(ValueError, match='identity branch needs a square kernel'):
+        fuse_branches((torch.zeros(4, 4, 3, 3), bn), None, True, groups=2)
+    with pytest.raises(ValueError, match='identity branch needs a square kernel'):
+        fuse_branches((torch.zeros(4, 2, 3, 3), bn), None, bn, groups=1)
 
 
 @pytest.mark.parametrize('field,value,match', [
