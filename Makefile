@@ -23,7 +23,7 @@ $(VENV)/.stamp-torch: $(VENV)/.stamp-venv $(REQ)/torch.txt $(REQ)/build.txt
 	$(PIP) install -c $(CONSTRAINTS) -r $(REQ)/torch.txt -r $(REQ)/build.txt
 	touch $@
 
-# built once per machine and cached as a wheel (~15 min the first time, seconds after)
+# built once per machine and cached as a wheel (12-15 min on 2 cores the first time, seconds after)
 $(VENV)/.stamp-mmcv: $(VENV)/.stamp-torch tools/build_mmcv.sh
 	bash tools/build_mmcv.sh $(PY)
 	touch $@
