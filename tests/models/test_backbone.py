@@ -24,10 +24,9 @@ def test_every_arch_and_plan_folds_exactly(arch, plan):
     """The folded model gives the training-time model's outputs (eval mode, BN running stats).
 
     fp64 checks the algebra (1e-10). fp32 is checked as deployed: within 1e-5 of the output
-    scale on PyTorch's reference conv backend (measured worst case over all 42 cases:
-    6.2e-6), and within 2e-5 on the default oneDNN backend, whose own rounding differs
-    between the 3x3+1x1+BN path and the fused conv (worst case measured: 1.1e-5).
-    ``python tools/check_exactness.py`` prints these figures.
+    scale on PyTorch's reference conv backend, and within 2e-5 on the default oneDNN backend,
+    whose own rounding differs between the 3x3+1x1+BN path and the fused conv. The measured
+    figures (``python tools/check_exactness.py``) are in docs/exactness_cpu.md.
     """
     errors = fold_errors(arch, plan)
     assert errors.fp64 <= 1e-10
@@ -38,9 +37,8 @@ def test_every_arch_and_plan_folds_exactly(arch, plan):
 @pytest.mark.parametrize('plan', PLANS)
 @pytest.mark.parametrize('arch', ['A0', 'B1g2', 'B2'])
 def test_qa_folds_exactly(arch, plan):
-    """QARepVGG blocks fold as exactly as RepVGG's (measured worst case over these 9 cases:
-    fp64 4.6e-15, fp32 1.9e-6 reference backend, 1.5e-6 oneDNN;
-    ``python tools/check_exactness.py --block QARepVGGBlock`` prints them for every arch).
+    """QARepVGG blocks fold as exactly as RepVGG's (the measured figures for every arch,
+    ``python tools/check_exactness.py --block QARepVGGBlock``, are in docs/exactness_cpu.md).
     """
     errors = fold_errors(arch, plan, block='QARepVGGBlock')
     assert errors.fp64 <= 1e-10
