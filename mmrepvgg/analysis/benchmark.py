@@ -45,8 +45,8 @@ from .memory import peak_forward_memory
 from .models import TensorForward, build_model, example_input, resolve_name
 from .peers import (PEER_SOURCES, PEER_TOLERANCE, PEER_WEIGHTS, build_peer, check_same_outputs,
                     copy_weights, parse_peer, peer_specs)
-from .precision import (DTYPES, cudnn_benchmark, float32_precision, measure_matmul_peak,
-                        precision_label, tf32_state)
+from .precision import (DTYPES, backend_supported, cudnn_benchmark, float32_precision,
+                        measure_matmul_peak, precision_label, tf32_state)
 
 #: The paper's speed protocol per task: batch, (H, W), warm-up batches, timed batches.
 PAPER_PROTOCOL = {'cls': dict(batch=128, shape=(224, 224), warmup=50, iters=50),
@@ -235,29 +235,6 @@ def share_peer_weights(all_variants: Sequence[Variant], num_classes: int = 1000,
 def _sync(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
-
-
-def backend_supported(dtype: str, device: str | torch.device) -> tuple[bool, str]:
-    """Whether a precision runs on the device (reduced ones tried on a tiny conv).
-
-    Returns:
-        ``(ok, reason)``.
-    """
-    device = torch.device(device)
-    if dtype == 'tf32' and device.type != 'cuda':
-        return False, 'tf32 is a CUDA mode (Ampere and newer); use fp32 on the CPU'
-    if dtype in ('fp32', 'tf32'):
-        return True, ''
-    try:
-        conv = nn.Conv2d(3, 4, 3).to(device=device, dtype=DTYPES[dtype])
-        with torch.no_grad():
-            conv(torch.zeros(1, 3, 8, 8, device=device, dtype=DTYPES[dtype]))
-    except (RuntimeError, NotImplementedError) as err:
-        return False, f'{dtype} conv not supported on {device.type}: {err}'.splitlines()[0]
-    if device.type == 'cpu' and dtype == 'bf16' and hasattr(torch.backends, 'mkldnn'):
-        if not torch.backends.mkldnn.is_available():
-            return False, 'bf16 on CPU needs oneDNN'
-    return True, ''
 
 
 #: Backends that run an exported ONNX model in ONNX Runtime (CPU, fp32 in and out).

@@ -1,4 +1,5 @@
-"""Float32 precision on CUDA (TF32 or strict IEEE), cuDNN autotuning and the matmul peak.
+"""Float32 precision on CUDA (TF32 or strict IEEE), cuDNN autotuning and the matmul peak;
+which precisions a device runs (:func:`backend_supported`).
 
 On Ampere and newer GPUs PyTorch lets cuDNN run float32 convolutions as TF32 (10-bit
 mantissa) by default, while float32 matmuls stay IEEE. A table that says "fp32" then times
@@ -27,10 +28,34 @@ import warnings
 from typing import Iterator
 
 import torch
+from torch import nn
 
 #: ``--dtype`` -> tensor dtype; ``tf32`` is float32 tensors with TF32 convs and matmuls.
 DTYPES = {'fp32': torch.float32, 'tf32': torch.float32, 'bf16': torch.bfloat16,
           'fp16': torch.float16}
+
+
+def backend_supported(dtype: str, device: str | torch.device) -> tuple[bool, str]:
+    """Whether a precision runs on the device (reduced ones tried on a tiny conv).
+
+    Returns:
+        ``(ok, reason)``.
+    """
+    device = torch.device(device)
+    if dtype == 'tf32' and device.type != 'cuda':
+        return False, 'tf32 is a CUDA mode (Ampere and newer); use fp32 on the CPU'
+    if dtype in ('fp32', 'tf32'):
+        return True, ''
+    try:
+        conv = nn.Conv2d(3, 4, 3).to(device=device, dtype=DTYPES[dtype])
+        with torch.no_grad():
+            conv(torch.zeros(1, 3, 8, 8, device=device, dtype=DTYPES[dtype]))
+    except (RuntimeError, NotImplementedError) as err:
+        return False, f'{dtype} conv not supported on {device.type}: {err}'.splitlines()[0]
+    if device.type == 'cpu' and dtype == 'bf16' and hasattr(torch.backends, 'mkldnn'):
+        if not torch.backends.mkldnn.is_available():
+            return False, 'bf16 on CPU needs oneDNN'
+    return True, ''
 
 
 def _new_api() -> bool:

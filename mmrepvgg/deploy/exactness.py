@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..analysis.precision import DTYPES, backend_supported
 from ..models import RepVGG, reparameterize
 from ..models.arch import ArchLike, PlanLike
 from .convert import compare_outputs
@@ -118,8 +119,9 @@ def estimate_bn_stats_(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-#: Reduced precisions :func:`precision_errors` measures.
-PRECISIONS = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+#: Reduced precisions :func:`precision_errors` measures: those of
+#: :data:`~mmrepvgg.analysis.precision.DTYPES` whose tensors are not float32.
+PRECISIONS = {name: dtype for name, dtype in DTYPES.items() if dtype != torch.float32}
 
 
 @dataclass
@@ -155,7 +157,6 @@ def _rel_l2(ref: torch.Tensor, out: torch.Tensor) -> float:
 def _precision_rows(name: str, nets: dict, x: torch.Tensor, dtypes: tuple[str, ...],
                     device: str, forward) -> list[PrecisionErrors]:
     """Compare ``forward(net, x)`` in each dtype with fp32 for the ``train`` and ``deploy`` nets."""
-    from ..analysis.benchmark import backend_supported
     out = []
     with torch.no_grad():
         refs = {key: forward(net, x).float() for key, net in nets.items()}

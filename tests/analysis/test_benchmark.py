@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mmrepvgg.analysis import benchmark_markdown, run_benchmark
-from mmrepvgg.analysis.benchmark import backend_supported, compute_ratios
+from mmrepvgg.analysis.benchmark import compute_ratios
+from mmrepvgg.analysis.precision import backend_supported
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
