@@ -25,6 +25,7 @@ from pathlib import Path
 
 from mmengine.utils import ProgressBar
 
+from mmrepvgg.analysis.precision import resolve_device
 from mmrepvgg.apis.cli import fail, positive_int, run_tool, user_errors
 from mmrepvgg.deploy.exactness import (PRECISIONS, checkpoint_precision_errors, fold_errors,
                                        precision_errors)
@@ -33,13 +34,7 @@ from mmrepvgg.models.arch import ARCH_ZOO, get_arch
 
 
 def _precision_table(args: argparse.Namespace) -> None:
-    import torch
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise ValueError(f'--device {args.device}: {err}') from None
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'--device {args.device}: CUDA is not available on this machine')
+    resolve_device(args.device, '--device')  # before any model is built
     rows, notes = [], []
     if args.checkpoint:
         config, ckpt = args.checkpoint

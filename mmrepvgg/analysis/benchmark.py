@@ -46,7 +46,7 @@ from .models import TensorForward, build_model, example_input, resolve_name
 from .peers import (PEER_SOURCES, PEER_TOLERANCE, PEER_WEIGHTS, build_peer, check_same_outputs,
                     copy_weights, parse_peer, peer_specs)
 from .precision import (DTYPES, backend_supported, cudnn_benchmark, float32_precision,
-                        measure_matmul_peak, precision_label, tf32_state)
+                        measure_matmul_peak, precision_label, resolve_device, tf32_state)
 
 #: The paper's speed protocol per task: batch, (H, W), warm-up batches, timed batches.
 PAPER_PROTOCOL = {'cls': dict(batch=128, shape=(224, 224), warmup=50, iters=50),
@@ -373,7 +373,7 @@ def _count_macs(module: nn.Module, x: Tensor) -> int | None:
 
 def run_benchmark(specs: Sequence[str], batch: int | None = None,
                   shape: tuple[int, int] | None = None, warmup: int | None = None,
-                  iters: int | None = None, rounds: int = 1, device: str = 'cpu',
+                  iters: int | None = None, rounds: int = 1, device: str | None = 'cpu',
                   dtype: str = 'fp32', backend: str = 'eager',
                   variants: Sequence[str] = ('train', 'deploy', 'fused'),
                   memory: bool = False, memory_batch: int | None = None,
@@ -391,7 +391,9 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
         warmup: Warm-up batches per variant (default 50).
         iters: Timed batches per variant and round (default 50).
         rounds: Interleaved timed rounds; the median round gives the speed.
-        device: ``'cpu'`` or ``'cuda'``.
+        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (``None``: CUDA if available);
+            checked before any model is built
+            (:func:`~mmrepvgg.analysis.precision.resolve_device`).
         dtype: ``'fp32'`` (strict IEEE: TF32 off on CUDA; the paper's), ``'tf32'`` (CUDA:
             fp32 tensors with TF32 convs and matmuls), ``'bf16'`` or ``'fp16'``.
         backend: ``'eager'``, ``'channels_last'``, ``'compile'``, ``'compile_channels_last'``,
@@ -413,10 +415,14 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
 
     Returns:
         ``dict(device_info, protocol, results, ratios, skipped, peak)``, json-serializable.
+
+    Raises:
+        ValueError: A device that is not there, a precision it does not run, models of
+            two tasks.
     """
     if peer_weights not in PEER_WEIGHTS:
         raise ValueError(f'peer_weights must be one of {PEER_WEIGHTS}, got {peer_weights!r}')
-    dev = torch.device(device)
+    dev = resolve_device(device)
     ok, reason = backend_supported(dtype, dev)
     if not ok:
         raise ValueError(reason)

@@ -1,5 +1,6 @@
 """Float32 precision on CUDA (TF32 or strict IEEE), cuDNN autotuning and the matmul peak;
-which precisions a device runs (:func:`backend_supported`).
+the device a tool runs on (:func:`resolve_device`) and which precisions it runs
+(:func:`backend_supported`).
 
 On Ampere and newer GPUs PyTorch lets cuDNN run float32 convolutions as TF32 (10-bit
 mantissa) by default, while float32 matmuls stay IEEE. A table that says "fp32" then times
@@ -35,13 +36,53 @@ DTYPES = {'fp32': torch.float32, 'tf32': torch.float32, 'bf16': torch.bfloat16,
           'fp16': torch.float16}
 
 
+#: Device types the benchmark and the precision measurements run on.
+DEVICE_TYPES = ('cpu', 'cuda')
+
+
+def resolve_device(device: str | torch.device | None = None,
+                   what: str = 'device') -> torch.device:
+    """The device to run on, checked before anything is built.
+
+    Args:
+        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``; ``None``: CUDA if available, else
+            the CPU.
+        what: How an error names the setting (a tool passes ``'--device'``).
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: Not a device string, a device type other than :data:`DEVICE_TYPES`,
+            or CUDA (or that CUDA device) not available on this machine.
+    """
+    if device is None:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f'{what} {device}: {err}'.splitlines()[0]) from None
+    if dev.type not in DEVICE_TYPES:
+        raise ValueError(f'{what} {device}: use one of {", ".join(DEVICE_TYPES)}')
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f'{what} {device}: CUDA is not available on this machine')
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f'{what} {device}: this machine has {count} CUDA device(s)')
+    return dev
+
+
 def backend_supported(dtype: str, device: str | torch.device) -> tuple[bool, str]:
     """Whether a precision runs on the device (reduced ones tried on a tiny conv).
 
     Returns:
         ``(ok, reason)``.
+
+    Raises:
+        ValueError: The device itself is not there (:func:`resolve_device`).
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     if dtype == 'tf32' and device.type != 'cuda':
         return False, 'tf32 is a CUDA mode (Ampere and newer); use fp32 on the CPU'
     if dtype in ('fp32', 'tf32'):

@@ -22,14 +22,14 @@ import datetime
 import statistics
 from typing import Sequence
 
-import torch
 from mmengine.logging import print_log
 from torch import nn
 
 from ..models.block import reparameterize
 from .models import TensorForward, build_model
 from .peers import build_peer, check_same_outputs, copy_weights, parse_peer
-from .precision import cudnn_benchmark, float32_precision, precision_label, tf32_state
+from .precision import (backend_supported, cudnn_benchmark, float32_precision, precision_label,
+                        resolve_device, tf32_state)
 
 #: Ratios reported per arch: name -> (numerator, denominator) among the four models, with
 #: ``{p}`` the peer's source.
@@ -83,7 +83,7 @@ def weight_swap_benchmark(archs: Sequence[str], source: str = 'timm', device: st
     Args:
         archs: RepVGG archs (``'B2'``); each is timed in its own interleaved group of four.
         source: The peer library, ``'timm'`` or ``'mmpretrain'``.
-        device: ``'cpu'`` or ``'cuda'``.
+        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (checked before anything is built).
         dtype: ``'fp32'`` (strict), ``'tf32'`` (CUDA), ``'bf16'`` or ``'fp16'``.
         batch: Batch size.
         shape: ``(H, W)``.
@@ -101,11 +101,12 @@ def weight_swap_benchmark(archs: Sequence[str], source: str = 'timm', device: st
 
     Raises:
         KeyError: An arch the peer library does not have.
-        ValueError: A precision the device cannot run, or a swap whose outputs differ.
+        ValueError: A device that is not there, a precision it cannot run, or a swap whose
+            outputs differ.
     """
     from . import benchmark as bm
-    dev = torch.device(device)
-    ok, reason = bm.backend_supported(dtype, dev)
+    dev = resolve_device(device)
+    ok, reason = backend_supported(dtype, dev)
     if not ok:
         raise ValueError(reason)
     for arch in archs:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..analysis.precision import DTYPES, backend_supported
+from ..analysis.precision import DTYPES, backend_supported, resolve_device
 from ..models import RepVGG, reparameterize
 from ..models.arch import ArchLike, PlanLike
 from .convert import compare_outputs
@@ -199,7 +199,12 @@ def precision_errors(arch: ArchLike, dtypes: tuple[str, ...] = ('fp16', 'bf16'),
 
     Returns:
         One :class:`PrecisionErrors` per dtype (``skipped`` says why one did not run).
+
+    Raises:
+        ValueError: The device is not there
+            (:func:`~mmrepvgg.analysis.precision.resolve_device`).
     """
+    resolve_device(device)
     torch.manual_seed(seed)
     model = RepVGG(arch, out_indices=(3, )).to(device)
     estimate_bn_stats_(model, torch.randn(8, 3, *shape).to(device))
@@ -230,7 +235,11 @@ def checkpoint_precision_errors(config: str, checkpoint: str,
 
     Returns:
         ``(rows, inputs)``: the rows and a description of the inputs.
+
+    Raises:
+        ValueError: The device is not there (checked before the checkpoint is loaded).
     """
+    resolve_device(device)
     from mmengine.config import Config
 
     from ..analysis.models import TensorForward

@@ -186,6 +186,25 @@ def test_tf32_is_refused_on_the_cpu():
         run_benchmark(['A0'], dtype='tf32', batch=1, shape=(32, 32))
 
 
+def test_a_device_that_is_not_there_is_refused_by_every_entry_point(monkeypatch):
+    """Library callers get the same check as the tools: a ValueError before any build."""
+    from mmrepvgg.analysis.precision import resolve_device
+    from mmrepvgg.analysis.weight_swap import weight_swap_benchmark
+    from mmrepvgg.deploy.exactness import checkpoint_precision_errors, precision_errors
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert resolve_device(None) == torch.device('cpu')
+    assert resolve_device('cpu') == torch.device('cpu')
+    for call in (lambda: run_benchmark(['A0'], device='cuda'),
+                 lambda: weight_swap_benchmark(['A0'], device='cuda'),
+                 lambda: precision_errors('A0', device='cuda'),
+                 lambda: checkpoint_precision_errors('no.py', 'no.pth', device='cuda'),
+                 lambda: backend_supported('fp32', 'cuda')):
+        with pytest.raises(ValueError, match="^device cuda: CUDA is not available"):
+            call()
+    with pytest.raises(ValueError, match="^--device gpu0: Invalid device string"):
+        resolve_device('gpu0', '--device')
+
+
 def test_cudnn_benchmark_context_restores():
     from mmrepvgg.analysis.precision import cudnn_benchmark
     before = torch.backends.cudnn.benchmark
