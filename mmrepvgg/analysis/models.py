@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models.arch import ARCH_ZOO, get_arch
+from ..models.arch import ARCH_ZOO, arch_name, get_arch
 
 #: Baseline classifiers (paper Table 4) buildable from mmpretrain: name -> (backbone cfg,
 #: width of the last stage). ``VGG-16`` is built with BN (as the paper trains its baselines
@@ -143,22 +143,23 @@ def resolve_name(spec: str) -> tuple[str, str]:
     if spec.endswith('.py') or osp.isfile(spec):
         return 'config', spec
     if _QA_PREFIX.match(spec):
-        archs = {k.lower(): k for k, v in ARCH_ZOO.items() if not v.use_se}
-        arch = _QA_PREFIX.sub('', spec).lower()
+        archs = [k for k, v in ARCH_ZOO.items() if not v.use_se]
+        try:
+            arch = arch_name(_QA_PREFIX.sub('', spec))
+        except KeyError:
+            arch = None
         if arch not in archs:
             raise KeyError(f'Unknown model {spec!r}: QARepVGG takes a RepVGG arch without SE '
-                           f'({", ".join(archs.values())})')
-        return 'qarepvgg', archs[arch]
+                           f'({", ".join(archs)})')
+        return 'qarepvgg', arch
     lower = {k.lower(): k for k in BASELINES}
     if spec.lower() in lower:
         return 'baseline', lower[spec.lower()]
     try:
-        spec_arch = get_arch(spec)
+        return 'repvgg', arch_name(spec)
     except KeyError:
         raise KeyError(f'Unknown model {spec!r}: give a RepVGG arch ({", ".join(ARCH_ZOO)}), '
                        f'a baseline ({", ".join(BASELINES)}) or a config path') from None
-    name = next(k for k, v in ARCH_ZOO.items() if v == spec_arch)
-    return 'repvgg', name
 
 
 def build_model(spec: str, num_classes: int = 1000, deploy: bool = False,

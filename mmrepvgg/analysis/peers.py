@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..deploy.keymaps import convert_key
-from ..models.arch import ARCH_ZOO, get_arch
+from ..models.arch import ARCH_ZOO, arch_name, get_arch
 from .models import BuiltModel, TensorForward, _build, _classifier_cfg, example_input
 
 #: Libraries a peer can come from.
@@ -69,15 +69,11 @@ def parse_peer(spec: str) -> tuple[str, str] | None:
         raise KeyError(f'Unknown peer source {source!r} in {spec!r}: use one of '
                        f'{", ".join(PEER_SOURCES)}')
     source = source.lower()
-    key = name.lower()
-    if key.startswith('repvgg_'):
-        key = key[len('repvgg_'):]
     try:
-        arch = get_arch(key)
+        canonical = arch_name(name)  # 'repvgg_a0', 'RepVGG-A0', 'a0' -> 'A0'
     except KeyError:
         raise KeyError(f'Unknown arch {name!r} in {spec!r}: give one of '
                        f'{", ".join(ARCH_ZOO)}') from None
-    canonical = next(k for k, v in ARCH_ZOO.items() if v == arch)
     if source == 'timm' and canonical not in timm_archs():
         raise KeyError(f'timm has no RepVGG-{canonical} (it has '
                        f'{", ".join(timm_archs())})')
