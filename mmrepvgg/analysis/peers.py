@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..deploy.convert import VerificationError, compare_outputs
 from ..deploy.keymaps import convert_key
 from ..models.arch import ARCH_ZOO, arch_name, get_arch
 from .models import BuiltModel, TensorForward, _build, _classifier_cfg, example_input
@@ -198,7 +199,7 @@ def check_same_outputs(reference: nn.Module, other: nn.Module, shape: Sequence[i
         what: The other model's name, for the error message.
 
     Returns:
-        The max relative difference.
+        The max relative difference (:func:`mmrepvgg.deploy.convert.compare_outputs`).
 
     Raises:
         ValueError: The outputs differ in shape, are not finite, or differ by more than
@@ -217,11 +218,11 @@ def check_same_outputs(reference: nn.Module, other: nn.Module, shape: Sequence[i
             outs.append(model(x))
         model.train(was_training)
     ref, out = (o[-1] if isinstance(o, (tuple, list)) else o for o in outs)
-    if ref.shape != out.shape:
-        raise ValueError(f'{what}: output shape {tuple(out.shape)}, ours {tuple(ref.shape)}')
-    diff = (out.double() - ref.double()).abs().max().item()
-    rel = diff / max(ref.double().abs().max().item(), 1e-12)
-    if not rel <= tolerance:  # NaN fails too
+    try:  # the one comparison of outputs: shapes, NaN/Inf, max relative difference
+        _, rel = compare_outputs([ref], [out])
+    except VerificationError as err:
+        raise ValueError(f'{what} vs ours: {err}') from None
+    if not rel <= tolerance:
         raise ValueError(f'{what}: with our weights its output differs from ours by {rel:.3g} '
                          f'(max rel diff, fp32, CPU; allowed {tolerance:g}): the weights were '
                          'not copied onto the same layers')

@@ -1,4 +1,5 @@
 """The benchmark runs end to end on a CPU (2 timed iterations); no timing assertions."""
+import copy
 import glob
 import json
 import os
@@ -313,6 +314,23 @@ def test_copy_weights_makes_the_outputs_equal(spec, tensors):
     # the copy is a copy: moving or changing the peer leaves ours alone
     ours_conv = ours.model.backbone.stem.branch_reparam.weight
     assert not any(p.data_ptr() == ours_conv.data_ptr() for p in peer.parameters())
+
+
+def test_check_same_outputs_refuses_other_shapes_and_non_finite_outputs():
+    from torch import nn
+
+    from mmrepvgg.analysis.peers import check_same_outputs
+    torch.manual_seed(0)
+    ours = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    assert check_same_outputs(ours, ours, (8, 8)) == 0
+    narrow = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match=r'^peer vs ours: .*\(2, 4\) -> \(2, 2\)'):
+        check_same_outputs(ours, narrow, (8, 8))
+    broken = copy.deepcopy(ours)
+    with torch.no_grad():
+        broken[0].bias[0] = float('nan')
+    with pytest.raises(ValueError, match='NaN or Inf'):
+        check_same_outputs(ours, broken, (8, 8), what='broken')
 
 
 def test_copy_weights_checks_keys_and_shapes_and_copies_nothing_on_error():
