@@ -43,6 +43,7 @@ from ..models.block import reparameterize
 from .conv_bn import fuse_conv_bn_pairs
 from .memory import peak_forward_memory
 from .models import TensorForward, build_model, example_input, resolve_name
+from .models import validate_specs as validate_model_specs
 from .peers import (PEER_SOURCES, PEER_TOLERANCE, PEER_WEIGHTS, build_peer, check_same_outputs,
                     copy_weights, parse_peer, peer_specs)
 from .precision import (DTYPES, backend_supported, cudnn_benchmark, float32_precision,
@@ -119,18 +120,16 @@ class Variant:
 
 
 def validate_specs(specs: Sequence[str]) -> None:
-    """Check every model spec before anything is built or timed.
+    """Check every model spec, peers included, before anything is built or timed.
+
+    Peer specs with :func:`~mmrepvgg.analysis.peers.parse_peer`, the others with
+    :func:`mmrepvgg.analysis.models.validate_specs`.
 
     Raises:
         KeyError: An unknown arch, baseline or peer.
         FileNotFoundError: A config path that does not exist.
     """
-    for spec in specs:
-        if parse_peer(spec) is not None:
-            continue
-        kind, name = resolve_name(spec)
-        if kind == 'config' and not osp.isfile(name):
-            raise FileNotFoundError(f'config {name!r} does not exist')
+    validate_model_specs([spec for spec in specs if parse_peer(spec) is None])
 
 
 def with_peers(specs: Sequence[str], sources: Sequence[str] = PEER_SOURCES) -> list[str]:

@@ -20,7 +20,7 @@ import copy
 import os.path as osp
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -160,6 +160,22 @@ def resolve_name(spec: str) -> tuple[str, str]:
     except KeyError:
         raise KeyError(f'Unknown model {spec!r}: give a RepVGG arch ({", ".join(ARCH_ZOO)}), '
                        f'a baseline ({", ".join(BASELINES)}) or a config path') from None
+
+
+def validate_specs(specs: Sequence[str]) -> None:
+    """Check model specs (arch, baseline or config) before anything is built.
+
+    Args:
+        specs: Model specs (see the module docstring).
+
+    Raises:
+        KeyError: An unknown arch or baseline.
+        FileNotFoundError: A config path that does not exist.
+    """
+    for spec in specs:
+        kind, name = resolve_name(spec)
+        if kind == 'config' and not osp.isfile(name):
+            raise FileNotFoundError(f'Config not found: {name}')
 
 
 def build_model(spec: str, num_classes: int = 1000, deploy: bool = False,

@@ -43,6 +43,9 @@ def test_run_tool_reports_bad_input_and_keeps_bugs_loud(capsys):
 @pytest.mark.parametrize('tool,argv,match', [
     ('complexity', ['A0', 'ResNet-5O'], "Unknown model 'ResNet-5O'"),
     ('complexity', ['configs/no_such_config.py'], 'Config not found'),
+    ('benchmark', ['A0', 'configs/no_such_config.py'],
+     'Config not found: configs/no_such_config.py'),
+    ('benchmark', ['A0', 'timm:Z1'], "Unknown arch 'Z1' in 'timm:Z1'"),
     ('check_exactness', ['--arch', 'A0', 'C9'], "Unknown RepVGG arch 'C9'"),
     ('check_exactness', ['--dtype', 'fp16', '--checkpoint', 'configs/repvgg-a0_in1k.py',
                          'no_such.pth'], 'Checkpoint not found: no_such.pth'),
