@@ -32,7 +32,7 @@ import platform
 import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -116,7 +116,6 @@ class Variant:
     source: str = 'mmrepvgg'
     weights: str | None = None
     weights_max_rel_diff: float | None = None
-    result: dict = field(default_factory=dict)
 
 
 def validate_specs(specs: Sequence[str]) -> None:
@@ -533,7 +532,6 @@ def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.d
                 print_log(f"benchmark: memory of {v.model} [{v.variant}] failed: "
                           f"{res['memory_error']}", logger='current')
         results.append(res)
-        v.result = res
     return results, skipped, peak
 
 

@@ -29,16 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from ..deploy.convert import VerificationError, compare_outputs
-from ..deploy.keymaps import convert_key
+from ..deploy.keymaps import SOURCES, convert_key
 from ..models.arch import ARCH_ZOO, arch_name, get_arch
 from .models import BuiltModel, TensorForward, _build, _classifier_cfg, example_input
 
 #: Libraries a peer can come from.
 PEER_SOURCES = ('timm', 'mmpretrain')
-
-#: The libraries whose whole-model keys :mod:`mmrepvgg.deploy.keymaps` maps (each library's
-#: name is its layout in :data:`~mmrepvgg.deploy.keymaps.SOURCES`).
-WEIGHT_LAYOUTS = ('mmrepvgg', 'timm', 'mmpretrain')
 
 #: Max relative output difference (max |peer - ours| / max |ours|, fp32 on the CPU) between a
 #: peer given our weights and our model: the same convs on the same weights differ only by
@@ -154,19 +150,20 @@ def copy_weights(src: nn.Module, dst: nn.Module, src_layout: str = 'mmrepvgg',
     Args:
         src: The model whose weights are copied (a ``TensorForward`` is unwrapped).
         dst: The model that receives them.
-        src_layout: ``'mmrepvgg'``, ``'timm'`` or ``'mmpretrain'``.
+        src_layout: ``src``'s key layout, one of :data:`mmrepvgg.deploy.keymaps.SOURCES`
+            (``'mmrepvgg'``, ``'timm'``, ``'mmpretrain'``, ``'official'``).
         dst_layout: The same for ``dst``.
 
     Returns:
         The number of tensors copied.
 
     Raises:
-        ValueError: The keys or a shape do not match.
+        ValueError: An unknown layout, or the keys or a shape do not match.
     """
     for layout in (src_layout, dst_layout):
-        if layout not in WEIGHT_LAYOUTS:
+        if layout not in SOURCES:
             raise ValueError(f'unknown weight layout {layout!r}: use one of '
-                             f'{", ".join(WEIGHT_LAYOUTS)}')
+                             f'{", ".join(SOURCES)}')
     src_state = _mapped_state(src, src_layout)
     dst_state = _mapped_state(dst, dst_layout)
     only_src = [k for k in src_state if k not in dst_state]

@@ -345,8 +345,12 @@ def test_copy_weights_checks_keys_and_shapes_and_copies_nothing_on_error():
     assert all(torch.equal(a, b) for a, b in zip(before, wider.parameters()))
     with pytest.raises(ValueError, match='0 key.s. only in mmrepvgg .* only in timm'):
         copy_weights(ours, deeper, 'mmrepvgg', 'timm')
-    with pytest.raises(ValueError, match='unknown weight layout'):
+    with pytest.raises(ValueError, match="unknown weight layout 'tvm': use one of mmrepvgg, "
+                       'official, mmpretrain, timm'):  # the key maps' layouts
+        copy_weights(ours, wider, 'mmrepvgg', 'tvm')
+    with pytest.raises(ValueError, match='only in official'):  # a layout, but not timm's
         copy_weights(ours, wider, 'mmrepvgg', 'official')
+    assert all(torch.equal(a, b) for a, b in zip(before, wider.parameters()))
 
 
 def _swap_two_convs(src, dst, src_layout, dst_layout):
