@@ -62,8 +62,21 @@ def test_ratios_from_one_run():
 
 
 def test_plot_from_the_json(report, tmp_path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
     from mmrepvgg.analysis import plot_speed_accuracy
-    points = plot_speed_accuracy(report, str(tmp_path / 'plot.png'), table=4)
+    mine = plt.figure()  # a caller's figure: the plot closes only its own
+    before = plt.get_fignums()
+    try:
+        points = plot_speed_accuracy(report, str(tmp_path / 'plot.png'), table=4)
+        assert plt.get_fignums() == before
+        with pytest.raises(ValueError, match='give a figure file'):
+            plot_speed_accuracy(report, str(tmp_path / 'plot.txt'))
+        assert plt.get_fignums() == before
+    finally:
+        plt.close(mine)
     assert {p['model'] for p in points} == {'RepVGG-A0', 'ResNet-18'}
     assert {p['accuracy'] for p in points} == {72.41, 71.16}
     assert (tmp_path / 'plot.png').stat().st_size > 0
