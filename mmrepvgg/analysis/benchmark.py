@@ -12,8 +12,9 @@ measured in one or more *variants*:
   library's deployed RepVGG, paired with ours of the same arch, given our deployed weights
   (outputs checked equal) unless ``peer_weights='own'``.
 
-Timed rounds are interleaved over all variants (round 1 of every variant, then round 2, ...;
-the order is rotated by one each round so that no variant always runs first), so a noisy
+Timed rounds are interleaved over all variants (:func:`time_interleaved`: round 1 of every
+variant, then round 2, ...; the order is rotated by one each round so that no variant always
+runs first), so a noisy
 machine slows them all alike; the speed of a variant is its median round (the best round is
 kept too), and ratios are computed from the same run.
 
@@ -33,7 +34,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from mmengine.logging import print_log
@@ -230,11 +231,6 @@ def share_peer_weights(all_variants: Sequence[Variant], num_classes: int = 1000,
                   f'{v.weights_max_rel_diff:.3g}', logger='current')
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 #: Backends that run an exported ONNX model in ONNX Runtime (CPU, fp32 in and out).
 ORT_BACKENDS = ('onnxruntime', 'onnxruntime-int8')
 
@@ -308,14 +304,71 @@ def make_runner(module: nn.Module, x: Tensor, backend: str, device: torch.device
     return run
 
 
-def time_runner(run: Callable[[], Any], iters: int, device: torch.device) -> float:
-    """Seconds for ``iters`` calls of ``run`` (synchronized on CUDA)."""
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        run()
-    _sync(device)
-    return time.perf_counter() - start
+def device_sync(device: str | torch.device) -> Callable[[], None] | None:
+    """What waits for a device's queued work before the clock is read (``None``: the CPU,
+    whose calls return when done)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return lambda: torch.cuda.synchronize(device)
+    return None
+
+
+def time_interleaved(runs: Mapping[str, Callable[[], Any]]
+                     | Sequence[tuple[str, Callable[[], Any]]], iters: int, rounds: int = 1,
+                     warmup: int = 1, examples: int = 1, sync: Callable[[], None] | None = None,
+                     log: str | None = 'benchmark') -> list[list[float]]:
+    """Time callables in interleaved rounds, the one timing loop of the analysis tools.
+
+    Each callable runs one batch (``fn()``, its result ignored): a model on its input
+    (:func:`make_runner`), an ONNX Runtime session, anything. First ``warmup`` untimed calls
+    of each (at least one: a compiled or cuDNN-autotuned model's first call is not timed).
+    Then ``rounds`` rounds; in each, every callable makes ``iters`` calls back to back,
+    timed with ``time.perf_counter`` between two ``sync()``. The order is rotated by one each
+    round (a, b, c; then b, c, a; ...), so a noisy machine slows them all alike and none always
+    runs first.
+
+    Args:
+        runs: ``{label: fn}`` or ``[(label, fn)]`` (labels name them in the log only, and
+            may repeat in a list).
+        iters: Timed calls per callable and round.
+        rounds: Timed rounds.
+        warmup: Untimed calls of each before the first round (at least 1).
+        examples: Examples per call (the batch size): the rates are examples/s; 1 gives
+            calls/s.
+        sync: Waits for the device's queued work (:func:`device_sync`; ``None``: nothing
+            to wait for).
+        log: Prefix of the progress lines (``print_log``); ``None``: silent.
+
+    Returns:
+        For each callable, in the order given, its examples/s in each round (round order).
+        The speed is the median round (``statistics.median``), the best round the max;
+        ratios of two callables are best taken per round (they ran back to back).
+    """
+    items = list(runs.items() if isinstance(runs, Mapping) else runs)
+    sync = sync or (lambda: None)
+
+    def timed(fn: Callable[[], Any], calls: int) -> float:
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        return time.perf_counter() - start
+
+    for label, fn in items:
+        if log:
+            print_log(f'{log}: warm-up {label} x{max(warmup, 1)}', logger='current')
+        timed(fn, max(warmup, 1))
+    n = len(items)
+    rates: list[list[float]] = [[] for _ in items]
+    for r in range(rounds):
+        for i in [(r + k) % n for k in range(n)]:
+            label, fn = items[i]
+            rates[i].append(examples * iters / timed(fn, iters))
+            if log:
+                print_log(f'{log}: round {r + 1}/{rounds} {label}: {rates[i][-1]:.2f} '
+                          'examples/s', logger='current')
+    return rates
 
 
 def protocol_differences(proto: dict) -> list[str]:
@@ -486,19 +539,9 @@ def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.d
             print_log(f'benchmark: counting the FLOPs of {v.model} [{v.variant}]',
                       logger='current')
             macs[i] = _count_macs(v.module, x1)
-    for v, run in runners:
-        print_log(f'benchmark: warm-up {v.model} [{v.variant}] x{proto["warmup"]}',
-                  logger='current')
-        time_runner(run, max(proto['warmup'], 1), dev)
-    n = len(runners)
-    per_round: dict[int, list[float]] = {i: [] for i in range(n)}
-    for r in range(rounds):
-        for i in [(r + k) % n for k in range(n)]:
-            v, run = runners[i]
-            seconds = time_runner(run, proto['iters'], dev)
-            per_round[i].append(proto['batch'] * proto['iters'] / seconds)
-            print_log(f'benchmark: round {r + 1}/{rounds} {v.model} [{v.variant}]: '
-                      f'{per_round[i][-1]:.2f} examples/s', logger='current')
+    per_round = time_interleaved([(f'{v.model} [{v.variant}]', run) for v, run in runners],
+                                 proto['iters'], rounds, proto['warmup'], proto['batch'],
+                                 device_sync(dev))
     peak = None
     if measure_peak:
         measured = measure_matmul_peak(dev, dtype)

@@ -248,16 +248,50 @@ def test_measured_matmul_peak():
     assert peak['tflops'] > 0 and peak['size'] == 128
 
 
-def test_interleaved_order_rotates(monkeypatch):
+def test_interleaved_order_rotates():
+    from mmrepvgg.analysis.benchmark import device_sync, time_interleaved
+    calls, syncs = [], []
+    runs = [(f'm{i}', lambda i=i: calls.append(i)) for i in range(3)]
+    rates = time_interleaved(runs, iters=2, rounds=3, warmup=0, examples=4,
+                             sync=lambda: syncs.append(1), log=None)
+    assert calls[:3] == [0, 1, 2]  # at least one warm-up call each
+    assert calls[3:] == [0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 2, 2, 0, 0, 1, 1]
+    assert len(syncs) == 2 * (3 + 3 * 3)  # before and after every timed stretch
+    assert len(rates) == 3 and all(len(r) == 3 and min(r) > 0 for r in rates)
+    calls.clear()  # a mapping: its order; warm-up as asked
+    time_interleaved({'b': lambda: calls.append('b'), 'a': lambda: calls.append('a')},
+                     iters=1, rounds=2, warmup=2)
+    assert calls == ['b', 'b', 'a', 'a', 'b', 'a', 'a', 'b']
+    assert device_sync('cpu') is None and callable(device_sync(torch.device('cuda', 0)))
+
+
+def test_the_benchmark_and_the_weight_swap_time_with_the_one_loop(monkeypatch):
+    """run_benchmark and weight_swap_benchmark take their speeds from time_interleaved."""
+    import statistics
+
     from mmrepvgg.analysis import benchmark as bm
-    calls = []
-    monkeypatch.setattr(bm, 'make_runner', lambda module, *a: module)
-    monkeypatch.setattr(bm, 'time_runner', lambda run, iters, dev: calls.append(run) or 1.0)
-    variants = [bm.Variant(f'm{i}', 'deploy', 'repvgg', 'cls', f'run{i}', 1) for i in range(3)]
-    bm._measure(variants, dict(batch=1, shape=(8, 8), warmup=1, iters=1), 3,
-                torch.device('cpu'), 'fp32', 'eager', False, None, False, None, False)
-    timed = calls[3:]  # after one warm-up call each
-    assert timed == ['run0', 'run1', 'run2', 'run1', 'run2', 'run0', 'run2', 'run0', 'run1']
+    from mmrepvgg.analysis import weight_swap as ws
+    seen = []
+
+    def fake(runs, iters, rounds, warmup, examples, sync, log='benchmark'):
+        runs = list(runs.items() if isinstance(runs, dict) else runs)
+        seen.append(([label for label, _ in runs], iters, rounds, warmup, examples, sync))
+        return [[10.0 * (i + 1), 30.0 * (i + 1), 20.0 * (i + 1)] for i in range(len(runs))]
+
+    monkeypatch.setattr(bm, 'time_interleaved', fake)
+    monkeypatch.setattr(ws, 'time_interleaved', fake)
+    report = bm.run_benchmark(['A0'], batch=2, shape=(32, 32), warmup=0, iters=5, rounds=3,
+                              flops=False)
+    assert seen[-1] == (['RepVGG-A0 [train]', 'RepVGG-A0 [deploy]'], 5, 3, 0, 2, None)
+    train, deploy = report['results']
+    assert (train['examples_per_s'], deploy['examples_per_s']) == (20.0, 40.0)
+    assert train['rounds'] == [10.0, 30.0, 20.0] and deploy['best_examples_per_s'] == 60.0
+    swap = ws.weight_swap_benchmark(['A0'], batch=1, shape=(32, 32), warmup=1, iters=2,
+                                    rounds=3, num_classes=10)
+    assert seen[-1][0] == ['ours', 'timm', 'ours, timm weights', 'timm, our weights']
+    (arch, ) = swap['archs']
+    assert arch['speeds']['timm'] == 40.0 and arch['best']['timm, our weights'] == 120.0
+    assert arch['ratios']['ours / timm, own weights'] == statistics.median([0.5] * 3)
 
 
 # ---------------------------------------------------------------- peers
