@@ -160,7 +160,7 @@ def test_atomic_save_refuses_overwrite(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ['a.pth']  # no temporary left behind
 
 
-# ---------------------------------------------------------------- atomic writes (issue 9)
+# ---------------------------------------------------------------- atomic writes
 
 def _temp_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith('.tmp'))
@@ -336,7 +336,7 @@ def test_ctrl_c_during_a_write_is_reported_as_an_interruption(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
-# ---------------------------------------------------------------- loading (issue 9)
+# ---------------------------------------------------------------- loading
 
 def test_a_text_file_is_not_a_checkpoint(tmp_path):
     path = tmp_path / 'notes.pth'

@@ -163,15 +163,16 @@ def run(args: argparse.Namespace) -> None:
         bm.save_report(report, '\n'.join(bm.fold_time_line(r) for r in results), args.out,
                        args.markdown, args.force)
         return
+    from mmrepvgg.analysis.precision import resolve_device
+    device = resolve_device(args.device, '--device')  # before any model is built
     specs = list(args.models)
     if args.peers is not None:
         specs = bm.with_peers(specs, args.peers or PEER_SOURCES)
     bm.validate_specs(specs)
     _check_outputs(args)
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     report = bm.run_benchmark(
         specs, batch=args.batch, shape=tuple(args.shape) if args.shape else None,
-        warmup=args.warmup, iters=args.iters, rounds=args.rounds, device=device,
+        warmup=args.warmup, iters=args.iters, rounds=args.rounds, device=str(device),
         dtype=args.dtype, backend=args.backend, variants=args.variants, memory=args.memory,
         memory_batch=args.memory_batch, num_classes=args.num_classes,
         cfg_options=args.cfg_options, cudnn_autotune=not args.no_cudnn_benchmark,

@@ -48,30 +48,22 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     from mmrepvgg.analysis.complexity import table4_specs
-    from mmrepvgg.analysis.models import resolve_name
     from mmrepvgg.apis.cli import fail, run_tool, user_errors
     specs = list(args.models) + (table4_specs() if args.table else [])
     if not specs:
         fail('give model names or configs, or --table')
-    for spec in specs:  # every name before any work: an unknown one is a one-line error
-        try:
-            kind, name = resolve_name(spec)
-        except KeyError as err:
-            fail(err.args[0])
-        if kind == 'config' and not osp.isfile(name):
-            fail(f'Config not found: {name}')
-    if args.json:  # before the work: an output that may not be written fails at once
-        from mmrepvgg.checkpoint import check_output_path
-        code = run_tool(lambda: check_output_path(
-            args.json, args.force, [s for s in specs if osp.isfile(s)]))
-        if code:
-            return code
-    # KeyError / ValueError / TypeError: a config or --cfg-options that builds no model
+    # KeyError: an unknown name; KeyError / ValueError / TypeError: a config or
+    # --cfg-options that builds no model
     return run_tool(lambda: _run(args, specs), user_errors() + (KeyError, ValueError, TypeError))
 
 
 def _run(args: argparse.Namespace, specs: list[str]) -> None:
     from mmrepvgg.analysis.complexity import complexity_markdown, model_complexity
+    from mmrepvgg.analysis.models import validate_specs
+    from mmrepvgg.checkpoint import check_output_path
+    validate_specs(specs)  # every name before any work
+    if args.json:  # before the work: an output that may not be written fails at once
+        check_output_path(args.json, args.force, [s for s in specs if osp.isfile(s)])
     rows = []
     bar = ProgressBar(len(specs), file=sys.stderr) if len(specs) > 1 else None
     for spec in specs:

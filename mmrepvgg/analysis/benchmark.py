@@ -12,8 +12,9 @@ measured in one or more *variants*:
   library's deployed RepVGG, paired with ours of the same arch, given our deployed weights
   (outputs checked equal) unless ``peer_weights='own'``.
 
-Timed rounds are interleaved over all variants (round 1 of every variant, then round 2, ...;
-the order is rotated by one each round so that no variant always runs first), so a noisy
+Timed rounds are interleaved over all variants (:func:`time_interleaved`: round 1 of every
+variant, then round 2, ...; the order is rotated by one each round so that no variant always
+runs first), so a noisy
 machine slows them all alike; the speed of a variant is its median round (the best round is
 kept too), and ratios are computed from the same run.
 
@@ -32,8 +33,8 @@ import platform
 import re
 import statistics
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from mmengine.logging import print_log
@@ -43,10 +44,11 @@ from ..models.block import reparameterize
 from .conv_bn import fuse_conv_bn_pairs
 from .memory import peak_forward_memory
 from .models import TensorForward, build_model, example_input, resolve_name
+from .models import validate_specs as validate_model_specs
 from .peers import (PEER_SOURCES, PEER_TOLERANCE, PEER_WEIGHTS, build_peer, check_same_outputs,
                     copy_weights, parse_peer, peer_specs)
-from .precision import (DTYPES, cudnn_benchmark, float32_precision, measure_matmul_peak,
-                        precision_label, tf32_state)
+from .precision import (DTYPES, backend_supported, cudnn_benchmark, float32_precision,
+                        measure_matmul_peak, precision_label, resolve_device, tf32_state)
 
 #: The paper's speed protocol per task: batch, (H, W), warm-up batches, timed batches.
 PAPER_PROTOCOL = {'cls': dict(batch=128, shape=(224, 224), warmup=50, iters=50),
@@ -115,22 +117,19 @@ class Variant:
     source: str = 'mmrepvgg'
     weights: str | None = None
     weights_max_rel_diff: float | None = None
-    result: dict = field(default_factory=dict)
 
 
 def validate_specs(specs: Sequence[str]) -> None:
-    """Check every model spec before anything is built or timed.
+    """Check every model spec, peers included, before anything is built or timed.
+
+    Peer specs with :func:`~mmrepvgg.analysis.peers.parse_peer`, the others with
+    :func:`mmrepvgg.analysis.models.validate_specs`.
 
     Raises:
         KeyError: An unknown arch, baseline or peer.
         FileNotFoundError: A config path that does not exist.
     """
-    for spec in specs:
-        if parse_peer(spec) is not None:
-            continue
-        kind, name = resolve_name(spec)
-        if kind == 'config' and not osp.isfile(name):
-            raise FileNotFoundError(f'config {name!r} does not exist')
+    validate_model_specs([spec for spec in specs if parse_peer(spec) is None])
 
 
 def with_peers(specs: Sequence[str], sources: Sequence[str] = PEER_SOURCES) -> list[str]:
@@ -232,34 +231,6 @@ def share_peer_weights(all_variants: Sequence[Variant], num_classes: int = 1000,
                   f'{v.weights_max_rel_diff:.3g}', logger='current')
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def backend_supported(dtype: str, device: str | torch.device) -> tuple[bool, str]:
-    """Whether a precision runs on the device (reduced ones tried on a tiny conv).
-
-    Returns:
-        ``(ok, reason)``.
-    """
-    device = torch.device(device)
-    if dtype == 'tf32' and device.type != 'cuda':
-        return False, 'tf32 is a CUDA mode (Ampere and newer); use fp32 on the CPU'
-    if dtype in ('fp32', 'tf32'):
-        return True, ''
-    try:
-        conv = nn.Conv2d(3, 4, 3).to(device=device, dtype=DTYPES[dtype])
-        with torch.no_grad():
-            conv(torch.zeros(1, 3, 8, 8, device=device, dtype=DTYPES[dtype]))
-    except (RuntimeError, NotImplementedError) as err:
-        return False, f'{dtype} conv not supported on {device.type}: {err}'.splitlines()[0]
-    if device.type == 'cpu' and dtype == 'bf16' and hasattr(torch.backends, 'mkldnn'):
-        if not torch.backends.mkldnn.is_available():
-            return False, 'bf16 on CPU needs oneDNN'
-    return True, ''
-
-
 #: Backends that run an exported ONNX model in ONNX Runtime (CPU, fp32 in and out).
 ORT_BACKENDS = ('onnxruntime', 'onnxruntime-int8')
 
@@ -333,14 +304,71 @@ def make_runner(module: nn.Module, x: Tensor, backend: str, device: torch.device
     return run
 
 
-def time_runner(run: Callable[[], Any], iters: int, device: torch.device) -> float:
-    """Seconds for ``iters`` calls of ``run`` (synchronized on CUDA)."""
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        run()
-    _sync(device)
-    return time.perf_counter() - start
+def device_sync(device: str | torch.device) -> Callable[[], None] | None:
+    """What waits for a device's queued work before the clock is read (``None``: the CPU,
+    whose calls return when done)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return lambda: torch.cuda.synchronize(device)
+    return None
+
+
+def time_interleaved(runs: Mapping[str, Callable[[], Any]]
+                     | Sequence[tuple[str, Callable[[], Any]]], iters: int, rounds: int = 1,
+                     warmup: int = 1, examples: int = 1, sync: Callable[[], None] | None = None,
+                     log: str | None = 'benchmark') -> list[list[float]]:
+    """Time callables in interleaved rounds, the one timing loop of the analysis tools.
+
+    Each callable runs one batch (``fn()``, its result ignored): a model on its input
+    (:func:`make_runner`), an ONNX Runtime session, anything. First ``warmup`` untimed calls
+    of each (at least one: a compiled or cuDNN-autotuned model's first call is not timed).
+    Then ``rounds`` rounds; in each, every callable makes ``iters`` calls back to back,
+    timed with ``time.perf_counter`` between two ``sync()``. The order is rotated by one each
+    round (a, b, c; then b, c, a; ...), so a noisy machine slows them all alike and none always
+    runs first.
+
+    Args:
+        runs: ``{label: fn}`` or ``[(label, fn)]`` (labels name them in the log only, and
+            may repeat in a list).
+        iters: Timed calls per callable and round.
+        rounds: Timed rounds.
+        warmup: Untimed calls of each before the first round (at least 1).
+        examples: Examples per call (the batch size): the rates are examples/s; 1 gives
+            calls/s.
+        sync: Waits for the device's queued work (:func:`device_sync`; ``None``: nothing
+            to wait for).
+        log: Prefix of the progress lines (``print_log``); ``None``: silent.
+
+    Returns:
+        For each callable, in the order given, its examples/s in each round (round order).
+        The speed is the median round (``statistics.median``), the best round the max;
+        ratios of two callables are best taken per round (they ran back to back).
+    """
+    items = list(runs.items() if isinstance(runs, Mapping) else runs)
+    sync = sync or (lambda: None)
+
+    def timed(fn: Callable[[], Any], calls: int) -> float:
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        return time.perf_counter() - start
+
+    for label, fn in items:
+        if log:
+            print_log(f'{log}: warm-up {label} x{max(warmup, 1)}', logger='current')
+        timed(fn, max(warmup, 1))
+    n = len(items)
+    rates: list[list[float]] = [[] for _ in items]
+    for r in range(rounds):
+        for i in [(r + k) % n for k in range(n)]:
+            label, fn = items[i]
+            rates[i].append(examples * iters / timed(fn, iters))
+            if log:
+                print_log(f'{log}: round {r + 1}/{rounds} {label}: {rates[i][-1]:.2f} '
+                          'examples/s', logger='current')
+    return rates
 
 
 def protocol_differences(proto: dict) -> list[str]:
@@ -396,7 +424,7 @@ def _count_macs(module: nn.Module, x: Tensor) -> int | None:
 
 def run_benchmark(specs: Sequence[str], batch: int | None = None,
                   shape: tuple[int, int] | None = None, warmup: int | None = None,
-                  iters: int | None = None, rounds: int = 1, device: str = 'cpu',
+                  iters: int | None = None, rounds: int = 1, device: str | None = 'cpu',
                   dtype: str = 'fp32', backend: str = 'eager',
                   variants: Sequence[str] = ('train', 'deploy', 'fused'),
                   memory: bool = False, memory_batch: int | None = None,
@@ -414,7 +442,9 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
         warmup: Warm-up batches per variant (default 50).
         iters: Timed batches per variant and round (default 50).
         rounds: Interleaved timed rounds; the median round gives the speed.
-        device: ``'cpu'`` or ``'cuda'``.
+        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (``None``: CUDA if available);
+            checked before any model is built
+            (:func:`~mmrepvgg.analysis.precision.resolve_device`).
         dtype: ``'fp32'`` (strict IEEE: TF32 off on CUDA; the paper's), ``'tf32'`` (CUDA:
             fp32 tensors with TF32 convs and matmuls), ``'bf16'`` or ``'fp16'``.
         backend: ``'eager'``, ``'channels_last'``, ``'compile'``, ``'compile_channels_last'``,
@@ -436,10 +466,14 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
 
     Returns:
         ``dict(device_info, protocol, results, ratios, skipped, peak)``, json-serializable.
+
+    Raises:
+        ValueError: A device that is not there, a precision it does not run, models of
+            two tasks.
     """
     if peer_weights not in PEER_WEIGHTS:
         raise ValueError(f'peer_weights must be one of {PEER_WEIGHTS}, got {peer_weights!r}')
-    dev = torch.device(device)
+    dev = resolve_device(device)
     ok, reason = backend_supported(dtype, dev)
     if not ok:
         raise ValueError(reason)
@@ -505,19 +539,9 @@ def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.d
             print_log(f'benchmark: counting the FLOPs of {v.model} [{v.variant}]',
                       logger='current')
             macs[i] = _count_macs(v.module, x1)
-    for v, run in runners:
-        print_log(f'benchmark: warm-up {v.model} [{v.variant}] x{proto["warmup"]}',
-                  logger='current')
-        time_runner(run, max(proto['warmup'], 1), dev)
-    n = len(runners)
-    per_round: dict[int, list[float]] = {i: [] for i in range(n)}
-    for r in range(rounds):
-        for i in [(r + k) % n for k in range(n)]:
-            v, run = runners[i]
-            seconds = time_runner(run, proto['iters'], dev)
-            per_round[i].append(proto['batch'] * proto['iters'] / seconds)
-            print_log(f'benchmark: round {r + 1}/{rounds} {v.model} [{v.variant}]: '
-                      f'{per_round[i][-1]:.2f} examples/s', logger='current')
+    per_round = time_interleaved([(f'{v.model} [{v.variant}]', run) for v, run in runners],
+                                 proto['iters'], rounds, proto['warmup'], proto['batch'],
+                                 device_sync(dev))
     peak = None
     if measure_peak:
         measured = measure_matmul_peak(dev, dtype)
@@ -551,7 +575,6 @@ def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.d
                 print_log(f"benchmark: memory of {v.model} [{v.variant}] failed: "
                           f"{res['memory_error']}", logger='current')
         results.append(res)
-        v.result = res
     return results, skipped, peak
 
 

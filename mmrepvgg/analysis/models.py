@@ -20,12 +20,12 @@ import copy
 import os.path as osp
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..models.arch import ARCH_ZOO, get_arch
+from ..models.arch import ARCH_ZOO, arch_name, get_arch
 
 #: Baseline classifiers (paper Table 4) buildable from mmpretrain: name -> (backbone cfg,
 #: width of the last stage). ``VGG-16`` is built with BN (as the paper trains its baselines
@@ -143,22 +143,39 @@ def resolve_name(spec: str) -> tuple[str, str]:
     if spec.endswith('.py') or osp.isfile(spec):
         return 'config', spec
     if _QA_PREFIX.match(spec):
-        archs = {k.lower(): k for k, v in ARCH_ZOO.items() if not v.use_se}
-        arch = _QA_PREFIX.sub('', spec).lower()
+        archs = [k for k, v in ARCH_ZOO.items() if not v.use_se]
+        try:
+            arch = arch_name(_QA_PREFIX.sub('', spec))
+        except KeyError:
+            arch = None
         if arch not in archs:
             raise KeyError(f'Unknown model {spec!r}: QARepVGG takes a RepVGG arch without SE '
-                           f'({", ".join(archs.values())})')
-        return 'qarepvgg', archs[arch]
+                           f'({", ".join(archs)})')
+        return 'qarepvgg', arch
     lower = {k.lower(): k for k in BASELINES}
     if spec.lower() in lower:
         return 'baseline', lower[spec.lower()]
     try:
-        spec_arch = get_arch(spec)
+        return 'repvgg', arch_name(spec)
     except KeyError:
         raise KeyError(f'Unknown model {spec!r}: give a RepVGG arch ({", ".join(ARCH_ZOO)}), '
                        f'a baseline ({", ".join(BASELINES)}) or a config path') from None
-    name = next(k for k, v in ARCH_ZOO.items() if v == spec_arch)
-    return 'repvgg', name
+
+
+def validate_specs(specs: Sequence[str]) -> None:
+    """Check model specs (arch, baseline or config) before anything is built.
+
+    Args:
+        specs: Model specs (see the module docstring).
+
+    Raises:
+        KeyError: An unknown arch or baseline.
+        FileNotFoundError: A config path that does not exist.
+    """
+    for spec in specs:
+        kind, name = resolve_name(spec)
+        if kind == 'config' and not osp.isfile(name):
+            raise FileNotFoundError(f'Config not found: {name}')
 
 
 def build_model(spec: str, num_classes: int = 1000, deploy: bool = False,

@@ -28,16 +28,13 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..deploy.keymaps import convert_key
-from ..models.arch import ARCH_ZOO, get_arch
+from ..deploy.convert import VerificationError, compare_outputs
+from ..deploy.keymaps import SOURCES, convert_key
+from ..models.arch import ARCH_ZOO, arch_name, get_arch
 from .models import BuiltModel, TensorForward, _build, _classifier_cfg, example_input
 
 #: Libraries a peer can come from.
 PEER_SOURCES = ('timm', 'mmpretrain')
-
-#: The libraries whose whole-model keys :mod:`mmrepvgg.deploy.keymaps` maps (each library's
-#: name is its layout in :data:`~mmrepvgg.deploy.keymaps.SOURCES`).
-WEIGHT_LAYOUTS = ('mmrepvgg', 'timm', 'mmpretrain')
 
 #: Max relative output difference (max |peer - ours| / max |ours|, fp32 on the CPU) between a
 #: peer given our weights and our model: the same convs on the same weights differ only by
@@ -69,15 +66,11 @@ def parse_peer(spec: str) -> tuple[str, str] | None:
         raise KeyError(f'Unknown peer source {source!r} in {spec!r}: use one of '
                        f'{", ".join(PEER_SOURCES)}')
     source = source.lower()
-    key = name.lower()
-    if key.startswith('repvgg_'):
-        key = key[len('repvgg_'):]
     try:
-        arch = get_arch(key)
+        canonical = arch_name(name)  # 'repvgg_a0', 'RepVGG-A0', 'a0' -> 'A0'
     except KeyError:
         raise KeyError(f'Unknown arch {name!r} in {spec!r}: give one of '
                        f'{", ".join(ARCH_ZOO)}') from None
-    canonical = next(k for k, v in ARCH_ZOO.items() if v == arch)
     if source == 'timm' and canonical not in timm_archs():
         raise KeyError(f'timm has no RepVGG-{canonical} (it has '
                        f'{", ".join(timm_archs())})')
@@ -157,19 +150,20 @@ def copy_weights(src: nn.Module, dst: nn.Module, src_layout: str = 'mmrepvgg',
     Args:
         src: The model whose weights are copied (a ``TensorForward`` is unwrapped).
         dst: The model that receives them.
-        src_layout: ``'mmrepvgg'``, ``'timm'`` or ``'mmpretrain'``.
+        src_layout: ``src``'s key layout, one of :data:`mmrepvgg.deploy.keymaps.SOURCES`
+            (``'mmrepvgg'``, ``'timm'``, ``'mmpretrain'``, ``'official'``).
         dst_layout: The same for ``dst``.
 
     Returns:
         The number of tensors copied.
 
     Raises:
-        ValueError: The keys or a shape do not match.
+        ValueError: An unknown layout, or the keys or a shape do not match.
     """
     for layout in (src_layout, dst_layout):
-        if layout not in WEIGHT_LAYOUTS:
+        if layout not in SOURCES:
             raise ValueError(f'unknown weight layout {layout!r}: use one of '
-                             f'{", ".join(WEIGHT_LAYOUTS)}')
+                             f'{", ".join(SOURCES)}')
     src_state = _mapped_state(src, src_layout)
     dst_state = _mapped_state(dst, dst_layout)
     only_src = [k for k in src_state if k not in dst_state]
@@ -202,7 +196,7 @@ def check_same_outputs(reference: nn.Module, other: nn.Module, shape: Sequence[i
         what: The other model's name, for the error message.
 
     Returns:
-        The max relative difference.
+        The max relative difference (:func:`mmrepvgg.deploy.convert.compare_outputs`).
 
     Raises:
         ValueError: The outputs differ in shape, are not finite, or differ by more than
@@ -221,11 +215,11 @@ def check_same_outputs(reference: nn.Module, other: nn.Module, shape: Sequence[i
             outs.append(model(x))
         model.train(was_training)
     ref, out = (o[-1] if isinstance(o, (tuple, list)) else o for o in outs)
-    if ref.shape != out.shape:
-        raise ValueError(f'{what}: output shape {tuple(out.shape)}, ours {tuple(ref.shape)}')
-    diff = (out.double() - ref.double()).abs().max().item()
-    rel = diff / max(ref.double().abs().max().item(), 1e-12)
-    if not rel <= tolerance:  # NaN fails too
+    try:  # the one comparison of outputs: shapes, NaN/Inf, max relative difference
+        _, rel = compare_outputs([ref], [out])
+    except VerificationError as err:
+        raise ValueError(f'{what} vs ours: {err}') from None
+    if not rel <= tolerance:
         raise ValueError(f'{what}: with our weights its output differs from ours by {rel:.3g} '
                          f'(max rel diff, fp32, CPU; allowed {tolerance:g}): the weights were '
                          'not copied onto the same layers')

@@ -67,11 +67,11 @@ def plot_speed_accuracy(report: dict, out: str, table: int = 4,
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.backend_bases import FigureCanvasBase
 
     from ..checkpoint import check_output_path, write_atomic
     fmt = Path(out).suffix.lstrip('.').lower()
-    formats = plt.figure().canvas.get_supported_filetypes()
-    plt.close('all')
+    formats = FigureCanvasBase.get_supported_filetypes()  # (opens no figure)
     if fmt not in formats:
         raise ValueError(f'{out}: give a figure file ending in one of '
                          f'{", ".join("." + f for f in sorted(formats))}')

@@ -3,8 +3,8 @@
 Ours and a peer (:mod:`mmrepvgg.analysis.peers`) of one arch are deployed, then each is also
 given the other's weights (:func:`~mmrepvgg.analysis.peers.copy_weights`, outputs checked equal
 to the model whose weights it took). The four models are timed interleaved with the
-benchmark's own loop (:func:`mmrepvgg.analysis.benchmark._measure`: warm-up, then rounds in an
-order rotated each round, median round):
+benchmark's own loop (:func:`mmrepvgg.analysis.benchmark.time_interleaved`: warm-up, then
+rounds in an order rotated each round, median round):
 
 - ``ours`` and ``<peer>``: each with its own random initialization (what ``--peer-weights
   own`` times);
@@ -22,14 +22,15 @@ import datetime
 import statistics
 from typing import Sequence
 
-import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from ..models.block import reparameterize
-from .models import TensorForward, build_model
-from .peers import build_peer, check_same_outputs, copy_weights, parse_peer
-from .precision import cudnn_benchmark, float32_precision, precision_label, tf32_state
+from .benchmark import (device_info, device_sync, make_runner, prepare_variants,
+                        time_interleaved)
+from .models import TensorForward, example_input
+from .peers import check_same_outputs, copy_weights, parse_peer
+from .precision import (backend_supported, cudnn_benchmark, float32_precision, precision_label,
+                        resolve_device, tf32_state)
 
 #: Ratios reported per arch: name -> (numerator, denominator) among the four models, with
 #: ``{p}`` the peer's source.
@@ -57,8 +58,8 @@ def feature_part(model: nn.Module, source: str) -> nn.Module:
 
 def _build_four(arch: str, source: str, num_classes: int,
                 check_shape: tuple[int, int]) -> tuple[dict[str, nn.Module], dict[str, float]]:
-    ours = TensorForward(reparameterize(build_model(arch, num_classes=num_classes).model)).eval()
-    peer = TensorForward(build_peer(f'{source}:{arch}', num_classes).model).eval()
+    ours, peer = (prepare_variants(spec, ('deploy', ), num_classes)[0].module
+                  for spec in (arch, f'{source}:{arch}'))
     ours_pw, peer_ow = copy.deepcopy(ours), copy.deepcopy(peer)
     copy_weights(peer, ours_pw, source, 'mmrepvgg')
     copy_weights(ours, peer_ow, 'mmrepvgg', source)
@@ -83,7 +84,7 @@ def weight_swap_benchmark(archs: Sequence[str], source: str = 'timm', device: st
     Args:
         archs: RepVGG archs (``'B2'``); each is timed in its own interleaved group of four.
         source: The peer library, ``'timm'`` or ``'mmpretrain'``.
-        device: ``'cpu'`` or ``'cuda'``.
+        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (checked before anything is built).
         dtype: ``'fp32'`` (strict), ``'tf32'`` (CUDA), ``'bf16'`` or ``'fp16'``.
         batch: Batch size.
         shape: ``(H, W)``.
@@ -101,11 +102,11 @@ def weight_swap_benchmark(archs: Sequence[str], source: str = 'timm', device: st
 
     Raises:
         KeyError: An arch the peer library does not have.
-        ValueError: A precision the device cannot run, or a swap whose outputs differ.
+        ValueError: A device that is not there, a precision it cannot run, or a swap whose
+            outputs differ.
     """
-    from . import benchmark as bm
-    dev = torch.device(device)
-    ok, reason = bm.backend_supported(dtype, dev)
+    dev = resolve_device(device)
+    ok, reason = backend_supported(dtype, dev)
     if not ok:
         raise ValueError(reason)
     for arch in archs:
@@ -115,36 +116,33 @@ def weight_swap_benchmark(archs: Sequence[str], source: str = 'timm', device: st
     autotune = cudnn_autotune and dev.type == 'cuda'
     out = []
     info = state = None
+    x = example_input(tuple(shape), batch)
     for arch in archs:
         print_log(f'weight swap: building ours and {source} {arch}', logger='current')
         models, checks = _build_four(arch, source, num_classes, check_shape)
-        variants = []
-        for name, model in models.items():
-            module = feature_part(model, 'mmrepvgg' if name.startswith('ours') else source) \
-                if backbone else model
-            variants.append(bm.Variant(name, 'deploy', 'peer', 'cls', module,
-                                       sum(p.numel() for p in module.parameters()), arch=arch,
-                                       source=source))
+        if backbone:
+            models = {name: feature_part(model, 'mmrepvgg' if name.startswith('ours') else source)
+                      for name, model in models.items()}
         with float32_precision(dtype == 'tf32'), cudnn_benchmark(autotune):
-            state, info = tf32_state(), bm.device_info(dev)
-            results, _, _ = bm._measure(variants, proto, rounds, dev, dtype, 'eager', False,
-                                        None, False, None, False)
-        per = {r['model']: r for r in results}
+            state, info = tf32_state(), device_info(dev)
+            runs = {name: make_runner(model, x, 'eager', dev, dtype)
+                    for name, model in models.items()}
+            per = dict(zip(runs, time_interleaved(runs, iters, rounds, warmup, batch,
+                                                  device_sync(dev))))
         ratios = {}
         for label, (num, den) in SWAP_RATIOS.items():
-            a, b = per[num.format(p=source)]['rounds'], per[den.format(p=source)]['rounds']
-            ratios[label.format(p=source)] = statistics.median(x / y for x, y in zip(a, b))
-        out.append(dict(arch=arch, speeds={k: r['examples_per_s'] for k, r in per.items()},
-                        best={k: r['best_examples_per_s'] for k, r in per.items()},
-                        rounds={k: r['rounds'] for k, r in per.items()}, ratios=ratios,
+            a, b = per[num.format(p=source)], per[den.format(p=source)]
+            ratios[label.format(p=source)] = statistics.median(u / v for u, v in zip(a, b))
+        out.append(dict(arch=arch, speeds={k: statistics.median(r) for k, r in per.items()},
+                        best={k: max(r) for k, r in per.items()}, rounds=per, ratios=ratios,
                         checks=checks))
-        del models, variants
+        del models, runs
     protocol = dict(proto, shape=list(shape), rounds=rounds, dtype=dtype, device=dev.type,
                     precision=precision_label(dtype, state or tf32_state(), dev),
                     cudnn_benchmark=autotune, source=source,
                     part='backbone (stem and stages)' if backbone else 'classifier',
                     order='rotated each round')
-    return dict(device_info=info or bm.device_info(dev), protocol=protocol, archs=out,
+    return dict(device_info=info or device_info(dev), protocol=protocol, archs=out,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
 

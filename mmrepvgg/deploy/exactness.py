@@ -1,20 +1,24 @@
-"""How exact is re-parameterization? Fold errors per arch, dilation plan and block type.
+"""How exact is re-parameterization? Fold errors per arch, dilation plan and block type;
+how far fp16/bf16 drift from fp32.
 
-``tools/check_exactness.py`` prints these for every variant; the figures in the README come
-from it.
+``tools/check_exactness.py`` prints these for every variant (:func:`fold_error_table` and
+:func:`fold_errors_markdown`; with ``--dtype``, :func:`precision_report` and
+:func:`precision_markdown`); the figures in the README come from it.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..analysis.precision import DTYPES, backend_supported, resolve_device
 from ..models import RepVGG, reparameterize
-from ..models.arch import ArchLike, PlanLike
+from ..models.arch import ARCH_ZOO, ArchLike, PlanLike
 from .convert import compare_outputs
 
 
@@ -96,6 +100,64 @@ def fold_errors(arch: ArchLike, plan: PlanLike = None, shape: tuple[int, int] = 
     return FoldErrors(fp64, ref, default)
 
 
+#: Dilation plans of the fold-error table (``'none'``: no dilation).
+PLANS = ('none', 'full', 'fast')
+
+
+def block_archs(block: str = 'RepVGGBlock') -> list[str]:
+    """The zoo archs a block type takes: all 14 for RepVGGBlock, all but the SE arch (D2se)
+    for QARepVGGBlock."""
+    return [a for a, spec in ARCH_ZOO.items() if block == 'RepVGGBlock' or not spec.use_se]
+
+
+def fold_error_table(archs: Sequence[str] | None = None, plans: Sequence[str] = PLANS,
+                     shape: tuple[int, int] = (40, 48), seed: int = 0,
+                     block: str = 'RepVGGBlock',
+                     progress: bool = True) -> list[tuple[str, str, FoldErrors]]:
+    """:func:`fold_errors` of every arch and dilation plan.
+
+    Args:
+        archs: Arch names (default: :func:`block_archs` of ``block``).
+        plans: Dilation plans among :data:`PLANS`.
+        shape: Input height and width.
+        seed: Seed of the weights, BN values and input.
+        block: Block type.
+        progress: Show a progress bar (on stdout).
+
+    Returns:
+        ``[(arch, plan, errors)]`` in the order arch, then plan.
+    """
+    from mmengine.utils import ProgressBar
+    cases = [(a, p) for a in (archs or block_archs(block)) for p in plans]
+    rows, bar = [], ProgressBar(len(cases)) if progress else None
+    for arch, plan in cases:
+        rows.append((arch, plan, fold_errors(arch, None if plan == 'none' else plan, shape,
+                                             seed, block)))
+        if bar:
+            bar.update()
+    return rows
+
+
+def fold_errors_markdown(rows: Sequence[tuple[str, str, FoldErrors]],
+                         block: str = 'RepVGGBlock') -> str:
+    """The fold errors as a markdown table under the block type, with the worst row.
+
+    Args:
+        rows: :func:`fold_error_table`.
+        block: The block type they were measured with (the heading).
+    """
+    lines = [block, '', '| arch | plan | fp64 | fp32 reference backend | fp32 default backend |',
+             '|---|---|---|---|---|']
+    for arch, plan, e in rows:
+        lines.append(f'| {arch} | {plan} | {e.fp64:.1e} | {e.fp32_reference:.1e} | '
+                     f'{e.fp32_default:.1e} |')
+    if rows:
+        worst = [max(getattr(e, f) for *_, e in rows)
+                 for f in ('fp64', 'fp32_reference', 'fp32_default')]
+        lines.append(f'| **worst** | | {worst[0]:.1e} | {worst[1]:.1e} | {worst[2]:.1e} |')
+    return '\n'.join(lines)
+
+
 def estimate_bn_stats_(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """Set every BN's running statistics to those of ``x``'s activations, then eval mode.
 
@@ -118,8 +180,9 @@ def estimate_bn_stats_(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-#: Reduced precisions :func:`precision_errors` measures.
-PRECISIONS = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+#: Reduced precisions :func:`precision_errors` measures: those of
+#: :data:`~mmrepvgg.analysis.precision.DTYPES` whose tensors are not float32.
+PRECISIONS = {name: dtype for name, dtype in DTYPES.items() if dtype != torch.float32}
 
 
 @dataclass
@@ -155,7 +218,6 @@ def _rel_l2(ref: torch.Tensor, out: torch.Tensor) -> float:
 def _precision_rows(name: str, nets: dict, x: torch.Tensor, dtypes: tuple[str, ...],
                     device: str, forward) -> list[PrecisionErrors]:
     """Compare ``forward(net, x)`` in each dtype with fp32 for the ``train`` and ``deploy`` nets."""
-    from ..analysis.benchmark import backend_supported
     out = []
     with torch.no_grad():
         refs = {key: forward(net, x).float() for key, net in nets.items()}
@@ -198,7 +260,12 @@ def precision_errors(arch: ArchLike, dtypes: tuple[str, ...] = ('fp16', 'bf16'),
 
     Returns:
         One :class:`PrecisionErrors` per dtype (``skipped`` says why one did not run).
+
+    Raises:
+        ValueError: The device is not there
+            (:func:`~mmrepvgg.analysis.precision.resolve_device`).
     """
+    resolve_device(device)
     torch.manual_seed(seed)
     model = RepVGG(arch, out_indices=(3, )).to(device)
     estimate_bn_stats_(model, torch.randn(8, 3, *shape).to(device))
@@ -229,7 +296,11 @@ def checkpoint_precision_errors(config: str, checkpoint: str,
 
     Returns:
         ``(rows, inputs)``: the rows and a description of the inputs.
+
+    Raises:
+        ValueError: The device is not there (checked before the checkpoint is loaded).
     """
+    resolve_device(device)
     from mmengine.config import Config
 
     from ..analysis.models import TensorForward
@@ -255,3 +326,77 @@ def checkpoint_precision_errors(config: str, checkpoint: str,
     rows = _precision_rows(name, nets, x.to(device), dtypes, device,
                            lambda net, inp: TensorForward(net)(inp))
     return rows, f'logits on {inputs} of {tuple(x.shape[2:])}'
+
+
+#: Archs :func:`precision_report` measures when neither archs nor a checkpoint are given.
+PRECISION_ARCHS = ('A0', 'B0', 'B2')
+
+
+def precision_report(dtypes: Sequence[str] = ('fp16', 'bf16'),
+                     archs: Sequence[str] | None = None,
+                     shape: tuple[int, int] | None = None, batch: int | None = None,
+                     seed: int = 0, device: str = 'cpu',
+                     checkpoint: tuple[str, str] | None = None,
+                     progress: bool = True) -> tuple[list[PrecisionErrors], list[str]]:
+    """The precision rows of a trained checkpoint and of random archs, with what each is.
+
+    Args:
+        dtypes: Reduced precisions (keys of :data:`PRECISIONS`).
+        archs: Random-weight archs (:func:`precision_errors`); default
+            :data:`PRECISION_ARCHS` when no checkpoint is given, none when one is.
+        shape: Input size (default: 224x224 for archs, the config's test crop for random
+            checkpoint inputs).
+        batch: Inputs per model (default: 1 for archs, 8 images for a checkpoint).
+        seed: Seed of the weights and inputs.
+        device: ``'cpu'`` or ``'cuda'`` (checked before anything is built).
+        checkpoint: ``(config, checkpoint)`` of a trained model
+            (:func:`checkpoint_precision_errors`).
+        progress: Show a progress bar over the archs (on stdout).
+
+    Returns:
+        ``(rows, notes)``: the rows, the checkpoint's first, and one note per source of rows
+        saying what was measured on what input.
+    """
+    from mmengine.utils import ProgressBar
+    resolve_device(device)
+    rows: list[PrecisionErrors] = []
+    notes = []
+    if checkpoint:
+        config, ckpt = checkpoint
+        found, inputs = checkpoint_precision_errors(config, ckpt, tuple(dtypes), shape,
+                                                    batch or 8, seed, device)
+        rows += found
+        notes.append(f'{Path(config).stem}: trained weights, {inputs}')
+    if archs or not checkpoint:
+        archs = list(archs or PRECISION_ARCHS)
+        shape, batch = tuple(shape or (224, 224)), batch or 1
+        bar = ProgressBar(len(archs)) if progress else None
+        for arch in archs:
+            rows += precision_errors(arch, tuple(dtypes), shape, batch, seed, device)
+            if bar:
+                bar.update()
+        notes.append(f'{", ".join(archs)}: backbone output, random weights with BN statistics '
+                     f'estimated on a random input, input {batch}x3x{shape[0]}x{shape[1]}')
+    return rows, notes
+
+
+def precision_markdown(rows: Sequence[PrecisionErrors], notes: Sequence[str],
+                       device: str = 'cpu') -> str:
+    """The precision rows as a markdown table under a line saying what they measure.
+
+    Args:
+        rows: :func:`precision_report` rows (a skipped one says why).
+        notes: :func:`precision_report` notes.
+        device: Where they ran.
+    """
+    lines = [f'Output in fp16/bf16 vs the same model in fp32 on {device} ('
+             + '; '.join(notes) + '):', '',
+             '| model | dtype | deployed: max rel | deployed: rel L2 | training-time: max rel |',
+             '|---|---|---|---|---|']
+    for r in rows:
+        if r.skipped:
+            lines.append(f'| {r.arch} | {r.dtype} | not run: {r.skipped} | | |')
+        else:
+            lines.append(f'| {r.arch} | {r.dtype} | {r.deploy_max:.1e} | {r.deploy_l2:.1e} | '
+                         f'{r.train_max:.1e} |')
+    return '\n'.join(lines)

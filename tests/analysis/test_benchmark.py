@@ -1,4 +1,5 @@
 """The benchmark runs end to end on a CPU (2 timed iterations); no timing assertions."""
+import copy
 import glob
 import json
 import os
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from mmrepvgg.analysis import benchmark_markdown, run_benchmark
-from mmrepvgg.analysis.benchmark import backend_supported, compute_ratios
+from mmrepvgg.analysis.benchmark import compute_ratios
+from mmrepvgg.analysis.precision import backend_supported
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -60,8 +62,21 @@ def test_ratios_from_one_run():
 
 
 def test_plot_from_the_json(report, tmp_path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
     from mmrepvgg.analysis import plot_speed_accuracy
-    points = plot_speed_accuracy(report, str(tmp_path / 'plot.png'), table=4)
+    mine = plt.figure()  # a caller's figure: the plot closes only its own
+    before = plt.get_fignums()
+    try:
+        points = plot_speed_accuracy(report, str(tmp_path / 'plot.png'), table=4)
+        assert plt.get_fignums() == before
+        with pytest.raises(ValueError, match='give a figure file'):
+            plot_speed_accuracy(report, str(tmp_path / 'plot.txt'))
+        assert plt.get_fignums() == before
+    finally:
+        plt.close(mine)
     assert {p['model'] for p in points} == {'RepVGG-A0', 'ResNet-18'}
     assert {p['accuracy'] for p in points} == {72.41, 71.16}
     assert (tmp_path / 'plot.png').stat().st_size > 0
@@ -105,7 +120,7 @@ def test_reduced_precision_is_probed():
     assert isinstance(ok, bool) and (ok or reason)
 
 
-# ---------------------------------------------------------------- issue 12: honest protocol
+# ---------------------------------------------------------------- honest protocol
 
 def _proto(**kw):
     base = dict(task='cls', batch=128, shape=[224, 224], warmup=50, iters=50, rounds=3,
@@ -185,6 +200,25 @@ def test_tf32_is_refused_on_the_cpu():
         run_benchmark(['A0'], dtype='tf32', batch=1, shape=(32, 32))
 
 
+def test_a_device_that_is_not_there_is_refused_by_every_entry_point(monkeypatch):
+    """Library callers get the same check as the tools: a ValueError before any build."""
+    from mmrepvgg.analysis.precision import resolve_device
+    from mmrepvgg.analysis.weight_swap import weight_swap_benchmark
+    from mmrepvgg.deploy.exactness import checkpoint_precision_errors, precision_errors
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert resolve_device(None) == torch.device('cpu')
+    assert resolve_device('cpu') == torch.device('cpu')
+    for call in (lambda: run_benchmark(['A0'], device='cuda'),
+                 lambda: weight_swap_benchmark(['A0'], device='cuda'),
+                 lambda: precision_errors('A0', device='cuda'),
+                 lambda: checkpoint_precision_errors('no.py', 'no.pth', device='cuda'),
+                 lambda: backend_supported('fp32', 'cuda')):
+        with pytest.raises(ValueError, match="^device cuda: CUDA is not available"):
+            call()
+    with pytest.raises(ValueError, match="^--device gpu0: Invalid device string"):
+        resolve_device('gpu0', '--device')
+
+
 def test_cudnn_benchmark_context_restores():
     from mmrepvgg.analysis.precision import cudnn_benchmark
     before = torch.backends.cudnn.benchmark
@@ -214,16 +248,50 @@ def test_measured_matmul_peak():
     assert peak['tflops'] > 0 and peak['size'] == 128
 
 
-def test_interleaved_order_rotates(monkeypatch):
+def test_interleaved_order_rotates():
+    from mmrepvgg.analysis.benchmark import device_sync, time_interleaved
+    calls, syncs = [], []
+    runs = [(f'm{i}', lambda i=i: calls.append(i)) for i in range(3)]
+    rates = time_interleaved(runs, iters=2, rounds=3, warmup=0, examples=4,
+                             sync=lambda: syncs.append(1), log=None)
+    assert calls[:3] == [0, 1, 2]  # at least one warm-up call each
+    assert calls[3:] == [0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 2, 2, 0, 0, 1, 1]
+    assert len(syncs) == 2 * (3 + 3 * 3)  # before and after every timed stretch
+    assert len(rates) == 3 and all(len(r) == 3 and min(r) > 0 for r in rates)
+    calls.clear()  # a mapping: its order; warm-up as asked
+    time_interleaved({'b': lambda: calls.append('b'), 'a': lambda: calls.append('a')},
+                     iters=1, rounds=2, warmup=2)
+    assert calls == ['b', 'b', 'a', 'a', 'b', 'a', 'a', 'b']
+    assert device_sync('cpu') is None and callable(device_sync(torch.device('cuda', 0)))
+
+
+def test_the_benchmark_and_the_weight_swap_time_with_the_one_loop(monkeypatch):
+    """run_benchmark and weight_swap_benchmark take their speeds from time_interleaved."""
+    import statistics
+
     from mmrepvgg.analysis import benchmark as bm
-    calls = []
-    monkeypatch.setattr(bm, 'make_runner', lambda module, *a: module)
-    monkeypatch.setattr(bm, 'time_runner', lambda run, iters, dev: calls.append(run) or 1.0)
-    variants = [bm.Variant(f'm{i}', 'deploy', 'repvgg', 'cls', f'run{i}', 1) for i in range(3)]
-    bm._measure(variants, dict(batch=1, shape=(8, 8), warmup=1, iters=1), 3,
-                torch.device('cpu'), 'fp32', 'eager', False, None, False, None, False)
-    timed = calls[3:]  # after one warm-up call each
-    assert timed == ['run0', 'run1', 'run2', 'run1', 'run2', 'run0', 'run2', 'run0', 'run1']
+    from mmrepvgg.analysis import weight_swap as ws
+    seen = []
+
+    def fake(runs, iters, rounds, warmup, examples, sync, log='benchmark'):
+        runs = list(runs.items() if isinstance(runs, dict) else runs)
+        seen.append(([label for label, _ in runs], iters, rounds, warmup, examples, sync))
+        return [[10.0 * (i + 1), 30.0 * (i + 1), 20.0 * (i + 1)] for i in range(len(runs))]
+
+    monkeypatch.setattr(bm, 'time_interleaved', fake)
+    monkeypatch.setattr(ws, 'time_interleaved', fake)
+    report = bm.run_benchmark(['A0'], batch=2, shape=(32, 32), warmup=0, iters=5, rounds=3,
+                              flops=False)
+    assert seen[-1] == (['RepVGG-A0 [train]', 'RepVGG-A0 [deploy]'], 5, 3, 0, 2, None)
+    train, deploy = report['results']
+    assert (train['examples_per_s'], deploy['examples_per_s']) == (20.0, 40.0)
+    assert train['rounds'] == [10.0, 30.0, 20.0] and deploy['best_examples_per_s'] == 60.0
+    swap = ws.weight_swap_benchmark(['A0'], batch=1, shape=(32, 32), warmup=1, iters=2,
+                                    rounds=3, num_classes=10)
+    assert seen[-1][0] == ['ours', 'timm', 'ours, timm weights', 'timm, our weights']
+    (arch, ) = swap['archs']
+    assert arch['speeds']['timm'] == 40.0 and arch['best']['timm, our weights'] == 120.0
+    assert arch['ratios']['ours / timm, own weights'] == statistics.median([0.5] * 3)
 
 
 # ---------------------------------------------------------------- peers
@@ -295,6 +363,23 @@ def test_copy_weights_makes_the_outputs_equal(spec, tensors):
     assert not any(p.data_ptr() == ours_conv.data_ptr() for p in peer.parameters())
 
 
+def test_check_same_outputs_refuses_other_shapes_and_non_finite_outputs():
+    from torch import nn
+
+    from mmrepvgg.analysis.peers import check_same_outputs
+    torch.manual_seed(0)
+    ours = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    assert check_same_outputs(ours, ours, (8, 8)) == 0
+    narrow = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match=r'^peer vs ours: .*\(2, 4\) -> \(2, 2\)'):
+        check_same_outputs(ours, narrow, (8, 8))
+    broken = copy.deepcopy(ours)
+    with torch.no_grad():
+        broken[0].bias[0] = float('nan')
+    with pytest.raises(ValueError, match='NaN or Inf'):
+        check_same_outputs(ours, broken, (8, 8), what='broken')
+
+
 def test_copy_weights_checks_keys_and_shapes_and_copies_nothing_on_error():
     from mmrepvgg.analysis.peers import copy_weights
     ours, _ = _deployed_pair('A0', 'timm:A0')
@@ -307,8 +392,12 @@ def test_copy_weights_checks_keys_and_shapes_and_copies_nothing_on_error():
     assert all(torch.equal(a, b) for a, b in zip(before, wider.parameters()))
     with pytest.raises(ValueError, match='0 key.s. only in mmrepvgg .* only in timm'):
         copy_weights(ours, deeper, 'mmrepvgg', 'timm')
-    with pytest.raises(ValueError, match='unknown weight layout'):
+    with pytest.raises(ValueError, match="unknown weight layout 'tvm': use one of mmrepvgg, "
+                       'official, mmpretrain, timm'):  # the key maps' layouts
+        copy_weights(ours, wider, 'mmrepvgg', 'tvm')
+    with pytest.raises(ValueError, match='only in official'):  # a layout, but not timm's
         copy_weights(ours, wider, 'mmrepvgg', 'official')
+    assert all(torch.equal(a, b) for a, b in zip(before, wider.parameters()))
 
 
 def _swap_two_convs(src, dst, src_layout, dst_layout):
@@ -478,8 +567,8 @@ def test_saved_reports_render(path):
     """Every benchmark json in docs/ renders (the docs' tables come from these)."""
     with open(path) as f:
         saved = json.load(f)
-    if 'results' not in saved:
-        return
+    assert isinstance(saved, dict) and 'results' in saved, (
+        f'{path} is not a tools/benchmark.py report (no "results"): render it in its own test')
     text = benchmark_markdown(saved)
     assert text.startswith('Device: ')
     if saved['results']:

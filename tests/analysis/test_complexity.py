@@ -104,3 +104,15 @@ def test_qarepvgg_names_build_and_count_as_the_plain_repvgg():
     # training time: no BN on the 1x1 and identity branches, one post BN per block
     assert qa['train']['params_m'] < plain['train']['params_m']
     assert qa['train']['flops_b'] == plain['train']['flops_b']
+
+
+def test_validate_specs_checks_names_and_config_paths():
+    from mmrepvgg.analysis.models import validate_specs
+    validate_specs(['A0', 'RepVGG-b1g2', 'QARepVGG-A0', 'resnet-50',
+                    'configs/repvgg-a0_in1k.py'])
+    with pytest.raises(KeyError, match="Unknown model 'Z9'"):
+        validate_specs(['A0', 'Z9'])
+    with pytest.raises(KeyError):  # peers are the benchmark's (benchmark.validate_specs)
+        validate_specs(['timm:A0'])
+    with pytest.raises(FileNotFoundError, match='Config not found: configs/no_such.py'):
+        validate_specs(['configs/no_such.py'])

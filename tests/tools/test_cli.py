@@ -43,6 +43,9 @@ def test_run_tool_reports_bad_input_and_keeps_bugs_loud(capsys):
 @pytest.mark.parametrize('tool,argv,match', [
     ('complexity', ['A0', 'ResNet-5O'], "Unknown model 'ResNet-5O'"),
     ('complexity', ['configs/no_such_config.py'], 'Config not found'),
+    ('benchmark', ['A0', 'configs/no_such_config.py'],
+     'Config not found: configs/no_such_config.py'),
+    ('benchmark', ['A0', 'timm:Z1'], "Unknown arch 'Z1' in 'timm:Z1'"),
     ('check_exactness', ['--arch', 'A0', 'C9'], "Unknown RepVGG arch 'C9'"),
     ('check_exactness', ['--dtype', 'fp16', '--checkpoint', 'configs/repvgg-a0_in1k.py',
                          'no_such.pth'], 'Checkpoint not found: no_such.pth'),
@@ -57,6 +60,46 @@ def test_bad_names_and_files_are_one_line_errors(tool, argv, match, monkeypatch,
         runpy.run_path(str(ROOT / 'tools' / f'{tool}.py'), run_name='__main__')
     assert info.value.code == 1
     assert match in _stderr_line(capsys)
+
+
+@pytest.mark.parametrize('tool,argv', [
+    ('tools/benchmark.py', ['A0', 'timm:A0', '--batch', '1', '--shape', '32', '32']),
+    ('tools/benchmark.py', ['--measure-peak']),
+    ('tools/gpu/peers_weights.py', ['A0']),
+    ('tools/check_exactness.py', ['--dtype', 'fp16', '--arch', 'A0']),
+    ('tools/check_exactness.py', ['--dtype', 'bf16', '--checkpoint',
+                                  'configs/repvgg-a0_in1k.py', 'no_such.pth']),
+])
+@pytest.mark.parametrize('device,match', [
+    ('cuda', '--device cuda: CUDA is not available on this machine'),
+    ('cuda:1', '--device cuda:1: CUDA is not available on this machine'),
+    ('gpu', '--device gpu: Expected one of cpu, cuda'),
+    ('gpu0', "--device gpu0: Invalid device string: 'gpu0'"),
+    ('meta', '--device meta: use one of cpu, cuda'),
+])
+def test_a_device_that_is_not_there_is_refused_before_any_model_is_built(
+        tool, argv, device, match, monkeypatch, capsys):
+    """CUDA absent (as on the CPU CI; forced here) or a bad device string: one error line,
+    exit 1, and nothing built or loaded first."""
+    import torch
+
+    import mmrepvgg.analysis.models as models
+    import mmrepvgg.deploy.onnx_export as onnx_export
+    from mmrepvgg.models.backbone import RepVGG
+
+    def built(*args, **kwargs):
+        raise AssertionError('a model was built before the device was checked')
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(models, '_build', built)  # every classifier, baseline and peer
+    monkeypatch.setattr(RepVGG, '__init__', built)  # every backbone
+    monkeypatch.setattr(onnx_export, 'load_model', built)  # a checkpoint
+    monkeypatch.setattr(sys, 'argv', [tool, *argv, '--device', device])
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / tool), run_name='__main__')
+    assert info.value.code == 1
+    assert _stderr_line(capsys).startswith(f'error: {match}')
 
 
 def test_complexity_json_is_written_atomically_and_never_clobbered(tmp_path, monkeypatch,

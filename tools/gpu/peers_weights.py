@@ -56,15 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     import torch
     from mmrepvgg.analysis.benchmark import save_report
+    from mmrepvgg.analysis.precision import resolve_device
     from mmrepvgg.analysis.weight_swap import weight_swap_benchmark, weight_swap_markdown
     from mmrepvgg.checkpoint import check_output_paths
+    device = resolve_device(args.device, '--device')  # before any model is built
     check_output_paths([args.out, args.markdown], args.force)  # before the work
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    dtype = args.dtype or ('tf32' if torch.device(device).type == 'cuda' else 'fp32')
+    dtype = args.dtype or ('tf32' if device.type == 'cuda' else 'fp32')
     report = weight_swap_benchmark(
-        args.archs, args.source, device, dtype, args.batch, tuple(args.shape), args.warmup,
+        args.archs, args.source, str(device), dtype, args.batch, tuple(args.shape), args.warmup,
         args.iters, args.rounds, args.backbone, cudnn_autotune=not args.no_cudnn_benchmark)
     report['command'] = 'python tools/gpu/peers_weights.py ' + ' '.join(sys.argv[1:])
     text = weight_swap_markdown(report)
