@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='ONNX Runtime calibrators of the int8 step; the first one gives '
                         'the headline int8 columns (default: minmax entropy percentile)')
     args = parser.parse_args(argv)
-    from mmrepvgg.apis.cli import run_tool, user_errors
+    from mmrepvgg.apis.cli import run_tool
     from mmrepvgg.apis.qa_compare import compare_blocks, comparison_markdown, int8_top1
 
     def work() -> None:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(comparison_markdown(report))
         print(f'Wrote {osp.join(args.work_dir, "qa_digits.json")} and qa_digits.md')
 
-    return run_tool(work, user_errors() + (ValueError, ImportError))
+    return run_tool(work)
 
 
 if __name__ == '__main__':

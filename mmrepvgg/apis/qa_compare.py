@@ -142,13 +142,12 @@ def int8_top1(model: nn.Module, data: DigitsData,
         The int8 top-1s.
 
     Raises:
-        RuntimeError: If ONNX Runtime's fp32 logits differ from PyTorch's by more than the
-            export tolerance.
+        VerificationError: If ONNX Runtime's fp32 logits differ from PyTorch's by more than
+            the export tolerance, or either holds NaN or Inf.
     """
     from ..analysis.models import TensorForward
-    from ..deploy.convert import compare_outputs
-    from ..deploy.onnx_export import (ONNX_TOLERANCE, create_session, export_module, require,
-                                      run_session)
+    from ..deploy.onnx_export import (check_against_pytorch, create_session, export_module,
+                                      require, run_session)
     from ..deploy.quantize import (QuantSettings, calibrate, prepare_fp32, qdq_summary,
                                    quantize_file, sqnr_db)
     if not calibrators:
@@ -166,10 +165,8 @@ def int8_top1(model: nn.Module, data: DigitsData,
                                 dynamic_batch=True), str(fp32_path))
         prepare_fp32(fp32_path, prepared)
         fp32_logits = run_session(create_session(prepared, threads), data.test_inputs)
-        _, max_rel = compare_outputs([reference], [fp32_logits])
-        if not max_rel <= ONNX_TOLERANCE['fp32']:
-            raise RuntimeError(f'ONNX Runtime does not reproduce PyTorch on the test images: '
-                               f'max rel diff {max_rel:.3g} > {ONNX_TOLERANCE["fp32"]:g}')
+        _, max_rel = check_against_pytorch([reference], [fp32_logits],
+                                           where=' on the test images')
         result.fp32_onnx = _top1_of_logits(fp32_logits, data.test_labels)
         for method in calibrators:
             cache = Path(tmp) / f'calibration_{method}.json'

@@ -172,27 +172,42 @@ def _count_nonfinite(tensors: Sequence[Tensor]) -> tuple[int, int]:
     return bad, sum(t.numel() for t in tensors)
 
 
-def compare_outputs(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> tuple[float, float]:
+#: Why a model's own outputs can be NaN or Inf (:func:`compare_outputs`' default).
+BROKEN_WEIGHTS = ("the model's weights or BN statistics are broken (a diverged run or a "
+                  'damaged checkpoint)')
+
+
+def compare_outputs(reference: Sequence[Tensor], outputs: Sequence[Tensor],
+                    labels: tuple[str, str] = ('before folding', 'after folding'),
+                    causes: tuple[str, str] = (BROKEN_WEIGHTS, BROKEN_WEIGHTS)
+                    ) -> tuple[float, float]:
     """Max absolute difference and that relative to the largest reference magnitude.
 
+    Args:
+        reference: The reference outputs.
+        outputs: The outputs compared with them.
+        labels: What the two are, as the messages name them (default: the model before
+            and after folding; e.g. ``('of PyTorch', 'of ONNX Runtime (fp16)')``).
+        causes: Why each could hold NaN or Inf, for the message.
+
     Raises:
-        VerificationError: If the outputs differ in number or shape, or if any output
-            before or after folding is NaN or Inf (a NaN would otherwise vanish from the
-            maximum and report a perfect match).
+        VerificationError: If the outputs differ in number or shape, or if any output is
+            NaN or Inf (a NaN would otherwise vanish from the maximum and report a perfect
+            match).
     """
     if len(reference) != len(outputs):
-        raise VerificationError(f'{len(reference)} outputs before folding, {len(outputs)} after')
-    for when, tensors in (('before', reference), ('after', outputs)):
+        raise VerificationError(f'{len(reference)} outputs {labels[0]}, {len(outputs)} '
+                                f'{labels[1]}')
+    for label, cause, tensors in zip(labels, causes, (reference, outputs)):
         bad, total = _count_nonfinite(tensors)
         if bad:
-            raise VerificationError(
-                f'{bad} of {total} output values {when} folding are NaN or Inf: the model\'s '
-                'weights or BN statistics are broken (a diverged run or a damaged checkpoint)')
+            raise VerificationError(f'{bad} of {total} output values {label} are NaN or Inf: '
+                                    f'{cause}')
     max_abs, scale = 0.0, 0.0
     for ref, out in zip(reference, outputs):
         if ref.shape != out.shape:
-            raise VerificationError(f'Output shape changed by folding: {tuple(ref.shape)} -> '
-                                    f'{tuple(out.shape)}')
+            raise VerificationError(f'Output shapes differ: {tuple(ref.shape)} {labels[0]}, '
+                                    f'{tuple(out.shape)} {labels[1]}')
         max_abs = max(max_abs, (out.double() - ref.double()).abs().max().item())
         scale = max(scale, ref.double().abs().max().item())
     return max_abs, max_abs / max(scale, 1e-12)

@@ -20,7 +20,8 @@ import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
-from .onnx_export import run_session, session_batch, task_of
+from ..apis.config import ConfigError, DataNotFoundError
+from .onnx_export import InputSizeError, run_session, session_batch, task_of
 
 #: The metric reported first, per task.
 MAIN_METRICS = ('accuracy/top1', 'mIoU')
@@ -38,7 +39,7 @@ def _loader_cfg(cfg: Config, split: str) -> dict:
         loader = cfg.get(f'{name}_dataloader')
         if loader:
             return copy.deepcopy(dict(loader))
-    raise ValueError(f'The config has no {split}_dataloader')
+    raise ConfigError(f'{cfg.filename or "The config"} has no {split}_dataloader')
 
 
 def build_dataset(cfg: Config, split: str, test_pipeline: bool = True) -> Any:
@@ -59,7 +60,7 @@ def build_dataset(cfg: Config, split: str, test_pipeline: bool = True) -> Any:
         test_ds = _innermost(dict(_loader_cfg(cfg, 'test')['dataset']))
         pipeline = test_ds.get('pipeline') or cfg.get('test_pipeline')
         if pipeline is None:
-            raise ValueError('The config has no test pipeline')
+            raise ConfigError(f'{cfg.filename or "The config"} has no test pipeline')
         _innermost(dataset_cfg)['pipeline'] = copy.deepcopy(pipeline)
     init_default_scope(cfg.get('default_scope') or 'mmengine')
     return DATASETS.build(dataset_cfg)
@@ -110,14 +111,14 @@ class OnnxPredictor:
         self.task = task_of(model)
         if self.task == 'classification' and not hasattr(getattr(model, 'head', None),
                                                          '_get_predictions'):
-            raise TypeError(f'{type(model).__name__}: expected an mmpretrain classifier with a '
-                            'ClsHead or an mmseg segmentor')
+            raise ConfigError(f'{type(model).__name__}: expected an mmpretrain classifier with '
+                              'a ClsHead or an mmseg segmentor')
         self.shape = tuple(session.get_inputs()[0].shape[2:])
 
     def run(self, x: Tensor) -> Tensor:
         """The session on a preprocessed batch (float32 logits)."""
         if all(isinstance(s, int) for s in self.shape) and tuple(x.shape[2:]) != self.shape:
-            raise ValueError(
+            raise InputSizeError(
                 f'The model is fed {x.shape[2]}x{x.shape[3]} inputs but the ONNX graph takes '
                 f'{self.shape[0]}x{self.shape[1]}: export it with --shape {x.shape[2]} '
                 f'{x.shape[3]}')
@@ -223,7 +224,7 @@ def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split:
             break
     bar.close()
     if not captured:
-        raise ValueError(f'No {split} images to calibrate on')
+        raise DataNotFoundError(f'No {split} images to calibrate on')
     return captured
 
 

@@ -47,9 +47,9 @@ from torch import Tensor, nn
 
 from ..analysis.models import TensorForward
 from ..checkpoint import check_output_path, load_state_dict_strict, write_bytes_atomic
-from .convert import (DEFAULT_TOLERANCE, FoldReport, build_model, compare_outputs, deploy_meta,
-                      find_backbone, fold_and_verify, input_shape_from_config, load_mapped_state,
-                      tensor_forward)
+from .convert import (BROKEN_WEIGHTS, DEFAULT_TOLERANCE, FoldReport, VerificationError,
+                      build_model, compare_outputs, deploy_meta, find_backbone, fold_and_verify,
+                      input_shape_from_config, load_mapped_state, tensor_forward)
 
 #: The exporters :func:`export_module` knows.
 EXPORTERS = ('dynamo', 'torchscript')
@@ -65,24 +65,42 @@ _PACKAGES = {'onnx': 'onnx==1.23.2', 'onnxruntime': 'onnxruntime==1.31.1',
              'onnxscript': 'onnxscript==0.7.2'}
 
 
+class MissingDependencyError(ImportError):
+    """An optional package of the ONNX path (``requirements/deploy.txt``) is not installed."""
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked: the exporter fails on it, ``onnx.checker``
+    rejects the graph, or the input size does not suit the model or the data."""
+
+
+class InputSizeError(ExportError, ValueError):
+    """An input size the exported graph cannot take (or the data does not give it)."""
+
+
 def require(name: str) -> Any:
-    """Import an optional deploy package or raise a one-line ``ImportError`` saying how to get it.
+    """Import an optional deploy package, or say in one line how to install it.
+
+    Only the package itself missing is reported so; an installed package that fails to
+    import (a broken install) raises its own error, with its traceback.
 
     Args:
         name: ``'onnx'``, ``'onnxruntime'`` or ``'onnxscript'``.
 
     Returns:
         The module.
+
+    Raises:
+        MissingDependencyError: If the package is not installed.
     """
     try:
-        module = importlib.import_module(name)
-    except ImportError:
-        raise ImportError(f'{name} is not installed: pip install {_PACKAGES.get(name, name)} '
-                          '(requirements/deploy.txt; make env installs it)') from None
-    if module is None:  # a module set to None in sys.modules
-        raise ImportError(f'{name} is not installed: pip install {_PACKAGES.get(name, name)} '
-                          '(requirements/deploy.txt; make env installs it)')
-    return module
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+        raise MissingDependencyError(
+            f'{name} is not installed: pip install {_PACKAGES.get(name, name)} '
+            '(requirements/deploy.txt; make env installs it)') from None
 
 
 # ------------------------------------------------------------------------------ files
@@ -369,7 +387,7 @@ def pool_friendly_sizes(model: nn.Module, shape: tuple[int, int], span: int = 64
     return out
 
 
-class PoolShapeError(ValueError):
+class PoolShapeError(InputSizeError):
     """The adaptive pools cannot be exported at the requested input size."""
 
 
@@ -580,6 +598,40 @@ class ExportReport:
         return '\n'.join(lines)
 
 
+#: Why ONNX Runtime's outputs can be NaN or Inf where PyTorch's are not, per export dtype.
+_ORT_CAUSE = {'fp32': 'the exported graph computes what PyTorch does not',
+              'fp16': 'float16 overflows on this model'}
+
+
+def check_against_pytorch(reference: Sequence[Tensor], outputs: Sequence[Tensor],
+                          dtype: str = 'fp32', tolerance: float | None = None,
+                          where: str = '') -> tuple[float, float]:
+    """Compare ONNX Runtime's outputs with PyTorch's on the same input.
+
+    Args:
+        reference: PyTorch's outputs.
+        outputs: ONNX Runtime's.
+        dtype: The graph's dtype, ``'fp32'`` or ``'fp16'``.
+        tolerance: Max relative difference (default :data:`ONNX_TOLERANCE`).
+        where: The inputs, for the message (e.g. ``' on the test images'``).
+
+    Returns:
+        ``(max_abs, max_rel)``.
+
+    Raises:
+        VerificationError: If they differ by more than ``tolerance``, in number or shape,
+            or any value is NaN or Inf.
+    """
+    tolerance = ONNX_TOLERANCE[dtype] if tolerance is None else tolerance
+    max_abs, max_rel = compare_outputs(reference, outputs,
+                                       ('of PyTorch', f'of ONNX Runtime ({dtype})'),
+                                       (BROKEN_WEIGHTS, _ORT_CAUSE[dtype]))
+    if not max_rel <= tolerance:
+        raise VerificationError(f'ONNX Runtime does not reproduce PyTorch{where}: max rel diff '
+                                f'{max_rel:.3g} > {tolerance:g} (max abs {max_abs:.3g})')
+    return max_abs, max_rel
+
+
 def export_onnx(config: str | Config,
                 checkpoint: str | os.PathLike,
                 out: str | os.PathLike,
@@ -632,10 +684,12 @@ def export_onnx(config: str | Config,
         SameFileError: ``out`` is the checkpoint or the config (also through a link),
             whatever ``force`` says.
         IsADirectoryError, NotADirectoryError: ``out`` cannot be a file.
-        RuntimeError: Folding or ONNX Runtime differ by more than the tolerance, or the
-            graph is not the folded one.
+        VerificationError: Folding or ONNX Runtime differ by more than the tolerance, or
+            the graph is not the folded one.
+        ExportError: The exporter fails or ``onnx.checker`` rejects the graph.
         PoolShapeError: The TorchScript exporter cannot export the adaptive pools at
             ``shape``.
+        MissingDependencyError: onnx, onnxruntime (or onnxscript for dynamo) is missing.
     """
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f'batch must be an int >= 1, got {batch!r}')
@@ -674,10 +728,10 @@ def export_onnx(config: str | Config,
         raise
     except Exception as err:  # exporter failures carry long traces: keep their first line
         first = next((line for line in str(err).splitlines() if line.strip()), repr(err))
-        raise RuntimeError(f'torch.onnx.export ({exporter}) failed: {first}') from err
+        raise ExportError(f'torch.onnx.export ({exporter}) failed: {first}') from err
     nodes = graph_summary(proto)
     if nodes.get('BatchNormalization', 0) or nodes.get('Conv', 0) != seen.convs:
-        raise RuntimeError(
+        raise VerificationError(
             f'The exported graph is not the folded model: {nodes.get("Conv", 0)} Conv nodes for '
             f'{seen.convs} conv calls, {nodes.get("BatchNormalization", 0)} BatchNormalization')
     pre = preprocess_meta(cfg)
@@ -701,22 +755,21 @@ def export_onnx(config: str | Config,
     meta.pop('config', None)  # the config text is long; its file name stays
     session = create_session(proto)
     got = run_session(session, x)
-    max_abs, max_rel = compare_outputs(reference, [got])
-    if not max_rel <= tolerance:
-        raise RuntimeError(f'ONNX Runtime does not reproduce PyTorch: max rel diff {max_rel:.3g} '
-                           f'> {tolerance:g} (max abs {max_abs:.3g})')
+    max_abs, max_rel = check_against_pytorch(reference, [got], dtype, tolerance)
     if dynamic_batch:  # one more row than the example: the batch axis really is free
         x2 = torch.cat([x, x[:1]])
         got2 = run_session(session, x2)
-        if got2.shape[0] != x2.shape[0] or not compare_outputs([got], [got2[:batch]])[1] <= 1e-5:
-            raise RuntimeError('The dynamic-batch graph does not run a larger batch alike')
+        if got2.shape[0] != x2.shape[0] or not compare_outputs(
+                [got], [got2[:batch]], (f'at batch {batch}', f'at batch {batch + 1}'),
+                (_ORT_CAUSE[dtype], _ORT_CAUSE[dtype]))[1] <= 1e-5:
+            raise VerificationError('The dynamic-batch graph does not run a larger batch alike')
     meta.update(ort_max_abs_diff=max_abs, ort_max_rel_diff=max_rel)
     set_metadata(proto, meta)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as err:
         first = next((line for line in str(err).splitlines() if line.strip()), repr(err))
-        raise RuntimeError(f'onnx.checker rejects the exported model: {first}') from err
+        raise ExportError(f'onnx.checker rejects the exported model: {first}') from err
     write_bytes_atomic(out, proto.SerializeToString(), force=force, inputs=sources)
     report = ExportReport(str(out), shape, batch, dynamic_batch, dtype, exporter, opset,
                           deployed, fold, max_abs, max_rel, tolerance, nodes,

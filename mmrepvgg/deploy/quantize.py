@@ -53,6 +53,11 @@ WEIGHTED_OPS = ('Conv', 'ConvTranspose', 'Gemm', 'MatMul')
 MAX_SQNR_DB = 300.0
 
 
+class QuantizationError(ValueError):
+    """A quantization request the graph cannot meet: a layer to keep in float that it does
+    not have, or ``keep_float`` without the sensitivity ranking that picks the layers."""
+
+
 def _q() -> Any:
     require('onnxruntime')
     from onnxruntime import quantization
@@ -208,7 +213,7 @@ def resolve_layers(names: Sequence[str], layers: Sequence[tuple[str, str]]) -> l
     """Node names for layer names given as ONNX node names or module paths.
 
     Raises:
-        ValueError: For a name that is neither, listing a few valid ones.
+        QuantizationError: For a name that is neither, listing a few valid ones.
     """
     by_node = {n for n, _ in layers}
     by_module = {node_module(n): n for n, _ in layers}
@@ -220,8 +225,8 @@ def resolve_layers(names: Sequence[str], layers: Sequence[tuple[str, str]]) -> l
             out.append(by_module[name])
         else:
             examples = ', '.join(node_module(n) for n, _ in layers[:3])
-            raise ValueError(f'No weighted layer {name!r} in the graph; give module paths such '
-                             f'as {examples} (or ONNX node names)')
+            raise QuantizationError(f'No weighted layer {name!r} in the graph; give module '
+                                    f'paths such as {examples} (or ONNX node names)')
     return list(dict.fromkeys(out))
 
 
@@ -322,6 +327,9 @@ def quantize_checkpoint(config: str | Config,
             is False; checked before any work.
         SameFileError: An output is the checkpoint or the config (also through a link), or
             two outputs are the same file (``--report OUT``), whatever ``force`` says.
+        QuantizationError: ``keep_float`` without ``sensitivity``, or a
+            ``keep_float_layers`` name the graph does not have.
+        ValueError: A count that is not a positive int (``keep_float``: non-negative).
     """
     settings = settings or QuantSettings()
     for name, value, least in (('calib_images', calib_images, 1), ('keep_float', keep_float, 0),
@@ -333,8 +341,8 @@ def quantize_checkpoint(config: str | Config,
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f'{name} must be an int >= {least}, got {value!r}')
     if keep_float and not sensitivity:
-        raise ValueError('--keep-float K keeps the K most sensitive layers: it needs the '
-                         'sensitivity ranking')
+        raise QuantizationError('--keep-float K keeps the K most sensitive layers: it needs '
+                                'the sensitivity ranking')
     out = Path(out)
     report_json = Path(report) if report else out.with_suffix('.json')
     report_md = report_json.with_suffix('.md')

@@ -137,6 +137,10 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
     assert 'are the same file' in refused(tmp_path / 'w.onnx', '--fp32-out',
                                           tmp_path / 'w.onnx')
     assert not any((tmp_path / n).exists() for n in ('x.onnx', 'y.onnx', 'z.json', 'w.onnx'))
+    # the K most sensitive layers need the ranking --no-sensitivity skips
+    assert refused(tmp_path / 'q.onnx', '--keep-float', '1') == (
+        'error: --keep-float K keeps the K most sensitive layers: it needs the sensitivity '
+        'ranking')
     # counts: K = -1 would keep every layer but one in float
     for bad in (dict(keep_float=-1), dict(calib_images=0), dict(speed_rounds=0)):
         with pytest.raises(ValueError, match=f'{next(iter(bad))} must be an int'):
