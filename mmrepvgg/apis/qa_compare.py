@@ -34,8 +34,7 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from ..analysis.quant_error import errors_to_dicts, folded_kernel_errors, summarize_errors
-from ..checkpoint import (extract_state_dict, load_checkpoint_file, load_state_dict_strict,
-                          write_bytes_atomic)
+from ..checkpoint import write_bytes_atomic
 from ..models import reparameterize
 from .demo import CLS_DEMO_CONFIG, REPO, fresh_work_dir, run_cls_demo
 
@@ -289,11 +288,9 @@ def evaluate_checkpoint(config: str, checkpoint: str | Path, data_root: str | Pa
     Returns:
         ``dict(trained, deployed, int8, weight_error, layers)``.
     """
-    from ..deploy.convert import build_model
+    from ..deploy.convert import load_model
     cfg = load_demo_config(config, data_root)
-    model = build_model(cfg)
-    state = extract_state_dict(load_checkpoint_file(checkpoint))
-    load_state_dict_strict(model, state, source=str(checkpoint))
+    model, _, _ = load_model(cfg, checkpoint)
     data = load_digits_data(cfg, model)
     trained = top1(model, data.test_inputs, data.test_labels)
     reparameterize(model.eval())

@@ -312,7 +312,8 @@ def evaluate_export(cfg: Config, checkpoint: str, out: str, shape: tuple[int, in
     Returns:
         ``dict(metric, pytorch, onnx, diff, shape, out)`` with both metric dicts.
     """
-    from .onnx_export import create_session, export_onnx, load_model
+    from .convert import load_model
+    from .onnx_export import create_session, export_onnx
     reference, _, _ = load_model(cfg, checkpoint)
     shape = tuple(shape or deployed_input_shape(cfg, reference))
     export_onnx(cfg, checkpoint, out, shape=shape, force=force)

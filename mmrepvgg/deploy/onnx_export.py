@@ -46,10 +46,11 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from ..analysis.models import TensorForward
-from ..checkpoint import check_output_path, load_state_dict_strict, write_bytes_atomic
-from .convert import (BROKEN_WEIGHTS, DEFAULT_TOLERANCE, FoldReport, VerificationError,
-                      build_model, compare_outputs, deploy_meta, find_backbone, fold_and_verify,
-                      input_shape_from_config, load_mapped_state, tensor_forward)
+from ..checkpoint import check_output_path, write_bytes_atomic
+from .convert import (BROKEN_WEIGHTS, DEFAULT_TOLERANCE, FoldReport,
+                      VerificationError, compare_outputs, deploy_meta, find_backbone,
+                      fold_and_verify, input_shape_from_config, load_model, source_files,
+                      tensor_forward)
 
 #: The exporters :func:`export_module` knows.
 EXPORTERS = ('dynamo', 'torchscript')
@@ -101,17 +102,6 @@ def require(name: str) -> Any:
         raise MissingDependencyError(
             f'{name} is not installed: pip install {_PACKAGES.get(name, name)} '
             '(requirements/deploy.txt; make env installs it)') from None
-
-
-# ------------------------------------------------------------------------------ files
-
-def source_files(config: str | os.PathLike | Config,
-                 checkpoint: str | os.PathLike) -> list[str | os.PathLike]:
-    """The files an export is made from (the checkpoint and the config file): no output of
-    it may be one of them (:func:`mmrepvgg.checkpoint.check_output_path`'s ``inputs``)."""
-    if isinstance(config, Config):
-        return [checkpoint] + ([config.filename] if config.filename else [])
-    return [checkpoint, config]
 
 
 # ------------------------------------------------------------------------------ sessions
@@ -171,20 +161,6 @@ def run_session(session: Any, x: Tensor | np.ndarray) -> Tensor:
 
 # ------------------------------------------------------------------------------ configs
 
-def with_data_preprocessor(cfg: Config) -> Config:
-    """A copy of ``cfg`` whose ``model`` carries the top-level ``data_preprocessor``.
-
-    mmpretrain configs keep the preprocessor (mean/std) at the top level and mmengine's
-    Runner merges it into the model (``model.setdefault('data_preprocessor', ...)``); a model
-    built from ``cfg.model`` alone would not normalize.
-    """
-    cfg = copy.deepcopy(cfg)
-    top = cfg.get('data_preprocessor')
-    if top is not None and cfg.model.get('data_preprocessor') is None:
-        cfg.model['data_preprocessor'] = copy.deepcopy(top)
-    return cfg
-
-
 def task_of(model: nn.Module) -> str:
     """``'segmentation'`` for an mmseg segmentor, else ``'classification'``."""
     return 'segmentation' if hasattr(model, 'decode_head') else 'classification'
@@ -230,32 +206,6 @@ def class_names(cfg: Config, checkpoint_meta: Mapping | None = None) -> list[str
 
 
 # ------------------------------------------------------------------------------ models
-
-def load_model(cfg: Config, checkpoint: str | os.PathLike, source: str | None = None,
-               trust: bool = False) -> tuple[nn.Module, bool, dict]:
-    """Build ``cfg``'s model and load a training-time or deployed checkpoint strictly.
-
-    Args:
-        cfg: The config (its top-level ``data_preprocessor`` is merged in).
-        checkpoint: Training-time (any :data:`~mmrepvgg.deploy.keymaps.SOURCES` layout) or
-            deployed (``branch_reparam`` keys) checkpoint.
-        source: Layout; None: detect it.
-        trust: Allow full unpickling.
-
-    Returns:
-        ``(model, deployed, checkpoint_meta)``; the model is in eval mode, folded iff
-        ``deployed``.
-    """
-    cfg = with_data_preprocessor(cfg)
-    state, source, meta = load_mapped_state(checkpoint, source, trust)
-    deployed = any('.branch_reparam.' in k for k in state)
-    model = build_model(cfg, deploy=deployed)
-    if find_backbone(model) is None:
-        raise ValueError(f'The model of {cfg.filename} has no mmrepvgg RepVGG backbone')
-    load_state_dict_strict(model, state, source=f'{checkpoint} ({source} layout'
-                           + (', deployed)' if deployed else ')'))
-    return model.eval(), deployed, meta
-
 
 def backbone_blocks(model: nn.Module) -> int:
     """Blocks of the RepVGG backbone: the stem plus every layer of every stage."""
@@ -697,8 +647,7 @@ def export_onnx(config: str | Config,
     check_output_path(out, force, sources)
     onnx = require('onnx')
     require('onnxruntime')
-    cfg = with_data_preprocessor(config if isinstance(config, Config)
-                                 else Config.fromfile(config))
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
     dtype = 'fp16' if fp16 else 'fp32'
     tolerance = ONNX_TOLERANCE[dtype] if tolerance is None else tolerance
     model, deployed, ckpt_meta = load_model(cfg, checkpoint, source, trust)

@@ -39,9 +39,9 @@ from mmengine.logging import print_log
 
 from ..checkpoint import check_output_paths, write_bytes_atomic
 from .onnx_eval import (OnnxPredictor, capture_inputs, evaluate, main_metric, time_sessions)
+from .convert import source_files
 from .onnx_export import (DEFAULT_OPSET, create_session, export_onnx, graph_summary,
-                          node_module, read_metadata, require, run_session, set_metadata,
-                          source_files)
+                          node_module, read_metadata, require, run_session, set_metadata)
 
 #: Calibration methods (ONNX Runtime's ``CalibrationMethod`` names).
 CALIBRATORS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percentile'}

@@ -351,3 +351,17 @@ def test_onnx_runtime_mismatch_names_what_was_compared():
                        r'ONNX Runtime \(fp32\)'):
         check_against_pytorch(ref, [torch.tensor([1.])])
     assert check_against_pytorch(ref, [torch.tensor([1., 2.0001])])[1] <= 1e-4
+
+
+def test_the_other_block_type_is_refused_by_name(qa_digits_checkpoint, tmp_path, capsys):
+    """A QARepVGG checkpoint with the RepVGG twin of its config: the targeted message of
+    tools/deploy_convert.py (one loader), not a list of mismatched keys."""
+    config, ckpt = qa_digits_checkpoint
+    out = tmp_path / 'qa.onnx'
+    assert export_tool.main([str(ROOT / 'configs/demo/repvgg-small_digits.py'), str(ckpt),
+                             str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f'error: {ckpt} (mmrepvgg layout) holds '
+                                               'QARepVGGBlock weights but the model is built '
+                                               'with RepVGGBlock; set model.backbone.block_cfg')
+    assert not out.exists()
