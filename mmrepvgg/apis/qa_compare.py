@@ -17,7 +17,6 @@ and ``configs/demo/qarepvgg-small_digits.py``), then on the held-out 450 images:
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -231,47 +230,45 @@ def load_demo_config(config: str, data_root: str | Path) -> Config:
 def load_digits_data(cfg: Config, model: nn.Module, calib_samples: int = 256) -> DigitsData:
     """The test split and a calibration set, through the config's pipeline and preprocessor.
 
+    Both splits are built as the ONNX evaluation builds them
+    (:func:`~mmrepvgg.deploy.onnx_eval.build_dataset`: the config's dataset with its test
+    pipeline, so the training images come without augmentation).
+
     Args:
         cfg: A digits demo config (see :func:`load_demo_config`).
         model: The classifier; its ``data_preprocessor`` turns batches into tensors.
-        calib_samples: Training images for calibration (the test pipeline, no augmentation).
+        calib_samples: Training images for calibration, a seeded random subset (every
+            class: the folders are sorted).
 
     Returns:
         The tensors.
     """
-    from mmengine.dataset import pseudo_collate
-    from mmengine.registry import DATASETS, init_default_scope
-    init_default_scope(cfg.default_scope)
+    from ..deploy.onnx_eval import build_dataset, make_loader
 
-    def tensors(dataset_cfg, count: int | None = None) -> tuple[Tensor, Tensor]:
-        dataset = DATASETS.build(dataset_cfg)
-        order = range(len(dataset))
-        if count is not None:  # a random subset, all classes (the folders are sorted)
+    def tensors(split: str, count: int | None = None) -> tuple[Tensor, Tensor]:
+        dataset = build_dataset(cfg, split)
+        order = None
+        if count is not None:
             gen = torch.Generator().manual_seed(0)
             order = torch.randperm(len(dataset), generator=gen)[:count].tolist()
         xs, ys = [], []
-        for start in range(0, len(order), 64):
-            batch = pseudo_collate([dataset[i] for i in order[start:start + 64]])
+        for batch in make_loader(cfg, dataset, split, order, batch_size=64):
             data = model.data_preprocessor(batch, False)
             xs.append(data['inputs'])
             ys.append(torch.cat([s.gt_label for s in data['data_samples']]))
         return torch.cat(xs), torch.cat(ys)
 
-    test_x, test_y = tensors(copy.deepcopy(cfg.test_dataloader.dataset))
-    calib_cfg = copy.deepcopy(cfg.test_dataloader.dataset)  # test pipeline: no augmentation
-    calib_cfg.data_prefix = cfg.train_dataloader.dataset.data_prefix
-    calib_x, _ = tensors(calib_cfg, calib_samples)
+    test_x, test_y = tensors('test')
+    calib_x, _ = tensors('train', calib_samples)
     return DigitsData(test_x, test_y, calib_x)
 
 
 def top1(model: nn.Module, inputs: Tensor, labels: Tensor, batch: int = 150) -> float:
     """Top-1 (%) of a classifier called with ``mode='tensor'``."""
-    correct = 0
     with torch.no_grad():
-        for i in range(0, len(inputs), batch):
-            logits = model(inputs[i:i + batch], mode='tensor')
-            correct += (logits.argmax(dim=1) == labels[i:i + batch]).sum().item()
-    return 100.0 * correct / len(inputs)
+        logits = torch.cat([model(inputs[i:i + batch], mode='tensor')
+                            for i in range(0, len(inputs), batch)])
+    return _top1_of_logits(logits, labels)
 
 
 def evaluate_checkpoint(config: str, checkpoint: str | Path, data_root: str | Path,
