@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import tempfile
 import time
@@ -35,7 +34,7 @@ from torch import Tensor, nn
 from ..analysis.quant_error import errors_to_dicts, folded_kernel_errors, summarize_errors
 from ..checkpoint import write_bytes_atomic
 from ..models import reparameterize
-from .demo import CLS_DEMO_CONFIG, REPO, fresh_work_dir, run_cls_demo
+from .demo import CLS_DEMO_CONFIG, fresh_work_dir, load_demo_config, run_cls_demo
 
 QA_DEMO_CONFIG = 'configs/demo/qarepvgg-small_digits.py'
 #: The two arms of the comparison: block type -> demo config.
@@ -211,20 +210,6 @@ class RunResult:
     weight_error: dict
     layers: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def load_demo_config(config: str, data_root: str | Path) -> Config:
-    """The demo config with its data under ``data_root``.
-
-    The top-level ``data_preprocessor`` goes into ``model`` as mmengine's runner puts it
-    (without it the model would see unnormalized pixels).
-    """
-    cfg = Config.fromfile(config if os.path.isfile(config) else str(REPO / config))
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = str(data_root)
-    if cfg.get('data_preprocessor') is not None:
-        cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
-    return cfg
 
 
 def load_digits_data(cfg: Config, model: nn.Module, calib_samples: int = 256) -> DigitsData:

@@ -13,11 +13,10 @@ import mmrepvgg.apis.qa_compare as qa_compare
 import mmrepvgg.deploy.quantize as quantize
 from mmrepvgg import reparameterize
 from mmrepvgg.analysis.quant_error import LayerQuantError, summarize_errors
-from mmrepvgg.apis.demo import DemoResult
+from mmrepvgg.apis.demo import DemoResult, load_demo_config
 from mmrepvgg.apis.qa_compare import (DEMO_CONFIGS, INT8_NOT_MEASURED, QA_DEMO_CONFIG,
                                       DigitsData, Int8Result, comparison_markdown,
-                                      evaluate_checkpoint, int8_top1, load_demo_config,
-                                      top1)
+                                      evaluate_checkpoint, int8_top1, top1)
 from mmrepvgg.deploy import build_model
 from tests.helpers import randomize_bn_
 
