@@ -31,7 +31,8 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from ..analysis.quant_error import errors_to_dicts, folded_kernel_errors, summarize_errors
+from ..analysis.quant_error import (errors_to_dicts, folded_kernel_errors, summarize_errors,
+                                    tensor_sqnr_db)
 from ..checkpoint import write_bytes_atomic
 from ..models import reparameterize
 from .demo import CLS_DEMO_CONFIG, fresh_work_dir, load_demo_config, run_cls_demo
@@ -146,7 +147,7 @@ def int8_top1(model: nn.Module, data: DigitsData,
     from ..deploy.onnx_export import (check_against_pytorch, create_session, export_module,
                                       require, run_session)
     from ..deploy.quantize import (QuantSettings, calibrate, prepare_fp32, qdq_summary,
-                                   quantize_file, sqnr_db)
+                                   quantize_file)
     if not calibrators:
         raise ValueError('int8_top1 needs at least one calibrator')
     onnx = require('onnx')
@@ -176,7 +177,7 @@ def int8_top1(model: nn.Module, data: DigitsData,
                 summary = qdq_summary(proto)
                 logits = run_session(create_session(proto, threads), data.test_inputs)
                 runs[key] = dict(top1=_top1_of_logits(logits, data.test_labels),
-                                 logits_sqnr_db=sqnr_db([fp32_logits], [logits]),
+                                 logits_sqnr_db=tensor_sqnr_db(fp32_logits, logits),
                                  quantized_layers=len(summary['quantized_layers']),
                                  float_layers=len(summary['float_layers']),
                                  max_weight_scales=_max_weight_scales(proto))

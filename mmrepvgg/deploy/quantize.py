@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import math
 import os
 import platform
 import tempfile
@@ -37,6 +36,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from ..analysis.quant_error import tensor_sqnr_db
 from ..checkpoint import check_output_paths, write_bytes_atomic
 from .onnx_eval import (OnnxPredictor, capture_inputs, evaluate, main_metric, time_sessions)
 from .convert import source_files
@@ -49,8 +49,6 @@ CALIBRATORS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percenti
 ACTIVATION_TYPES = {'int8': 'QInt8', 'uint8': 'QUInt8'}
 #: Ops whose weights are quantized; each is a "layer" of the sensitivity ranking.
 WEIGHTED_OPS = ('Conv', 'ConvTranspose', 'Gemm', 'MatMul')
-#: An output equal to the reference gets this SQNR instead of infinity.
-MAX_SQNR_DB = 300.0
 
 
 class QuantizationError(ValueError):
@@ -165,15 +163,6 @@ def quantize_file(model: str | os.PathLike, out: str | os.PathLike, cache: str |
         calibration_cache_path=str(cache))
 
 
-def sqnr_db(reference: Sequence[torch.Tensor], output: Sequence[torch.Tensor]) -> float:
-    """Signal-to-quantization-noise ratio in dB: 10 log10(sum ref^2 / sum (out - ref)^2)."""
-    signal = sum(float((r.double() ** 2).sum()) for r in reference)
-    noise = sum(float(((o.double() - r.double()) ** 2).sum()) for r, o in zip(reference, output))
-    if noise <= signal * 10 ** (-MAX_SQNR_DB / 10):
-        return MAX_SQNR_DB
-    return 10 * math.log10(max(signal, 1e-300) / noise)
-
-
 def layer_sensitivity(model: str | os.PathLike, cache: str | os.PathLike,
                       inputs: Sequence[np.ndarray], settings: QuantSettings,
                       threads: int | None = None, progress: bool = True) -> list[dict]:
@@ -201,8 +190,8 @@ def layer_sensitivity(model: str | os.PathLike, cache: str | os.PathLike,
             quantize_file(model, out, cache, settings, nodes_to_quantize=[node])
             session = create_session(out, threads)
             rows.append(dict(node=node, module=node_module(node), op=op,
-                             sqnr_db=sqnr_db(reference, [run_session(session, x)
-                                                         for x in inputs])))
+                             sqnr_db=tensor_sqnr_db(reference, [run_session(session, x)
+                                                                for x in inputs])))
     rows.sort(key=lambda r: r['sqnr_db'])
     for i, row in enumerate(rows):
         row['rank'] = i + 1
@@ -405,7 +394,8 @@ def quantize_checkpoint(config: str | Config,
                                int8_mb=int8_tmp.stat().st_size / 2**20)
         int8 = create_session(proto, threads)
         ref = [run_session(fp32, x) for x in sens_inputs]
-        result['output_sqnr_db'] = sqnr_db(ref, [run_session(int8, x) for x in sens_inputs])
+        result['output_sqnr_db'] = tensor_sqnr_db(ref, [run_session(int8, x)
+                                                        for x in sens_inputs])
         set_metadata(proto, dict(meta, quantization=dict(
             result['quantization'], calibration=dict(result['quantization']['calibration']),
             tool='onnxruntime.quantization.quantize_static')))

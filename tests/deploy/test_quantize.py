@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,10 @@ from mmengine.config import Config
 
 from mmrepvgg.deploy.onnx_eval import build_dataset, capture_inputs
 from mmrepvgg.deploy.onnx_export import create_session, export_onnx, read_metadata
-from mmrepvgg.deploy.quantize import (MAX_SQNR_DB, QuantSettings, qdq_summary,
-                                      quantize_checkpoint, report_markdown, sqnr_db,
-                                      weighted_layers)
+from mmrepvgg.analysis.quant_error import sqnr_db as weight_sqnr_db
+from mmrepvgg.analysis.quant_error import quantize_symmetric, tensor_sqnr_db
+from mmrepvgg.deploy.quantize import (QuantSettings, qdq_summary, quantize_checkpoint,
+                                      report_markdown, weighted_layers)
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location('tools_quantize', ROOT / 'tools' / 'quantize.py')
@@ -67,7 +69,7 @@ def test_int8_digits_stays_within_2_points_with_int8_weights(digits, tmp_path):
     assert len(layers) == LAYERS and [r['rank'] for r in layers] == list(range(1, LAYERS + 1))
     assert [r['sqnr_db'] for r in layers] == sorted(r['sqnr_db'] for r in layers)
     assert {r['module'] for r in layers} >= {'backbone.stem.branch_reparam', 'head.fc'}
-    assert all(0 < r['sqnr_db'] < MAX_SQNR_DB for r in layers)
+    assert all(0 < r['sqnr_db'] < math.inf for r in layers)
     # report: json + markdown, naming calibrator, weights, kept layers
     saved = json.loads(out.with_suffix('.json').read_text())
     assert saved['quantization']['calibration'] == dict(
@@ -187,8 +189,15 @@ def test_calibration_inputs_are_train_images_as_deployed(digits, tmp_path):
 
 def test_weighted_layers_and_sqnr():
     ref = [torch.ones(2, 3)]
-    assert sqnr_db(ref, [torch.full((2, 3), 1.1)]) == pytest.approx(20.0)
-    assert sqnr_db(ref, ref) == MAX_SQNR_DB
+    assert tensor_sqnr_db(ref, [torch.full((2, 3), 1.1)]) == pytest.approx(20.0)
+    assert tensor_sqnr_db(ref * 2, [torch.full((2, 3), 1.1)] * 2) == pytest.approx(20.0)
+    # one edge-case rule for every SQNR of the package: exact is inf, a zero signal -inf
+    assert tensor_sqnr_db(ref, ref) == math.inf == weight_sqnr_db(torch.ones(2, 3), False)
+    assert tensor_sqnr_db(torch.zeros(3), torch.ones(3)) == -math.inf
+    w = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert weight_sqnr_db(w, True) == tensor_sqnr_db(w, quantize_symmetric(w, True))
+    with pytest.raises(ValueError, match='2 reference tensors but 1 outputs'):
+        tensor_sqnr_db(ref * 2, ref)
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node('Conv', ['x', 'w'], ['y'], name='conv'),
          onnx.helper.make_node('Relu', ['y'], ['z'], name='relu'),
