@@ -291,7 +291,8 @@ def deployed_input_shape(cfg: Config, model: nn.Module) -> tuple[int, int]:
 def evaluate_export(cfg: Config, checkpoint: str, out: str, shape: tuple[int, int] | None = None,
                     split: str = 'test', max_images: int | None = None,
                     threads: int | None = None, force: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, trust: bool = False,
+                    source: str | None = None) -> dict:
     """Export a checkpoint to ONNX and evaluate the ONNX model and the PyTorch one alike.
 
     The PyTorch reference is the model the checkpoint holds (training-time or deployed),
@@ -308,18 +309,26 @@ def evaluate_export(cfg: Config, checkpoint: str, out: str, shape: tuple[int, in
         threads: ONNX Runtime threads.
         force: Overwrite ``out``.
         progress: Show progress bars.
+        trust: Allow full unpickling of the checkpoint.
+        source: Checkpoint layout; None: detect it.
 
     Returns:
         ``dict(metric, pytorch, onnx, diff, shape, out)`` with both metric dicts.
     """
-    from .convert import load_model
+    from ..checkpoint import check_output_path
+    from .convert import load_model, source_files
     from .onnx_export import create_session, export_onnx
-    reference, _, _ = load_model(cfg, checkpoint)
-    shape = tuple(shape or deployed_input_shape(cfg, reference))
-    export_onnx(cfg, checkpoint, out, shape=shape, force=force)
-    torch_metrics = evaluate(cfg, TorchPredictor(reference), split, max_images, 'eval PyTorch',
+    check_output_path(out, force, source_files(cfg, checkpoint))  # before the evaluation
+    loaded = load_model(cfg, checkpoint, source, trust)
+    model = loaded[0]
+    shape = tuple(shape or deployed_input_shape(cfg, model))
+    # the checkpoint's own model first: the export folds it in place (its pre- and
+    # post-processing, which the ONNX model runs inside, stay the same)
+    torch_metrics = evaluate(cfg, TorchPredictor(model), split, max_images, 'eval PyTorch',
                              progress)
-    onnx_metrics = evaluate(cfg, OnnxPredictor(reference, create_session(out, threads)), split,
+    export_onnx(cfg, checkpoint, out, shape=shape, force=force, trust=trust, source=source,
+                loaded=loaded)
+    onnx_metrics = evaluate(cfg, OnnxPredictor(model, create_session(out, threads)), split,
                             max_images, 'eval ONNX', progress)
     key = main_metric(torch_metrics)
     return dict(metric=key, pytorch=torch_metrics, onnx=onnx_metrics, shape=list(shape),

@@ -243,10 +243,16 @@ def _pair(size: Any, fallback: tuple[int, int]) -> tuple[int, int]:
 
 
 def _on_meta(model: nn.Module) -> nn.Module:
+    """``model`` if it is on the meta device, else a copy there that copies no data."""
     param = next(model.parameters(), None)
     if param is not None and param.device.type == 'meta':
         return model
-    return copy.deepcopy(model).to('meta')
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device='meta'), p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device='meta')
+    return copy.deepcopy(model, memo)
 
 
 def probe(model: nn.Module, shape: tuple[int, int]) -> Probe:
@@ -471,6 +477,14 @@ def set_metadata(proto: Any, meta: Mapping[str, Any]) -> None:
             entry.key, entry.value = key, text
 
 
+def input_name(model: str | os.PathLike | Any) -> str:
+    """The name of an ONNX model's (first) input, read from the graph (no session made)."""
+    if isinstance(model, (str, os.PathLike)):
+        model = require('onnx').load(str(model), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in weights)
+
+
 def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
     """The ``metadata_props`` of an ONNX file (or ``ModelProto``), JSON values decoded."""
     if isinstance(model, (str, os.PathLike)):
@@ -596,7 +610,8 @@ def export_onnx(config: str | Config,
                 source: str | None = None,
                 tolerance: float | None = None,
                 fold_tolerance: float | None = DEFAULT_TOLERANCE,
-                seed: int = 0) -> ExportReport:
+                seed: int = 0,
+                loaded: tuple[nn.Module, bool, dict] | None = None) -> ExportReport:
     """Checkpoint -> folded model -> verified ONNX file.
 
     Loads the checkpoint strictly (training-time: folded and verified as
@@ -624,6 +639,9 @@ def export_onnx(config: str | Config,
         tolerance: Max relative ONNX-vs-PyTorch difference (default :data:`ONNX_TOLERANCE`).
         fold_tolerance: Max relative difference of the folding (None: report only).
         seed: Seed of the verification input.
+        loaded: What :func:`~mmrepvgg.deploy.convert.load_model` returned for
+            ``checkpoint``, if the caller has it (its model is folded in place); None: load
+            it here.
 
     Returns:
         An :class:`ExportReport` (its ``model`` is the folded PyTorch model).
@@ -650,7 +668,7 @@ def export_onnx(config: str | Config,
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     dtype = 'fp16' if fp16 else 'fp32'
     tolerance = ONNX_TOLERANCE[dtype] if tolerance is None else tolerance
-    model, deployed, ckpt_meta = load_model(cfg, checkpoint, source, trust)
+    model, deployed, ckpt_meta = loaded or load_model(cfg, checkpoint, source, trust)
     shape = tuple(shape or input_shape_from_config(cfg))
     seen = probe(model, shape)  # shapes only (meta device): refuse before any compute
     note = check_adaptive_pools(model, shape, exporter, seen) or ''

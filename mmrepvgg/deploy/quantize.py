@@ -41,7 +41,8 @@ from ..checkpoint import check_output_paths, write_bytes_atomic
 from .onnx_eval import (OnnxPredictor, capture_inputs, evaluate, main_metric, time_sessions)
 from .convert import source_files
 from .onnx_export import (DEFAULT_OPSET, create_session, export_onnx, graph_summary,
-                          node_module, read_metadata, require, run_session, set_metadata)
+                          input_name, node_module, read_metadata, require, run_session,
+                          set_metadata)
 
 #: Calibration methods (ONNX Runtime's ``CalibrationMethod`` names).
 CALIBRATORS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percentile'}
@@ -132,7 +133,7 @@ def calibrate(model: str | os.PathLike, inputs: Sequence[np.ndarray], method: st
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from tqdm import tqdm
     q = _q()
-    name = create_session(model).get_inputs()[0].name
+    name = input_name(model)
     ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # as quantize_static does
     with tempfile.TemporaryDirectory(prefix='mmrepvgg-calib-') as tmp:
         calibrator = q.create_calibrator(
@@ -165,7 +166,8 @@ def quantize_file(model: str | os.PathLike, out: str | os.PathLike, cache: str |
 
 def layer_sensitivity(model: str | os.PathLike, cache: str | os.PathLike,
                       inputs: Sequence[np.ndarray], settings: QuantSettings,
-                      threads: int | None = None, progress: bool = True) -> list[dict]:
+                      threads: int | None = None, progress: bool = True,
+                      reference: Sequence[torch.Tensor] | None = None) -> list[dict]:
     """Quantize one weighted layer at a time; rank the layers by the output SQNR.
 
     Args:
@@ -175,13 +177,16 @@ def layer_sensitivity(model: str | os.PathLike, cache: str | os.PathLike,
         settings: Quantization settings.
         threads: ONNX Runtime threads.
         progress: Show a progress bar.
+        reference: The fp32 model's outputs on ``inputs``, if the caller has them (else
+            computed here).
 
     Returns:
         ``[dict(node, module, op, sqnr_db, rank)]``, most sensitive (lowest SQNR) first.
     """
     from tqdm import tqdm
-    fp32 = create_session(model, threads)
-    reference = [run_session(fp32, x) for x in inputs]
+    if reference is None:
+        fp32 = create_session(model, threads)
+        reference = [run_session(fp32, x) for x in inputs]
     rows = []
     with tempfile.TemporaryDirectory(prefix='mmrepvgg-sens-') as tmp:
         out = os.path.join(tmp, 'one_layer.onnx')
@@ -368,12 +373,13 @@ def quantize_checkpoint(config: str | Config,
                              pipeline='test pipeline, model inference (as deployed)',
                              seed=seed))
         sens_inputs = calib[:max(1, sensitivity_images)]
+        reference = [run_session(fp32, x) for x in sens_inputs]  # fp32 outputs, once
         ranking = None
         if sensitivity:
             print_log(f'Sensitivity: quantizing each of {len(layers)} layers alone, output SQNR '
                       f'on {len(sens_inputs)} train inputs', logger='current')
             ranking = layer_sensitivity(prepared, cache, sens_inputs, settings, threads,
-                                        progress)
+                                        progress, reference)
             result['sensitivity'] = dict(
                 method='one weighted layer quantized at a time (all others float); SQNR of the '
                 'model output vs fp32, in dB (lower = more sensitive)',
@@ -393,9 +399,8 @@ def quantize_checkpoint(config: str | Config,
         result['graph'] = dict(summary, fp32_mb=fp32_path.stat().st_size / 2**20,
                                int8_mb=int8_tmp.stat().st_size / 2**20)
         int8 = create_session(proto, threads)
-        ref = [run_session(fp32, x) for x in sens_inputs]
-        result['output_sqnr_db'] = tensor_sqnr_db(ref, [run_session(int8, x)
-                                                        for x in sens_inputs])
+        result['output_sqnr_db'] = tensor_sqnr_db(reference, [run_session(int8, x)
+                                                              for x in sens_inputs])
         set_metadata(proto, dict(meta, quantization=dict(
             result['quantization'], calibration=dict(result['quantization']['calibration']),
             tool='onnxruntime.quantization.quantize_static')))

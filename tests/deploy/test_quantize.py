@@ -83,9 +83,19 @@ def test_int8_digits_stays_within_2_points_with_int8_weights(digits, tmp_path):
     assert meta['quantization']['weights'] == 'int8 per-channel' and meta['mean'] == [0] * 3
 
 
-def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits, tmp_path):
+def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits, tmp_path,
+                                                                       monkeypatch):
     cfg, ckpt = digits
     out = tmp_path / 'partial.onnx'
+    import mmrepvgg.deploy.quantize as quantize
+    sessions = []
+
+    def create_session(model, threads=None):
+        sessions.append(Path(model).name if isinstance(model, (str, Path)) else 'proto')
+        return real_create_session(model, threads)
+
+    real_create_session = quantize.create_session
+    monkeypatch.setattr(quantize, 'create_session', create_session)
     result = quantize_checkpoint(cfg, ckpt, out, QuantSettings('percentile', per_channel=False),
                                  calib_images=16, sensitivity_images=4, keep_float=2,
                                  keep_float_layers=['head.fc'], shape=(32, 32), threads=1,
@@ -100,6 +110,10 @@ def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits,
     assert set(weight_scale_shapes(out).values()) == {()}  # per-tensor: scalar scales
     assert (tmp_path / 'r' / 'report.md').is_file()
     assert 'percentile calibration' in report_markdown(result)
+    # one fp32 session serves calibration inputs, sensitivity reference and output SQNR (the
+    # calibrator reads the input name from the graph); then one per single-layer model
+    assert sessions.count('fp32_prepared.onnx') == 1
+    assert sessions.count('one_layer.onnx') == LAYERS
 
 
 def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
