@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from mmengine.config import Config
@@ -101,17 +101,6 @@ def _top1_of_logits(logits: Tensor, labels: Tensor) -> float:
     return 100.0 * (logits.argmax(dim=1) == labels).sum().item() / len(labels)
 
 
-def _max_weight_scales(proto: Any) -> int:
-    """The largest number of scales of a weight ``DequantizeLinear`` in a QDQ model."""
-    from onnx import TensorProto
-    inits = {i.name: i for i in proto.graph.initializer}
-    sizes = [math.prod(inits[n.input[1]].dims) if inits[n.input[1]].dims else 1
-             for n in proto.graph.node
-             if n.op_type == 'DequantizeLinear' and n.input[0] in inits
-             and inits[n.input[0]].data_type == TensorProto.INT8]  # an int8 weight
-    return max(sizes, default=0)
-
-
 def int8_top1(model: nn.Module, data: DigitsData,
               calibrators: tuple[str, ...] = INT8_CALIBRATORS,
               threads: int | None = None, exporter: str = 'dynamo',
@@ -180,7 +169,7 @@ def int8_top1(model: nn.Module, data: DigitsData,
                                  logits_sqnr_db=tensor_sqnr_db(fp32_logits, logits),
                                  quantized_layers=len(summary['quantized_layers']),
                                  float_layers=len(summary['float_layers']),
-                                 max_weight_scales=_max_weight_scales(proto))
+                                 max_weight_scales=summary['max_weight_scales'])
             result.calibrators[method] = runs
     first = result.calibrators[calibrators[0]]
     result.per_channel, result.per_tensor = first['per_channel']['top1'], \

@@ -86,7 +86,8 @@ def build_model(cfg: Config, deploy: bool = False) -> nn.Module:
     """
     from mmengine.registry import MODELS, init_default_scope
 
-    from ..apis.config import ConfigError, replace_sync_bn
+    from ..apis.cli import error_message
+    from ..apis.config import ConfigError, is_config_error, replace_sync_bn
     model_cfg = copy.deepcopy(cfg.model)
     replace_sync_bn(model_cfg)
     model_cfg.pop('pretrained', None)
@@ -100,9 +101,10 @@ def build_model(cfg: Config, deploy: bool = False) -> nn.Module:
     try:
         model = MODELS.build(model_cfg)
     except (KeyError, ValueError, TypeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        if not is_config_error(err):
+            raise
         raise ConfigError(f'{cfg.filename or "the config"}: the model does not build: '
-                          f'{message}') from err
+                          f'{error_message(err)}') from err
     return model.eval()
 
 

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import platform
 import tempfile
@@ -84,10 +85,6 @@ class QuantSettings:
         if self.activation_type not in ACTIVATION_TYPES:
             raise ValueError(f'Unknown activation type {self.activation_type!r}; expected one '
                              f'of {", ".join(ACTIVATION_TYPES)}')
-
-    def describe(self) -> str:
-        return (f'QDQ, int8 weights {"per-channel" if self.per_channel else "per-tensor"}, '
-                f'{self.activation_type} activations, {self.calib_method} calibration')
 
 
 class _Reader:
@@ -228,7 +225,8 @@ def qdq_summary(model: str | os.PathLike | Any) -> dict:
     """QDQ nodes, int8 weights and which weighted layers are quantized in a QDQ model.
 
     A weighted layer counts as quantized when its weight input comes from a
-    ``DequantizeLinear`` of an int8 initializer.
+    ``DequantizeLinear`` of an int8 initializer; ``max_weight_scales`` is the most scales
+    such a weight has (its output channels per channel, 1 per tensor; 0 if none).
     """
     onnx = require('onnx')
     if isinstance(model, (str, os.PathLike)):
@@ -236,20 +234,22 @@ def qdq_summary(model: str | os.PathLike | Any) -> dict:
     inits = {i.name: i for i in model.graph.initializer}
     int8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
     dq_of = {n.output[0]: n for n in model.graph.node if n.op_type == 'DequantizeLinear'}
-    quantized, kept = [], []
+    quantized, kept, scales = [], [], [0]
     for node in model.graph.node:
         if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
             continue
         dq = dq_of.get(node.input[1])
         if dq is not None and dq.input[0] in inits and inits[dq.input[0]].data_type in int8:
             quantized.append(node.name)
+            scale = inits.get(dq.input[1])
+            scales.append(math.prod(scale.dims) if scale is not None else 1)
         elif node.input[1] in inits:
             kept.append(node.name)
     nodes = graph_summary(model)
     return dict(QuantizeLinear=nodes.get('QuantizeLinear', 0),
                 DequantizeLinear=nodes.get('DequantizeLinear', 0),
                 int8_initializers=sum(1 for i in inits.values() if i.data_type in int8),
-                quantized_layers=quantized, float_layers=kept)
+                quantized_layers=quantized, float_layers=kept, max_weight_scales=max(scales))
 
 
 def _versions() -> dict:

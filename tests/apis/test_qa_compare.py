@@ -168,7 +168,7 @@ def test_an_evaluation_that_disagrees_with_the_runner_is_an_error(tmp_path, monk
         qa_compare.compare_blocks(tmp_path / 'cmp', seeds=(0, ), blocks=('RepVGGBlock', ))
 
 
-def test_bad_arguments_and_foreign_work_dir(tmp_path):
+def test_bad_arguments_and_foreign_work_dir(tmp_path, capsys):
     with pytest.raises(ValueError, match='blocks must be'):
         qa_compare.compare_blocks(tmp_path / 'x', blocks=('ResNet', ))
     (tmp_path / 'mine').mkdir()
@@ -176,3 +176,8 @@ def test_bad_arguments_and_foreign_work_dir(tmp_path):
     from tools.compare_qa_digits import main
     assert main(['--work-dir', str(tmp_path / 'mine'), '--seeds', '0']) == 1
     assert (tmp_path / 'mine' / 'data.txt').read_text() == 'keep'
+    for option in ('--threads', '--max-epochs'):  # counts are positive, as in every tool
+        with pytest.raises(SystemExit) as err:
+            main([option, '0'])
+        assert err.value.code == 2
+        assert f'argument {option}: must be at least 1, got 0' in capsys.readouterr().err
