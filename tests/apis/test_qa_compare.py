@@ -175,6 +175,9 @@ def test_bad_arguments_and_foreign_work_dir(tmp_path, capsys):
     (tmp_path / 'mine' / 'data.txt').write_text('keep')
     from tools.compare_qa_digits import main
     assert main(['--work-dir', str(tmp_path / 'mine'), '--seeds', '0']) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f'error: {tmp_path / "mine"} exists and was not made by a demo; choose another folder '
+        'or remove it yourself']
     assert (tmp_path / 'mine' / 'data.txt').read_text() == 'keep'
     for option in ('--threads', '--max-epochs'):  # counts are positive, as in every tool
         with pytest.raises(SystemExit) as err:

@@ -254,12 +254,20 @@ def test_bad_output_paths_fail_before_the_work(cls_files, tmp_path, capsys):
     assert 'is a file, not a directory' in capsys.readouterr().err
 
 
-def test_bad_inputs_fail_cleanly(cls_files, seg_files, tmp_path):
+def test_bad_inputs_fail_cleanly(cls_files, seg_files, tmp_path, capsys):
     cfg_file, ckpt, _ = cls_files
-    assert export_tool.main([str(cfg_file), str(tmp_path / 'missing.pth'),
-                             str(tmp_path / 'a.onnx')]) == 1
-    # a checkpoint of another model: strict key matching refuses it
-    assert export_tool.main([str(cfg_file), str(seg_files[1]), str(tmp_path / 'b.onnx')]) == 1
+    missing = tmp_path / 'missing.pth'
+    assert export_tool.main([str(cfg_file), str(missing), str(tmp_path / 'a.onnx')]) == 1
+    assert capsys.readouterr().err.splitlines() == [f'error: Checkpoint not found: {missing}']
+    # a checkpoint of another model: strict key matching refuses it, naming the keys
+    seg_ckpt = seg_files[1]
+    assert export_tool.main([str(cfg_file), str(seg_ckpt), str(tmp_path / 'b.onnx')]) == 1
+    err = capsys.readouterr().err.splitlines()  # the log lines come first
+    assert [line for line in err if line.startswith('error:')] == [err[-3]]
+    assert err[-3] == (f'error: State dict from {seg_ckpt} (mmrepvgg layout) does not fit '
+                       'ImageClassifier:')
+    assert err[-2] == '  missing (2): head.fc.bias, head.fc.weight'
+    assert err[-1].startswith('  unexpected (46): auxiliary_head.')
     assert not any(tmp_path.iterdir())
 
 
@@ -272,7 +280,7 @@ def test_default_shape_is_the_test_crop():
 
 def test_paper_psp_shape_gives_a_map_every_pool_divides():
     """PSPNet-B1g2-fast at 713x713: a 90x90 map, which 1, 2, 3 and 6 divide; at 257x257 a
-    33x33 one, which 2 and 6 do not (the issue's failing case)."""
+    33x33 one, which 2 and 6 do not (the TorchScript exporter cannot export it)."""
     cfg = Config.fromfile(ROOT / 'configs/pspnet_repvgg-b1g2-fast_cityscapes.py')
     with torch.device('meta'):
         model = build_model(cfg)
@@ -283,7 +291,7 @@ def test_paper_psp_shape_gives_a_map_every_pool_divides():
 
 
 def test_qarepvgg_model_exports_folded(qa_digits_checkpoint, tmp_path):
-    """Issue 11: a QARepVGG checkpoint (the digits QA demo config) exports as the same plain
+    """A QARepVGG checkpoint (the digits QA demo config) exports as the same plain
     graph: one Conv per block, no BatchNormalization, ONNX Runtime = the training-time model."""
     config, ckpt = qa_digits_checkpoint
     cfg = Config.fromfile(str(config))

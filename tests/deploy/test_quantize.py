@@ -161,9 +161,14 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
     for bad in (dict(keep_float=-1), dict(calib_images=0), dict(speed_rounds=0)):
         with pytest.raises(ValueError, match=f'{next(iter(bad))} must be an int'):
             quantize_checkpoint(cfg, ckpt, tmp_path / 'k.onnx', **bad)
-    for bad in (['--keep-float', '-1'], ['--calib-images', '0'], ['--threads', '0']):
-        with pytest.raises(SystemExit):
+    for bad, message in ((['--keep-float', '-1'], 'must be at least 0, got -1'),
+                         (['--calib-images', '0'], 'must be at least 1, got 0'),
+                         (['--threads', '0'], 'must be at least 1, got 0')):
+        with pytest.raises(SystemExit) as err:
             quantize_tool.parse_args([str(cfg_file), ckpt, 'c.onnx', *bad])
+        assert err.value.code == 2  # argparse's usage error
+        assert capsys.readouterr().err.splitlines()[-1].endswith(
+            f'error: argument {bad[0]}: {message}')
     monkeypatch.undo()
     # a layer name that does not exist fails after the export, before the calibration
     monkeypatch.setattr('mmrepvgg.deploy.quantize.calibrate', _never_called)
@@ -171,9 +176,12 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
                                           'backbone.nope', early=False)
     assert not (tmp_path / 'b.onnx').exists()
     monkeypatch.undo()
-    with pytest.raises(SystemExit):  # either K most sensitive or named layers, not both
+    with pytest.raises(SystemExit) as err:  # either K most sensitive or named layers
         quantize_tool.parse_args([str(cfg_file), ckpt, 'c.onnx', '--keep-float', '1',
                                   '--keep-float-layers', 'head.fc'])
+    assert err.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        'error: argument --keep-float-layers: not allowed with argument --keep-float')
 
 
 def _never_called(*args, **kwargs):
@@ -223,7 +231,7 @@ def test_weighted_layers_and_sqnr():
 
 
 def test_qarepvgg_model_quantizes(qa_digits_checkpoint, tmp_path):
-    """Issue 11: tools/quantize.py on a QARepVGG checkpoint (the digits QA demo config):
+    """tools/quantize.py on a QARepVGG checkpoint (the digits QA demo config):
     every folded block and the head int8 (per channel), no BN, evaluated on the test split."""
     config, ckpt = qa_digits_checkpoint
     out = tmp_path / 'qa_int8.onnx'
