@@ -47,10 +47,9 @@ from torch import Tensor, nn
 
 from ..analysis.models import TensorForward
 from ..checkpoint import check_output_path, write_bytes_atomic
-from .convert import (BROKEN_WEIGHTS, DEFAULT_TOLERANCE, FoldReport,
-                      VerificationError, compare_outputs, deploy_meta, find_backbone,
-                      fold_and_verify, input_shape_from_config, load_model, source_files,
-                      tensor_forward)
+from .convert import (BROKEN_WEIGHTS, DEFAULT_TOLERANCE, FoldReport, VerificationError,
+                      compare_outputs, deploy_meta, find_backbone, fold_and_verify,
+                      input_shape_from_config, load_model, source_files, tensor_forward)
 
 #: The exporters :func:`export_module` knows.
 EXPORTERS = ('dynamo', 'torchscript')
