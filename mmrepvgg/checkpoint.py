@@ -328,6 +328,11 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str 
         raise CheckpointError('\n'.join(lines))
 
 
+def is_deployed_state(state: Mapping[str, Any]) -> bool:
+    """Whether a state dict holds folded RepVGG blocks (``*.branch_reparam.*`` keys)."""
+    return any('.branch_reparam.' in key or key.startswith('branch_reparam.') for key in state)
+
+
 def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], source: str = '') -> None:
     """Load ``state`` into ``model`` after :func:`check_state_dict`; nothing is loaded on error."""
     check_state_dict(model, state, source)

@@ -46,7 +46,8 @@ def qa_digits_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     with randomized BN statistics (untrained: for the tools, not for accuracy)."""
     import torch
 
-    from mmrepvgg.apis.qa_compare import QA_DEMO_CONFIG, load_demo_config
+    from mmrepvgg.apis.demo import load_demo_config
+    from mmrepvgg.apis.qa_compare import QA_DEMO_CONFIG
     from mmrepvgg.datasets import make_digits_folder
     from mmrepvgg.deploy import build_model
     from tests.helpers import randomize_bn_

@@ -23,13 +23,15 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmrepvgg.apis.qa_compare import INT8_CALIBRATORS
+    from mmrepvgg.apis.cli import positive_int, run_tool
+    from mmrepvgg.apis.qa_compare import (INT8_CALIBRATORS, compare_blocks, comparison_markdown,
+                                          int8_top1)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--work-dir', default='work_dirs/compare_qa_digits',
                         help='output folder (emptied if a previous run made it)')
-    parser.add_argument('--max-epochs', type=int, help='training epochs (config: 8)')
-    parser.add_argument('--threads', type=int,
+    parser.add_argument('--max-epochs', type=positive_int, help='training epochs (config: 8)')
+    parser.add_argument('--threads', type=positive_int,
                         help='torch and ONNX Runtime threads (default: 1 on a busy machine, '
                         'else all cores)')
     parser.add_argument('--calibrators', nargs='+', choices=INT8_CALIBRATORS,
@@ -37,18 +39,15 @@ def main(argv: list[str] | None = None) -> int:
                         help='ONNX Runtime calibrators of the int8 step; the first one gives '
                         'the headline int8 columns (default: minmax entropy percentile)')
     args = parser.parse_args(argv)
-    from mmrepvgg.apis.cli import run_tool, user_errors
-    from mmrepvgg.apis.qa_compare import compare_blocks, comparison_markdown, int8_top1
 
     def work() -> None:
-        int8 = (int8_top1 if args.calibrators == list(INT8_CALIBRATORS) else
-                functools.partial(int8_top1, calibrators=tuple(args.calibrators)))
+        int8 = functools.partial(int8_top1, calibrators=tuple(args.calibrators))
         report = compare_blocks(args.work_dir, tuple(args.seeds), max_epochs=args.max_epochs,
                                 threads=args.threads, int8=int8)
         print(comparison_markdown(report))
         print(f'Wrote {osp.join(args.work_dir, "qa_digits.json")} and qa_digits.md')
 
-    return run_tool(work, user_errors() + (ValueError, ImportError))
+    return run_tool(work)
 
 
 if __name__ == '__main__':

@@ -19,8 +19,7 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.apis.cli import (add_checkpoint_args, load_tool_config, positive_int, run_tool,
-                               user_errors)
+from mmrepvgg.apis.cli import add_checkpoint_args, load_tool_config, positive_int, run_tool
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS, export_onnx
 
 
@@ -58,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                     exporter=args.exporter, force=args.force, trust=args.trust_checkpoint,
                     source=args.source, tolerance=args.tolerance)
 
-    # besides bad files: a missing ONNX package, an export or check that fails, bad values
-    return run_tool(work, user_errors() + (ImportError, RuntimeError, ValueError))
+    return run_tool(work)
 
 
 if __name__ == '__main__':

@@ -21,7 +21,7 @@ import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
 from mmrepvgg.apis.cli import (add_checkpoint_args, load_tool_config, non_negative_int,
-                               positive_int, run_tool, user_errors)
+                               positive_int, run_tool)
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS
 from mmrepvgg.deploy.quantize import (ACTIVATION_TYPES, CALIBRATORS, QuantSettings,
                                       quantize_checkpoint, summary_lines)
@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             speed_iters=args.speed_iters, speed_rounds=args.speed_rounds, force=args.force,
             trust=args.trust_checkpoint, source=args.source, seed=args.seed, command=command))
 
-    # besides bad files: a missing ONNX package, an export or check that fails, bad values
-    status = run_tool(work, user_errors() + (ImportError, RuntimeError, ValueError))
+    status = run_tool(work)
     if status == 0:
         print('\n'.join(summary_lines(results[0])), flush=True)
     return status

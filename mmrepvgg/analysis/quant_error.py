@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +50,36 @@ def quantize_symmetric(weight: Tensor, per_channel: bool, qmax: int = INT8_QMAX)
     return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
 
 
+Tensors = Union[Tensor, Sequence[Tensor]]
+
+
+def tensor_sqnr_db(reference: Tensors, output: Tensors) -> float:
+    """Signal-to-quantization-noise ratio in dB of ``output`` against ``reference``.
+
+    The one SQNR of the package: quantized weights here, int8 model outputs in
+    :mod:`mmrepvgg.deploy.quantize` and the QARepVGG comparison.
+
+    Args:
+        reference: The exact tensor(s).
+        output: The approximation(s), pairwise of the same shapes.
+
+    Returns:
+        ``10 log10(sum ref^2 / sum (out - ref)^2)`` over all the tensors, in float64:
+        ``inf`` if ``output`` equals ``reference`` exactly, ``-inf`` if only the reference
+        is zero.
+    """
+    reference = [reference] if isinstance(reference, Tensor) else list(reference)
+    output = [output] if isinstance(output, Tensor) else list(output)
+    if len(reference) != len(output):
+        raise ValueError(f'{len(reference)} reference tensors but {len(output)} outputs')
+    signal = sum(r.detach().double().pow(2).sum().item() for r in reference)
+    noise = sum((o.detach().double() - r.detach().double()).pow(2).sum().item()
+                for r, o in zip(reference, output))
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
 def sqnr_db(weight: Tensor, per_channel: bool, qmax: int = INT8_QMAX) -> float:
     """The SQNR in dB of :func:`quantize_symmetric` on ``weight`` (inf if it is exact).
 
@@ -58,14 +89,10 @@ def sqnr_db(weight: Tensor, per_channel: bool, qmax: int = INT8_QMAX) -> float:
         qmax: The largest integer magnitude (127 for int8).
 
     Returns:
-        ``10 log10(sum w^2 / sum (w - q(w))^2)``.
+        ``10 log10(sum w^2 / sum (w - q(w))^2)`` (:func:`tensor_sqnr_db`).
     """
     w = weight.detach().double()
-    noise = (w - quantize_symmetric(w, per_channel, qmax)).pow(2).sum().item()
-    signal = w.pow(2).sum().item()
-    if noise == 0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+    return tensor_sqnr_db(w, quantize_symmetric(w, per_channel, qmax))
 
 
 @dataclass

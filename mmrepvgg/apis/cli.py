@@ -100,23 +100,26 @@ def parse_runner_args(parser: argparse.ArgumentParser,
     return args
 
 
-def _verification_error() -> type[Exception]:
+def _deploy_errors() -> tuple[type[Exception], ...]:
     from ..deploy.convert import VerificationError
-    return VerificationError
+    from ..deploy.onnx_export import ExportError, MissingDependencyError
+    from ..deploy.quantize import QuantizationError
+    return VerificationError, ExportError, MissingDependencyError, QuantizationError
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean bad input rather than a bug: reported as one line.
 
     Files (missing, unsafe, corrupt, not fitting the model, an output that exists, is a
-    directory or is the input), weights that cannot be folded or verified, and
-    :class:`~mmrepvgg.apis.config.ConfigError` (a config or ``--cfg-options`` that builds
-    no valid model, dataset or runner).
+    directory or is the input), weights that cannot be folded or verified, a model that
+    cannot be exported or quantized as asked, a missing optional package (onnx,
+    onnxruntime), and :class:`~mmrepvgg.apis.config.ConfigError` (a config or
+    ``--cfg-options`` that builds no valid model, dataset or runner).
     """
     from .config import ConfigError
     return (CheckpointError, FileNotFoundError, FileExistsError, IsADirectoryError,
-            NotADirectoryError, PermissionError, SameFileError, FoldError,
-            _verification_error(), ConfigError)
+            NotADirectoryError, PermissionError, SameFileError, FoldError, ConfigError,
+            *_deploy_errors())
 
 
 def error_message(err: BaseException) -> str:

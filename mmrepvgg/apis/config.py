@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import os.path as osp
+import re
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -132,6 +133,42 @@ class DataNotFoundError(FileNotFoundError):
 
 class ConfigError(ValueError):
     """The config (with its ``--cfg-options``) does not build a valid runner or model."""
+
+
+#: Python's messages for a call whose arguments do not fit the function's signature.
+_BAD_ARGUMENTS = re.compile(
+    r'got an unexpected keyword argument|missing \d+ required (positional|keyword-only) '
+    r'argument|takes (from )?\d+ (to \d+ )?positional arguments? but \d+ (were|was) given|'
+    r'got multiple values for (keyword )?argument')
+
+
+def is_config_error(err: BaseException) -> bool:
+    """Whether an error raised while building from a config means a bad config, not a bug.
+
+    ``KeyError`` (an unknown type, arch or plan) and ``ValueError`` (a value the builders
+    refuse) do. A ``TypeError`` only where the config's values meet code: raised in
+    mmengine's registry (a constructor given an argument it does not take, a ``type`` that
+    is not a name), by the arch table's type checks (``arch``, ``dilation_plan``), or an
+    argument that does not fit an mmrepvgg block or backbone (``block_cfg``); any other
+    ``TypeError`` is a bug and keeps its traceback.
+
+    Args:
+        err: The error.
+
+    Returns:
+        Whether to report it as :class:`ConfigError`.
+    """
+    if isinstance(err, (KeyError, ValueError)):
+        return True
+    if not isinstance(err, TypeError):
+        return False
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get('__name__', '') if tb is not None else ''
+    if module.startswith('mmengine.registry') or module == 'mmrepvgg.models.arch':
+        return True
+    return module.startswith('mmrepvgg.models') and bool(_BAD_ARGUMENTS.search(str(err)))
 
 
 def _datasets(dataset: Any) -> Iterator[dict]:

@@ -148,6 +148,29 @@ def _config_path(config: str) -> str:
     return config if Path(config).is_file() else str(REPO / config)
 
 
+def data_root_options(data_root: str | Path) -> dict[str, str]:
+    """``--cfg-options`` that point every dataloader of a demo config at ``data_root``."""
+    return {f'{split}_dataloader.dataset.data_root': str(data_root)
+            for split in ('train', 'val', 'test')}
+
+
+def load_demo_config(config: str, data_root: str | Path) -> Config:
+    """A demo config, found from any folder, with its data under ``data_root``.
+
+    Args:
+        config: A demo config, e.g. :data:`CLS_DEMO_CONFIG`: a file from the current folder
+            if there is one, else the repository's.
+        data_root: The demo's data (what ``make_digits_folder`` or ``make_tiny_cityscapes``
+            wrote).
+
+    Returns:
+        The config.
+    """
+    cfg = Config.fromfile(_config_path(config))
+    cfg.merge_from_dict(data_root_options(data_root))
+    return cfg
+
+
 def _convert(config: str, checkpoint: str, out: Path) -> str:
     """Convert with tools/deploy_convert.py (the command users run), verifying outputs.
 
@@ -197,9 +220,7 @@ def run_seg_demo(work_dir: str | Path = 'work_dirs/demo',
               logger='current')
     make_tiny_cityscapes(data_root, num_train, num_val, image_size)
     prepare_cityscapes(data_root)
-    data_opts = {'train_dataloader.dataset.data_root': f'{data_root}/',
-                 'val_dataloader.dataset.data_root': f'{data_root}/',
-                 'test_dataloader.dataset.data_root': f'{data_root}/'}
+    data_opts = data_root_options(data_root)
     result.seconds['data'] = time.time() - t0
 
     print_log(f'[2/5] Training {config}', logger='current')
@@ -271,9 +292,7 @@ def run_cls_demo(work_dir: str | Path = 'work_dirs/demo_cls',
     print_log(f'[1/3] Digits image folder in {data_root} (torch threads: {nthreads})',
               logger='current')
     make_digits_folder(data_root)
-    data_opts = {'train_dataloader.dataset.data_root': str(data_root),
-                 'val_dataloader.dataset.data_root': str(data_root),
-                 'test_dataloader.dataset.data_root': str(data_root)}
+    data_opts = data_root_options(data_root)
     result.seconds['data'] = time.time() - t0
 
     print_log(f'[2/3] Training {config}', logger='current')

@@ -14,12 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmengine.config import Config
 from mmengine.logging import print_log
 
 from ..checkpoint import install_mmengine_loader
-from .demo import (CLS_DEMO_CONFIG, SEG_DEMO_CONFIG, fresh_work_dir, run_cls_demo,
-                   run_seg_demo, set_threads)
+from .demo import (CLS_DEMO_CONFIG, SEG_DEMO_CONFIG, fresh_work_dir, load_demo_config,
+                   run_cls_demo, run_seg_demo, set_threads)
 
 
 @dataclass
@@ -86,11 +85,6 @@ def _reusable(work_dir: Path, data: str) -> str | None:
     return str(ckpt) if ckpt.is_file() else None
 
 
-def _data_opts(root: str, trailing: str = '') -> dict:
-    return {f'{k}_dataloader.dataset.data_root': f'{root}{trailing}'
-            for k in ('train', 'val', 'test')}
-
-
 def run_int8_demo(work_dir: str | Path = 'work_dirs/demo_int8',
                   cls_work_dir: str | Path = 'work_dirs/demo_cls',
                   seg_work_dir: str | Path | None = 'work_dirs/demo',
@@ -138,8 +132,7 @@ def run_int8_demo(work_dir: str | Path = 'work_dirs/demo_int8',
     print_log('[2/3] Digits: fp32 ONNX -> int8 (calibrated on train digits) -> test top-1, '
               'CPU speed, sensitivity', logger='current')
     t = time.time()
-    cfg = Config.fromfile(CLS_DEMO_CONFIG)
-    cfg.merge_from_dict(_data_opts(str(cls_work / 'digits')))
+    cfg = load_demo_config(CLS_DEMO_CONFIG, cls_work / 'digits')
     report_path = out / 'digits_int8.json'
     result.report = quantize_checkpoint(
         cfg, ckpt, out / 'digits_int8.onnx', QuantSettings(calib_method, per_channel),
@@ -159,8 +152,7 @@ def run_int8_demo(work_dir: str | Path = 'work_dirs/demo_int8',
             seg_ckpt = run_seg_demo(seg_work, convert=False, threads=nthreads).checkpoint
         print_log(f'[3/3] Tiny Cityscapes PSPNet {seg_ckpt}: ONNX vs PyTorch mIoU',
                   logger='current')
-        seg_cfg = Config.fromfile(SEG_DEMO_CONFIG)
-        seg_cfg.merge_from_dict(_data_opts(str(seg_work / 'tiny_cityscapes'), '/'))
+        seg_cfg = load_demo_config(SEG_DEMO_CONFIG, seg_work / 'tiny_cityscapes')
         result.seg = evaluate_export(seg_cfg, seg_ckpt, str(out / 'pspnet_tiny.onnx'),
                                      threads=nthreads)
         result.seconds['pspnet'] = time.time() - t

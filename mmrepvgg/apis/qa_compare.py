@@ -17,27 +17,25 @@ and ``configs/demo/qarepvgg-small_digits.py``), then on the held-out 450 images:
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
 import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from ..analysis.quant_error import errors_to_dicts, folded_kernel_errors, summarize_errors
-from ..checkpoint import (extract_state_dict, load_checkpoint_file, load_state_dict_strict,
-                          write_bytes_atomic)
+from ..analysis.quant_error import (errors_to_dicts, folded_kernel_errors, summarize_errors,
+                                    tensor_sqnr_db)
+from ..checkpoint import write_bytes_atomic
 from ..models import reparameterize
-from .demo import CLS_DEMO_CONFIG, REPO, fresh_work_dir, run_cls_demo
+from .demo import CLS_DEMO_CONFIG, fresh_work_dir, load_demo_config, run_cls_demo
 
 QA_DEMO_CONFIG = 'configs/demo/qarepvgg-small_digits.py'
 #: The two arms of the comparison: block type -> demo config.
@@ -103,17 +101,6 @@ def _top1_of_logits(logits: Tensor, labels: Tensor) -> float:
     return 100.0 * (logits.argmax(dim=1) == labels).sum().item() / len(labels)
 
 
-def _max_weight_scales(proto: Any) -> int:
-    """The largest number of scales of a weight ``DequantizeLinear`` in a QDQ model."""
-    from onnx import TensorProto
-    inits = {i.name: i for i in proto.graph.initializer}
-    sizes = [math.prod(inits[n.input[1]].dims) if inits[n.input[1]].dims else 1
-             for n in proto.graph.node
-             if n.op_type == 'DequantizeLinear' and n.input[0] in inits
-             and inits[n.input[0]].data_type == TensorProto.INT8]  # an int8 weight
-    return max(sizes, default=0)
-
-
 def int8_top1(model: nn.Module, data: DigitsData,
               calibrators: tuple[str, ...] = INT8_CALIBRATORS,
               threads: int | None = None, exporter: str = 'dynamo',
@@ -142,15 +129,14 @@ def int8_top1(model: nn.Module, data: DigitsData,
         The int8 top-1s.
 
     Raises:
-        RuntimeError: If ONNX Runtime's fp32 logits differ from PyTorch's by more than the
-            export tolerance.
+        VerificationError: If ONNX Runtime's fp32 logits differ from PyTorch's by more than
+            the export tolerance, or either holds NaN or Inf.
     """
     from ..analysis.models import TensorForward
-    from ..deploy.convert import compare_outputs
-    from ..deploy.onnx_export import (ONNX_TOLERANCE, create_session, export_module, require,
-                                      run_session)
+    from ..deploy.onnx_export import (check_against_pytorch, create_session, export_module,
+                                      require, run_session)
     from ..deploy.quantize import (QuantSettings, calibrate, prepare_fp32, qdq_summary,
-                                   quantize_file, sqnr_db)
+                                   quantize_file)
     if not calibrators:
         raise ValueError('int8_top1 needs at least one calibrator')
     onnx = require('onnx')
@@ -166,10 +152,8 @@ def int8_top1(model: nn.Module, data: DigitsData,
                                 dynamic_batch=True), str(fp32_path))
         prepare_fp32(fp32_path, prepared)
         fp32_logits = run_session(create_session(prepared, threads), data.test_inputs)
-        _, max_rel = compare_outputs([reference], [fp32_logits])
-        if not max_rel <= ONNX_TOLERANCE['fp32']:
-            raise RuntimeError(f'ONNX Runtime does not reproduce PyTorch on the test images: '
-                               f'max rel diff {max_rel:.3g} > {ONNX_TOLERANCE["fp32"]:g}')
+        _, max_rel = check_against_pytorch([reference], [fp32_logits],
+                                           where=' on the test images')
         result.fp32_onnx = _top1_of_logits(fp32_logits, data.test_labels)
         for method in calibrators:
             cache = Path(tmp) / f'calibration_{method}.json'
@@ -182,10 +166,10 @@ def int8_top1(model: nn.Module, data: DigitsData,
                 summary = qdq_summary(proto)
                 logits = run_session(create_session(proto, threads), data.test_inputs)
                 runs[key] = dict(top1=_top1_of_logits(logits, data.test_labels),
-                                 logits_sqnr_db=sqnr_db([fp32_logits], [logits]),
+                                 logits_sqnr_db=tensor_sqnr_db(fp32_logits, logits),
                                  quantized_layers=len(summary['quantized_layers']),
                                  float_layers=len(summary['float_layers']),
-                                 max_weight_scales=_max_weight_scales(proto))
+                                 max_weight_scales=summary['max_weight_scales'])
             result.calibrators[method] = runs
     first = result.calibrators[calibrators[0]]
     result.per_channel, result.per_tensor = first['per_channel']['top1'], \
@@ -218,64 +202,48 @@ class RunResult:
     seconds: float = 0.0
 
 
-def load_demo_config(config: str, data_root: str | Path) -> Config:
-    """The demo config with its data under ``data_root``.
-
-    The top-level ``data_preprocessor`` goes into ``model`` as mmengine's runner puts it
-    (without it the model would see unnormalized pixels).
-    """
-    cfg = Config.fromfile(config if os.path.isfile(config) else str(REPO / config))
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = str(data_root)
-    if cfg.get('data_preprocessor') is not None:
-        cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
-    return cfg
-
-
 def load_digits_data(cfg: Config, model: nn.Module, calib_samples: int = 256) -> DigitsData:
     """The test split and a calibration set, through the config's pipeline and preprocessor.
+
+    Both splits are built as the ONNX evaluation builds them
+    (:func:`~mmrepvgg.deploy.onnx_eval.build_dataset`: the config's dataset with its test
+    pipeline, so the training images come without augmentation).
 
     Args:
         cfg: A digits demo config (see :func:`load_demo_config`).
         model: The classifier; its ``data_preprocessor`` turns batches into tensors.
-        calib_samples: Training images for calibration (the test pipeline, no augmentation).
+        calib_samples: Training images for calibration, a seeded random subset (every
+            class: the folders are sorted).
 
     Returns:
         The tensors.
     """
-    from mmengine.dataset import pseudo_collate
-    from mmengine.registry import DATASETS, init_default_scope
-    init_default_scope(cfg.default_scope)
+    from ..deploy.onnx_eval import build_dataset, make_loader
 
-    def tensors(dataset_cfg, count: int | None = None) -> tuple[Tensor, Tensor]:
-        dataset = DATASETS.build(dataset_cfg)
-        order = range(len(dataset))
-        if count is not None:  # a random subset, all classes (the folders are sorted)
+    def tensors(split: str, count: int | None = None) -> tuple[Tensor, Tensor]:
+        dataset = build_dataset(cfg, split)
+        order = None
+        if count is not None:
             gen = torch.Generator().manual_seed(0)
             order = torch.randperm(len(dataset), generator=gen)[:count].tolist()
         xs, ys = [], []
-        for start in range(0, len(order), 64):
-            batch = pseudo_collate([dataset[i] for i in order[start:start + 64]])
+        for batch in make_loader(cfg, dataset, split, order, batch_size=64):
             data = model.data_preprocessor(batch, False)
             xs.append(data['inputs'])
             ys.append(torch.cat([s.gt_label for s in data['data_samples']]))
         return torch.cat(xs), torch.cat(ys)
 
-    test_x, test_y = tensors(copy.deepcopy(cfg.test_dataloader.dataset))
-    calib_cfg = copy.deepcopy(cfg.test_dataloader.dataset)  # test pipeline: no augmentation
-    calib_cfg.data_prefix = cfg.train_dataloader.dataset.data_prefix
-    calib_x, _ = tensors(calib_cfg, calib_samples)
+    test_x, test_y = tensors('test')
+    calib_x, _ = tensors('train', calib_samples)
     return DigitsData(test_x, test_y, calib_x)
 
 
 def top1(model: nn.Module, inputs: Tensor, labels: Tensor, batch: int = 150) -> float:
     """Top-1 (%) of a classifier called with ``mode='tensor'``."""
-    correct = 0
     with torch.no_grad():
-        for i in range(0, len(inputs), batch):
-            logits = model(inputs[i:i + batch], mode='tensor')
-            correct += (logits.argmax(dim=1) == labels[i:i + batch]).sum().item()
-    return 100.0 * correct / len(inputs)
+        logits = torch.cat([model(inputs[i:i + batch], mode='tensor')
+                            for i in range(0, len(inputs), batch)])
+    return _top1_of_logits(logits, labels)
 
 
 def evaluate_checkpoint(config: str, checkpoint: str | Path, data_root: str | Path,
@@ -292,11 +260,9 @@ def evaluate_checkpoint(config: str, checkpoint: str | Path, data_root: str | Pa
     Returns:
         ``dict(trained, deployed, int8, weight_error, layers)``.
     """
-    from ..deploy.convert import build_model
+    from ..deploy.convert import load_model
     cfg = load_demo_config(config, data_root)
-    model = build_model(cfg)
-    state = extract_state_dict(load_checkpoint_file(checkpoint))
-    load_state_dict_strict(model, state, source=str(checkpoint))
+    model, _, _ = load_model(cfg, checkpoint)
     data = load_digits_data(cfg, model)
     trained = top1(model, data.test_inputs, data.test_labels)
     reparameterize(model.eval())

@@ -8,7 +8,8 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from .config import ConfigError, check_data, check_pretrained, scope_of, use_cuda
+from .cli import error_message
+from .config import ConfigError, check_data, check_pretrained, is_config_error, scope_of, use_cuda
 
 
 def init_cpu_distributed(cfg: Config) -> bool:
@@ -62,7 +63,8 @@ def build_runner(cfg: Config) -> Runner:
     Raises:
         ConfigError: If the config (e.g. an unknown arch or dilation plan in
             ``--cfg-options``) builds no valid runner: mmengine's registries raise
-            ``KeyError``, ``ValueError`` or ``TypeError`` for those.
+            ``KeyError``, ``ValueError`` or ``TypeError`` for those
+            (:func:`~mmrepvgg.apis.config.is_config_error`; other errors propagate).
     """
     init_cpu_distributed(cfg)
     try:
@@ -72,8 +74,9 @@ def build_runner(cfg: Config) -> Runner:
         registry = importlib.import_module(f'{scope}.registry').RUNNERS
         return registry.build(cfg)
     except (KeyError, ValueError, TypeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        raise ConfigError(f'{cfg.filename or "the config"}: {message}') from err
+        if not is_config_error(err):
+            raise
+        raise ConfigError(f'{cfg.filename or "the config"}: {error_message(err)}') from err
 
 
 def train(cfg: Config) -> Runner:

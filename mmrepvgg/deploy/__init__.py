@@ -3,7 +3,7 @@ from .convert import (DEFAULT_TOLERANCE, FoldReport, VerificationError, build_mo
                       check_block_type, check_finite_state, compare_outputs,
                       convert_backbone_weights, convert_checkpoint, count_blocks, deploy_meta,
                       find_backbone, fold_and_verify, infer_arch, input_shape_from_config,
-                      load_mapped_state, tensor_forward)
+                      load_mapped_state, load_model, tensor_forward)
 from .keymaps import (KEY_RULES, SOURCES, convert_key, convert_keys, detect_block_type,
                       detect_source)
 
@@ -11,6 +11,6 @@ __all__ = [
     'DEFAULT_TOLERANCE', 'FoldReport', 'VerificationError', 'build_model', 'check_block_type',
     'check_finite_state', 'compare_outputs', 'convert_backbone_weights', 'convert_checkpoint',
     'count_blocks', 'deploy_meta', 'find_backbone', 'fold_and_verify', 'infer_arch',
-    'input_shape_from_config', 'load_mapped_state', 'tensor_forward', 'KEY_RULES', 'SOURCES',
-    'convert_key', 'convert_keys', 'detect_block_type', 'detect_source'
+    'input_shape_from_config', 'load_mapped_state', 'load_model', 'tensor_forward', 'KEY_RULES',
+    'SOURCES', 'convert_key', 'convert_keys', 'detect_block_type', 'detect_source'
 ]

@@ -19,8 +19,8 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from ..checkpoint import (CheckpointError, check_output_path, check_state_dict,
-                          extract_state_dict, load_checkpoint_file, load_state_dict_strict,
-                          save_checkpoint_atomic)
+                          extract_state_dict, is_deployed_state, load_checkpoint_file,
+                          load_state_dict_strict, save_checkpoint_atomic)
 from ..models import ARCH_ZOO, RepBlockBase, RepVGG, reparameterize
 from ..version import __version__
 from .keymaps import SOURCES, convert_keys, detect_block_type, detect_source
@@ -86,7 +86,8 @@ def build_model(cfg: Config, deploy: bool = False) -> nn.Module:
     """
     from mmengine.registry import MODELS, init_default_scope
 
-    from ..apis.config import ConfigError, replace_sync_bn
+    from ..apis.cli import error_message
+    from ..apis.config import ConfigError, is_config_error, replace_sync_bn
     model_cfg = copy.deepcopy(cfg.model)
     replace_sync_bn(model_cfg)
     model_cfg.pop('pretrained', None)
@@ -100,10 +101,25 @@ def build_model(cfg: Config, deploy: bool = False) -> nn.Module:
     try:
         model = MODELS.build(model_cfg)
     except (KeyError, ValueError, TypeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        if not is_config_error(err):
+            raise
         raise ConfigError(f'{cfg.filename or "the config"}: the model does not build: '
-                          f'{message}') from err
+                          f'{error_message(err)}') from err
     return model.eval()
+
+
+def with_data_preprocessor(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose ``model`` carries the top-level ``data_preprocessor``.
+
+    mmpretrain configs keep the preprocessor (mean/std) at the top level and mmengine's
+    Runner merges it into the model (``model.setdefault('data_preprocessor', ...)``); a model
+    built from ``cfg.model`` alone would not normalize.
+    """
+    cfg = copy.deepcopy(cfg)
+    top = cfg.get('data_preprocessor')
+    if top is not None and cfg.model.get('data_preprocessor') is None:
+        cfg.model['data_preprocessor'] = copy.deepcopy(top)
+    return cfg
 
 
 def input_shape_from_config(cfg: Config) -> tuple[int, int]:
@@ -172,27 +188,42 @@ def _count_nonfinite(tensors: Sequence[Tensor]) -> tuple[int, int]:
     return bad, sum(t.numel() for t in tensors)
 
 
-def compare_outputs(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> tuple[float, float]:
+#: Why a model's own outputs can be NaN or Inf (:func:`compare_outputs`' default).
+BROKEN_WEIGHTS = ("the model's weights or BN statistics are broken (a diverged run or a "
+                  'damaged checkpoint)')
+
+
+def compare_outputs(reference: Sequence[Tensor], outputs: Sequence[Tensor],
+                    labels: tuple[str, str] = ('before folding', 'after folding'),
+                    causes: tuple[str, str] = (BROKEN_WEIGHTS, BROKEN_WEIGHTS)
+                    ) -> tuple[float, float]:
     """Max absolute difference and that relative to the largest reference magnitude.
 
+    Args:
+        reference: The reference outputs.
+        outputs: The outputs compared with them.
+        labels: What the two are, as the messages name them (default: the model before
+            and after folding; e.g. ``('of PyTorch', 'of ONNX Runtime (fp16)')``).
+        causes: Why each could hold NaN or Inf, for the message.
+
     Raises:
-        VerificationError: If the outputs differ in number or shape, or if any output
-            before or after folding is NaN or Inf (a NaN would otherwise vanish from the
-            maximum and report a perfect match).
+        VerificationError: If the outputs differ in number or shape, or if any output is
+            NaN or Inf (a NaN would otherwise vanish from the maximum and report a perfect
+            match).
     """
     if len(reference) != len(outputs):
-        raise VerificationError(f'{len(reference)} outputs before folding, {len(outputs)} after')
-    for when, tensors in (('before', reference), ('after', outputs)):
+        raise VerificationError(f'{len(reference)} outputs {labels[0]}, {len(outputs)} '
+                                f'{labels[1]}')
+    for label, cause, tensors in zip(labels, causes, (reference, outputs)):
         bad, total = _count_nonfinite(tensors)
         if bad:
-            raise VerificationError(
-                f'{bad} of {total} output values {when} folding are NaN or Inf: the model\'s '
-                'weights or BN statistics are broken (a diverged run or a damaged checkpoint)')
+            raise VerificationError(f'{bad} of {total} output values {label} are NaN or Inf: '
+                                    f'{cause}')
     max_abs, scale = 0.0, 0.0
     for ref, out in zip(reference, outputs):
         if ref.shape != out.shape:
-            raise VerificationError(f'Output shape changed by folding: {tuple(ref.shape)} -> '
-                                    f'{tuple(out.shape)}')
+            raise VerificationError(f'Output shapes differ: {tuple(ref.shape)} {labels[0]}, '
+                                    f'{tuple(out.shape)} {labels[1]}')
         max_abs = max(max_abs, (out.double() - ref.double()).abs().max().item())
         scale = max(scale, ref.double().abs().max().item())
     return max_abs, max_abs / max(scale, 1e-12)
@@ -274,6 +305,66 @@ def load_mapped_state(checkpoint: str | os.PathLike, source: str | None = None,
     return convert_keys(state, source), source, dict(meta) if isinstance(meta, Mapping) else {}
 
 
+def source_files(config: str | os.PathLike | Config,
+                 checkpoint: str | os.PathLike) -> list[str | os.PathLike]:
+    """The files a conversion or export is made from (the checkpoint and the config file): no
+    output of it may be one of them (:func:`mmrepvgg.checkpoint.check_output_path`'s
+    ``inputs``)."""
+    if isinstance(config, Config):
+        return [checkpoint] + ([config.filename] if config.filename else [])
+    return [checkpoint, config]
+
+
+def _build_and_load(cfg: Config, state: Mapping[str, Tensor], name: str,
+                    deployed: bool) -> nn.Module:
+    """Build ``cfg``'s model (plain if ``deployed``) and load ``state`` into it strictly.
+
+    Raises:
+        ConfigError: If the model has no RepVGG backbone (or does not build).
+        CheckpointError: If ``state`` holds the other block type's weights
+            (:func:`check_block_type`) or does not fit key for key.
+    """
+    model = build_model(cfg, deploy=deployed)
+    if find_backbone(model) is None:
+        from ..apis.config import ConfigError
+        raise ConfigError(f'The model of {cfg.filename or "the config"} has no RepVGG blocks '
+                          '(no mmrepvgg RepVGG backbone): nothing to fold')
+    check_block_type(model, state, name)
+    load_state_dict_strict(model, state, source=name)
+    return model.eval()
+
+
+def load_model(cfg: Config, checkpoint: str | os.PathLike, source: str | None = None,
+               trust: bool = False) -> tuple[nn.Module, bool, dict]:
+    """Build ``cfg``'s model and load a training-time or deployed checkpoint strictly.
+
+    The one way a checkpoint becomes a model here (export, ONNX evaluation, the int8 and
+    QARepVGG comparisons): any :data:`~mmrepvgg.deploy.keymaps.SOURCES` layout, the block
+    type checked against the config's (:func:`check_block_type`), every key matched.
+
+    Args:
+        cfg: The config (its top-level ``data_preprocessor`` is merged into the model, as
+            mmengine's runner does: :func:`with_data_preprocessor`).
+        checkpoint: Training-time or deployed (``branch_reparam`` keys) checkpoint.
+        source: Layout; None: detect it.
+        trust: Allow full unpickling.
+
+    Returns:
+        ``(model, deployed, checkpoint_meta)``; the model is in eval mode, folded iff
+        ``deployed``.
+
+    Raises:
+        ConfigError: If the config's model has no RepVGG backbone.
+        CheckpointError: If the checkpoint cannot be read or does not fit the model.
+    """
+    state, source, meta = load_mapped_state(checkpoint, source, trust)
+    deployed = is_deployed_state(state)
+    model = _build_and_load(with_data_preprocessor(cfg), state,
+                            f'{checkpoint} ({source} layout{", deployed" if deployed else ""})',
+                            deployed)
+    return model, deployed, meta
+
+
 def _plain(value: Any) -> Any:
     """``value`` if it is made of plain Python types (loadable weights-only), else None."""
     if value is None:
@@ -344,20 +435,14 @@ def convert_checkpoint(config: str | Config,
         FoldError, VerificationError: If the model cannot be folded, the outputs or weights
             are NaN/Inf, or the folded outputs differ (nothing is written).
     """
-    sources = [checkpoint] + ([config] if not isinstance(config, Config) else
-                              [config.filename] if config.filename else [])
+    sources = source_files(config, checkpoint)
     check_output_path(out, force, sources)
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
-    model = build_model(cfg)
-    if count_blocks(model) == 0:
-        from ..apis.config import ConfigError
-        raise ConfigError(f'The model of {cfg.filename} has no RepVGG blocks: nothing to fold')
     state, source, src_meta = load_mapped_state(checkpoint, source, trust)
-    if any('.branch_reparam.' in k for k in state):
+    if is_deployed_state(state):
         raise CheckpointError(f'{checkpoint} is already deployed (it has branch_reparam '
                               'weights); test it with model.backbone.deploy=True')
-    check_block_type(model, state, str(checkpoint))
-    load_state_dict_strict(model, state, source=f'{checkpoint} ({source} layout)')
+    model = _build_and_load(cfg, state, f'{checkpoint} ({source} layout)', deployed=False)
     print_log(f'Loaded {len(state)} tensors from {checkpoint} ({source} layout)',
               logger='current')
     inputs = None
@@ -462,7 +547,7 @@ def convert_backbone_weights(checkpoint: str | os.PathLike,
     """
     check_output_path(out, force, [checkpoint])
     state, source, _ = load_mapped_state(checkpoint, source, trust)
-    if any('.branch_reparam.' in k for k in state):
+    if is_deployed_state(state):
         raise CheckpointError(f'{checkpoint} holds deployed (folded) weights; a backbone to '
                               'fine-tune needs the training-time (multi-branch) ones')
     backbone_state = {k[len('backbone.'):]: v for k, v in state.items()

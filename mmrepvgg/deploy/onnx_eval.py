@@ -20,7 +20,8 @@ import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
-from .onnx_export import run_session, session_batch, task_of
+from ..apis.config import ConfigError, DataNotFoundError
+from .onnx_export import InputSizeError, run_session, session_batch, task_of
 
 #: The metric reported first, per task.
 MAIN_METRICS = ('accuracy/top1', 'mIoU')
@@ -38,7 +39,7 @@ def _loader_cfg(cfg: Config, split: str) -> dict:
         loader = cfg.get(f'{name}_dataloader')
         if loader:
             return copy.deepcopy(dict(loader))
-    raise ValueError(f'The config has no {split}_dataloader')
+    raise ConfigError(f'{cfg.filename or "The config"} has no {split}_dataloader')
 
 
 def build_dataset(cfg: Config, split: str, test_pipeline: bool = True) -> Any:
@@ -59,7 +60,7 @@ def build_dataset(cfg: Config, split: str, test_pipeline: bool = True) -> Any:
         test_ds = _innermost(dict(_loader_cfg(cfg, 'test')['dataset']))
         pipeline = test_ds.get('pipeline') or cfg.get('test_pipeline')
         if pipeline is None:
-            raise ValueError('The config has no test pipeline')
+            raise ConfigError(f'{cfg.filename or "The config"} has no test pipeline')
         _innermost(dataset_cfg)['pipeline'] = copy.deepcopy(pipeline)
     init_default_scope(cfg.get('default_scope') or 'mmengine')
     return DATASETS.build(dataset_cfg)
@@ -110,14 +111,14 @@ class OnnxPredictor:
         self.task = task_of(model)
         if self.task == 'classification' and not hasattr(getattr(model, 'head', None),
                                                          '_get_predictions'):
-            raise TypeError(f'{type(model).__name__}: expected an mmpretrain classifier with a '
-                            'ClsHead or an mmseg segmentor')
+            raise ConfigError(f'{type(model).__name__}: expected an mmpretrain classifier with '
+                              'a ClsHead or an mmseg segmentor')
         self.shape = tuple(session.get_inputs()[0].shape[2:])
 
     def run(self, x: Tensor) -> Tensor:
         """The session on a preprocessed batch (float32 logits)."""
         if all(isinstance(s, int) for s in self.shape) and tuple(x.shape[2:]) != self.shape:
-            raise ValueError(
+            raise InputSizeError(
                 f'The model is fed {x.shape[2]}x{x.shape[3]} inputs but the ONNX graph takes '
                 f'{self.shape[0]}x{self.shape[1]}: export it with --shape {x.shape[2]} '
                 f'{x.shape[3]}')
@@ -223,7 +224,7 @@ def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split:
             break
     bar.close()
     if not captured:
-        raise ValueError(f'No {split} images to calibrate on')
+        raise DataNotFoundError(f'No {split} images to calibrate on')
     return captured
 
 
@@ -290,7 +291,8 @@ def deployed_input_shape(cfg: Config, model: nn.Module) -> tuple[int, int]:
 def evaluate_export(cfg: Config, checkpoint: str, out: str, shape: tuple[int, int] | None = None,
                     split: str = 'test', max_images: int | None = None,
                     threads: int | None = None, force: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, trust: bool = False,
+                    source: str | None = None) -> dict:
     """Export a checkpoint to ONNX and evaluate the ONNX model and the PyTorch one alike.
 
     The PyTorch reference is the model the checkpoint holds (training-time or deployed),
@@ -307,17 +309,26 @@ def evaluate_export(cfg: Config, checkpoint: str, out: str, shape: tuple[int, in
         threads: ONNX Runtime threads.
         force: Overwrite ``out``.
         progress: Show progress bars.
+        trust: Allow full unpickling of the checkpoint.
+        source: Checkpoint layout; None: detect it.
 
     Returns:
         ``dict(metric, pytorch, onnx, diff, shape, out)`` with both metric dicts.
     """
-    from .onnx_export import create_session, export_onnx, load_model
-    reference, _, _ = load_model(cfg, checkpoint)
-    shape = tuple(shape or deployed_input_shape(cfg, reference))
-    export_onnx(cfg, checkpoint, out, shape=shape, force=force)
-    torch_metrics = evaluate(cfg, TorchPredictor(reference), split, max_images, 'eval PyTorch',
+    from ..checkpoint import check_output_path
+    from .convert import load_model, source_files
+    from .onnx_export import create_session, export_onnx
+    check_output_path(out, force, source_files(cfg, checkpoint))  # before the evaluation
+    loaded = load_model(cfg, checkpoint, source, trust)
+    model = loaded[0]
+    shape = tuple(shape or deployed_input_shape(cfg, model))
+    # the checkpoint's own model first: the export folds it in place (its pre- and
+    # post-processing, which the ONNX model runs inside, stay the same)
+    torch_metrics = evaluate(cfg, TorchPredictor(model), split, max_images, 'eval PyTorch',
                              progress)
-    onnx_metrics = evaluate(cfg, OnnxPredictor(reference, create_session(out, threads)), split,
+    export_onnx(cfg, checkpoint, out, shape=shape, force=force, trust=trust, source=source,
+                loaded=loaded)
+    onnx_metrics = evaluate(cfg, OnnxPredictor(model, create_session(out, threads)), split,
                             max_images, 'eval ONNX', progress)
     key = main_metric(torch_metrics)
     return dict(metric=key, pytorch=torch_metrics, onnx=onnx_metrics, shape=list(shape),

@@ -46,10 +46,10 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from ..analysis.models import TensorForward
-from ..checkpoint import check_output_path, load_state_dict_strict, write_bytes_atomic
-from .convert import (DEFAULT_TOLERANCE, FoldReport, build_model, compare_outputs, deploy_meta,
-                      find_backbone, fold_and_verify, input_shape_from_config, load_mapped_state,
-                      tensor_forward)
+from ..checkpoint import check_output_path, write_bytes_atomic
+from .convert import (BROKEN_WEIGHTS, DEFAULT_TOLERANCE, FoldReport, VerificationError,
+                      compare_outputs, deploy_meta, find_backbone, fold_and_verify,
+                      input_shape_from_config, load_model, source_files, tensor_forward)
 
 #: The exporters :func:`export_module` knows.
 EXPORTERS = ('dynamo', 'torchscript')
@@ -65,35 +65,42 @@ _PACKAGES = {'onnx': 'onnx==1.23.2', 'onnxruntime': 'onnxruntime==1.31.1',
              'onnxscript': 'onnxscript==0.7.2'}
 
 
+class MissingDependencyError(ImportError):
+    """An optional package of the ONNX path (``requirements/deploy.txt``) is not installed."""
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked: the exporter fails on it, ``onnx.checker``
+    rejects the graph, or the input size does not suit the model or the data."""
+
+
+class InputSizeError(ExportError, ValueError):
+    """An input size the exported graph cannot take (or the data does not give it)."""
+
+
 def require(name: str) -> Any:
-    """Import an optional deploy package or raise a one-line ``ImportError`` saying how to get it.
+    """Import an optional deploy package, or say in one line how to install it.
+
+    Only the package itself missing is reported so; an installed package that fails to
+    import (a broken install) raises its own error, with its traceback.
 
     Args:
         name: ``'onnx'``, ``'onnxruntime'`` or ``'onnxscript'``.
 
     Returns:
         The module.
+
+    Raises:
+        MissingDependencyError: If the package is not installed.
     """
     try:
-        module = importlib.import_module(name)
-    except ImportError:
-        raise ImportError(f'{name} is not installed: pip install {_PACKAGES.get(name, name)} '
-                          '(requirements/deploy.txt; make env installs it)') from None
-    if module is None:  # a module set to None in sys.modules
-        raise ImportError(f'{name} is not installed: pip install {_PACKAGES.get(name, name)} '
-                          '(requirements/deploy.txt; make env installs it)')
-    return module
-
-
-# ------------------------------------------------------------------------------ files
-
-def source_files(config: str | os.PathLike | Config,
-                 checkpoint: str | os.PathLike) -> list[str | os.PathLike]:
-    """The files an export is made from (the checkpoint and the config file): no output of
-    it may be one of them (:func:`mmrepvgg.checkpoint.check_output_path`'s ``inputs``)."""
-    if isinstance(config, Config):
-        return [checkpoint] + ([config.filename] if config.filename else [])
-    return [checkpoint, config]
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+        raise MissingDependencyError(
+            f'{name} is not installed: pip install {_PACKAGES.get(name, name)} '
+            '(requirements/deploy.txt; make env installs it)') from None
 
 
 # ------------------------------------------------------------------------------ sessions
@@ -153,20 +160,6 @@ def run_session(session: Any, x: Tensor | np.ndarray) -> Tensor:
 
 # ------------------------------------------------------------------------------ configs
 
-def with_data_preprocessor(cfg: Config) -> Config:
-    """A copy of ``cfg`` whose ``model`` carries the top-level ``data_preprocessor``.
-
-    mmpretrain configs keep the preprocessor (mean/std) at the top level and mmengine's
-    Runner merges it into the model (``model.setdefault('data_preprocessor', ...)``); a model
-    built from ``cfg.model`` alone would not normalize.
-    """
-    cfg = copy.deepcopy(cfg)
-    top = cfg.get('data_preprocessor')
-    if top is not None and cfg.model.get('data_preprocessor') is None:
-        cfg.model['data_preprocessor'] = copy.deepcopy(top)
-    return cfg
-
-
 def task_of(model: nn.Module) -> str:
     """``'segmentation'`` for an mmseg segmentor, else ``'classification'``."""
     return 'segmentation' if hasattr(model, 'decode_head') else 'classification'
@@ -213,32 +206,6 @@ def class_names(cfg: Config, checkpoint_meta: Mapping | None = None) -> list[str
 
 # ------------------------------------------------------------------------------ models
 
-def load_model(cfg: Config, checkpoint: str | os.PathLike, source: str | None = None,
-               trust: bool = False) -> tuple[nn.Module, bool, dict]:
-    """Build ``cfg``'s model and load a training-time or deployed checkpoint strictly.
-
-    Args:
-        cfg: The config (its top-level ``data_preprocessor`` is merged in).
-        checkpoint: Training-time (any :data:`~mmrepvgg.deploy.keymaps.SOURCES` layout) or
-            deployed (``branch_reparam`` keys) checkpoint.
-        source: Layout; None: detect it.
-        trust: Allow full unpickling.
-
-    Returns:
-        ``(model, deployed, checkpoint_meta)``; the model is in eval mode, folded iff
-        ``deployed``.
-    """
-    cfg = with_data_preprocessor(cfg)
-    state, source, meta = load_mapped_state(checkpoint, source, trust)
-    deployed = any('.branch_reparam.' in k for k in state)
-    model = build_model(cfg, deploy=deployed)
-    if find_backbone(model) is None:
-        raise ValueError(f'The model of {cfg.filename} has no mmrepvgg RepVGG backbone')
-    load_state_dict_strict(model, state, source=f'{checkpoint} ({source} layout'
-                           + (', deployed)' if deployed else ')'))
-    return model.eval(), deployed, meta
-
-
 def backbone_blocks(model: nn.Module) -> int:
     """Blocks of the RepVGG backbone: the stem plus every layer of every stage."""
     backbone = find_backbone(model)
@@ -275,10 +242,16 @@ def _pair(size: Any, fallback: tuple[int, int]) -> tuple[int, int]:
 
 
 def _on_meta(model: nn.Module) -> nn.Module:
+    """``model`` if it is on the meta device, else a copy there that copies no data."""
     param = next(model.parameters(), None)
     if param is not None and param.device.type == 'meta':
         return model
-    return copy.deepcopy(model).to('meta')
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device='meta'), p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device='meta')
+    return copy.deepcopy(model, memo)
 
 
 def probe(model: nn.Module, shape: tuple[int, int]) -> Probe:
@@ -369,7 +342,7 @@ def pool_friendly_sizes(model: nn.Module, shape: tuple[int, int], span: int = 64
     return out
 
 
-class PoolShapeError(ValueError):
+class PoolShapeError(InputSizeError):
     """The adaptive pools cannot be exported at the requested input size."""
 
 
@@ -503,6 +476,14 @@ def set_metadata(proto: Any, meta: Mapping[str, Any]) -> None:
             entry.key, entry.value = key, text
 
 
+def input_name(model: str | os.PathLike | Any) -> str:
+    """The name of an ONNX model's (first) input, read from the graph (no session made)."""
+    if isinstance(model, (str, os.PathLike)):
+        model = require('onnx').load(str(model), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in weights)
+
+
 def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
     """The ``metadata_props`` of an ONNX file (or ``ModelProto``), JSON values decoded."""
     if isinstance(model, (str, os.PathLike)):
@@ -580,6 +561,40 @@ class ExportReport:
         return '\n'.join(lines)
 
 
+#: Why ONNX Runtime's outputs can be NaN or Inf where PyTorch's are not, per export dtype.
+_ORT_CAUSE = {'fp32': 'the exported graph computes what PyTorch does not',
+              'fp16': 'float16 overflows on this model'}
+
+
+def check_against_pytorch(reference: Sequence[Tensor], outputs: Sequence[Tensor],
+                          dtype: str = 'fp32', tolerance: float | None = None,
+                          where: str = '') -> tuple[float, float]:
+    """Compare ONNX Runtime's outputs with PyTorch's on the same input.
+
+    Args:
+        reference: PyTorch's outputs.
+        outputs: ONNX Runtime's.
+        dtype: The graph's dtype, ``'fp32'`` or ``'fp16'``.
+        tolerance: Max relative difference (default :data:`ONNX_TOLERANCE`).
+        where: The inputs, for the message (e.g. ``' on the test images'``).
+
+    Returns:
+        ``(max_abs, max_rel)``.
+
+    Raises:
+        VerificationError: If they differ by more than ``tolerance``, in number or shape,
+            or any value is NaN or Inf.
+    """
+    tolerance = ONNX_TOLERANCE[dtype] if tolerance is None else tolerance
+    max_abs, max_rel = compare_outputs(reference, outputs,
+                                       ('of PyTorch', f'of ONNX Runtime ({dtype})'),
+                                       (BROKEN_WEIGHTS, _ORT_CAUSE[dtype]))
+    if not max_rel <= tolerance:
+        raise VerificationError(f'ONNX Runtime does not reproduce PyTorch{where}: max rel diff '
+                                f'{max_rel:.3g} > {tolerance:g} (max abs {max_abs:.3g})')
+    return max_abs, max_rel
+
+
 def export_onnx(config: str | Config,
                 checkpoint: str | os.PathLike,
                 out: str | os.PathLike,
@@ -594,7 +609,8 @@ def export_onnx(config: str | Config,
                 source: str | None = None,
                 tolerance: float | None = None,
                 fold_tolerance: float | None = DEFAULT_TOLERANCE,
-                seed: int = 0) -> ExportReport:
+                seed: int = 0,
+                loaded: tuple[nn.Module, bool, dict] | None = None) -> ExportReport:
     """Checkpoint -> folded model -> verified ONNX file.
 
     Loads the checkpoint strictly (training-time: folded and verified as
@@ -622,6 +638,9 @@ def export_onnx(config: str | Config,
         tolerance: Max relative ONNX-vs-PyTorch difference (default :data:`ONNX_TOLERANCE`).
         fold_tolerance: Max relative difference of the folding (None: report only).
         seed: Seed of the verification input.
+        loaded: What :func:`~mmrepvgg.deploy.convert.load_model` returned for
+            ``checkpoint``, if the caller has it (its model is folded in place); None: load
+            it here.
 
     Returns:
         An :class:`ExportReport` (its ``model`` is the folded PyTorch model).
@@ -632,10 +651,12 @@ def export_onnx(config: str | Config,
         SameFileError: ``out`` is the checkpoint or the config (also through a link),
             whatever ``force`` says.
         IsADirectoryError, NotADirectoryError: ``out`` cannot be a file.
-        RuntimeError: Folding or ONNX Runtime differ by more than the tolerance, or the
-            graph is not the folded one.
+        VerificationError: Folding or ONNX Runtime differ by more than the tolerance, or
+            the graph is not the folded one.
+        ExportError: The exporter fails or ``onnx.checker`` rejects the graph.
         PoolShapeError: The TorchScript exporter cannot export the adaptive pools at
             ``shape``.
+        MissingDependencyError: onnx, onnxruntime (or onnxscript for dynamo) is missing.
     """
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f'batch must be an int >= 1, got {batch!r}')
@@ -643,11 +664,10 @@ def export_onnx(config: str | Config,
     check_output_path(out, force, sources)
     onnx = require('onnx')
     require('onnxruntime')
-    cfg = with_data_preprocessor(config if isinstance(config, Config)
-                                 else Config.fromfile(config))
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
     dtype = 'fp16' if fp16 else 'fp32'
     tolerance = ONNX_TOLERANCE[dtype] if tolerance is None else tolerance
-    model, deployed, ckpt_meta = load_model(cfg, checkpoint, source, trust)
+    model, deployed, ckpt_meta = loaded or load_model(cfg, checkpoint, source, trust)
     shape = tuple(shape or input_shape_from_config(cfg))
     seen = probe(model, shape)  # shapes only (meta device): refuse before any compute
     note = check_adaptive_pools(model, shape, exporter, seen) or ''
@@ -674,10 +694,10 @@ def export_onnx(config: str | Config,
         raise
     except Exception as err:  # exporter failures carry long traces: keep their first line
         first = next((line for line in str(err).splitlines() if line.strip()), repr(err))
-        raise RuntimeError(f'torch.onnx.export ({exporter}) failed: {first}') from err
+        raise ExportError(f'torch.onnx.export ({exporter}) failed: {first}') from err
     nodes = graph_summary(proto)
     if nodes.get('BatchNormalization', 0) or nodes.get('Conv', 0) != seen.convs:
-        raise RuntimeError(
+        raise VerificationError(
             f'The exported graph is not the folded model: {nodes.get("Conv", 0)} Conv nodes for '
             f'{seen.convs} conv calls, {nodes.get("BatchNormalization", 0)} BatchNormalization')
     pre = preprocess_meta(cfg)
@@ -701,22 +721,21 @@ def export_onnx(config: str | Config,
     meta.pop('config', None)  # the config text is long; its file name stays
     session = create_session(proto)
     got = run_session(session, x)
-    max_abs, max_rel = compare_outputs(reference, [got])
-    if not max_rel <= tolerance:
-        raise RuntimeError(f'ONNX Runtime does not reproduce PyTorch: max rel diff {max_rel:.3g} '
-                           f'> {tolerance:g} (max abs {max_abs:.3g})')
+    max_abs, max_rel = check_against_pytorch(reference, [got], dtype, tolerance)
     if dynamic_batch:  # one more row than the example: the batch axis really is free
         x2 = torch.cat([x, x[:1]])
         got2 = run_session(session, x2)
-        if got2.shape[0] != x2.shape[0] or not compare_outputs([got], [got2[:batch]])[1] <= 1e-5:
-            raise RuntimeError('The dynamic-batch graph does not run a larger batch alike')
+        if got2.shape[0] != x2.shape[0] or not compare_outputs(
+                [got], [got2[:batch]], (f'at batch {batch}', f'at batch {batch + 1}'),
+                (_ORT_CAUSE[dtype], _ORT_CAUSE[dtype]))[1] <= 1e-5:
+            raise VerificationError('The dynamic-batch graph does not run a larger batch alike')
     meta.update(ort_max_abs_diff=max_abs, ort_max_rel_diff=max_rel)
     set_metadata(proto, meta)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as err:
         first = next((line for line in str(err).splitlines() if line.strip()), repr(err))
-        raise RuntimeError(f'onnx.checker rejects the exported model: {first}') from err
+        raise ExportError(f'onnx.checker rejects the exported model: {first}') from err
     write_bytes_atomic(out, proto.SerializeToString(), force=force, inputs=sources)
     report = ExportReport(str(out), shape, batch, dynamic_batch, dtype, exporter, opset,
                           deployed, fold, max_abs, max_rel, tolerance, nodes,

@@ -37,11 +37,13 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from ..analysis.quant_error import tensor_sqnr_db
 from ..checkpoint import check_output_paths, write_bytes_atomic
 from .onnx_eval import (OnnxPredictor, capture_inputs, evaluate, main_metric, time_sessions)
+from .convert import source_files
 from .onnx_export import (DEFAULT_OPSET, create_session, export_onnx, graph_summary,
-                          node_module, read_metadata, require, run_session, set_metadata,
-                          source_files)
+                          input_name, node_module, read_metadata, require, run_session,
+                          set_metadata)
 
 #: Calibration methods (ONNX Runtime's ``CalibrationMethod`` names).
 CALIBRATORS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percentile'}
@@ -49,8 +51,11 @@ CALIBRATORS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percenti
 ACTIVATION_TYPES = {'int8': 'QInt8', 'uint8': 'QUInt8'}
 #: Ops whose weights are quantized; each is a "layer" of the sensitivity ranking.
 WEIGHTED_OPS = ('Conv', 'ConvTranspose', 'Gemm', 'MatMul')
-#: An output equal to the reference gets this SQNR instead of infinity.
-MAX_SQNR_DB = 300.0
+
+
+class QuantizationError(ValueError):
+    """A quantization request the graph cannot meet: a layer to keep in float that it does
+    not have, or ``keep_float`` without the sensitivity ranking that picks the layers."""
 
 
 def _q() -> Any:
@@ -80,10 +85,6 @@ class QuantSettings:
         if self.activation_type not in ACTIVATION_TYPES:
             raise ValueError(f'Unknown activation type {self.activation_type!r}; expected one '
                              f'of {", ".join(ACTIVATION_TYPES)}')
-
-    def describe(self) -> str:
-        return (f'QDQ, int8 weights {"per-channel" if self.per_channel else "per-tensor"}, '
-                f'{self.activation_type} activations, {self.calib_method} calibration')
 
 
 class _Reader:
@@ -129,7 +130,7 @@ def calibrate(model: str | os.PathLike, inputs: Sequence[np.ndarray], method: st
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from tqdm import tqdm
     q = _q()
-    name = create_session(model).get_inputs()[0].name
+    name = input_name(model)
     ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # as quantize_static does
     with tempfile.TemporaryDirectory(prefix='mmrepvgg-calib-') as tmp:
         calibrator = q.create_calibrator(
@@ -160,18 +161,10 @@ def quantize_file(model: str | os.PathLike, out: str | os.PathLike, cache: str |
         calibration_cache_path=str(cache))
 
 
-def sqnr_db(reference: Sequence[torch.Tensor], output: Sequence[torch.Tensor]) -> float:
-    """Signal-to-quantization-noise ratio in dB: 10 log10(sum ref^2 / sum (out - ref)^2)."""
-    signal = sum(float((r.double() ** 2).sum()) for r in reference)
-    noise = sum(float(((o.double() - r.double()) ** 2).sum()) for r, o in zip(reference, output))
-    if noise <= signal * 10 ** (-MAX_SQNR_DB / 10):
-        return MAX_SQNR_DB
-    return 10 * math.log10(max(signal, 1e-300) / noise)
-
-
 def layer_sensitivity(model: str | os.PathLike, cache: str | os.PathLike,
                       inputs: Sequence[np.ndarray], settings: QuantSettings,
-                      threads: int | None = None, progress: bool = True) -> list[dict]:
+                      threads: int | None = None, progress: bool = True,
+                      reference: Sequence[torch.Tensor] | None = None) -> list[dict]:
     """Quantize one weighted layer at a time; rank the layers by the output SQNR.
 
     Args:
@@ -181,13 +174,16 @@ def layer_sensitivity(model: str | os.PathLike, cache: str | os.PathLike,
         settings: Quantization settings.
         threads: ONNX Runtime threads.
         progress: Show a progress bar.
+        reference: The fp32 model's outputs on ``inputs``, if the caller has them (else
+            computed here).
 
     Returns:
         ``[dict(node, module, op, sqnr_db, rank)]``, most sensitive (lowest SQNR) first.
     """
     from tqdm import tqdm
-    fp32 = create_session(model, threads)
-    reference = [run_session(fp32, x) for x in inputs]
+    if reference is None:
+        fp32 = create_session(model, threads)
+        reference = [run_session(fp32, x) for x in inputs]
     rows = []
     with tempfile.TemporaryDirectory(prefix='mmrepvgg-sens-') as tmp:
         out = os.path.join(tmp, 'one_layer.onnx')
@@ -196,8 +192,8 @@ def layer_sensitivity(model: str | os.PathLike, cache: str | os.PathLike,
             quantize_file(model, out, cache, settings, nodes_to_quantize=[node])
             session = create_session(out, threads)
             rows.append(dict(node=node, module=node_module(node), op=op,
-                             sqnr_db=sqnr_db(reference, [run_session(session, x)
-                                                         for x in inputs])))
+                             sqnr_db=tensor_sqnr_db(reference, [run_session(session, x)
+                                                                for x in inputs])))
     rows.sort(key=lambda r: r['sqnr_db'])
     for i, row in enumerate(rows):
         row['rank'] = i + 1
@@ -208,7 +204,7 @@ def resolve_layers(names: Sequence[str], layers: Sequence[tuple[str, str]]) -> l
     """Node names for layer names given as ONNX node names or module paths.
 
     Raises:
-        ValueError: For a name that is neither, listing a few valid ones.
+        QuantizationError: For a name that is neither, listing a few valid ones.
     """
     by_node = {n for n, _ in layers}
     by_module = {node_module(n): n for n, _ in layers}
@@ -220,8 +216,8 @@ def resolve_layers(names: Sequence[str], layers: Sequence[tuple[str, str]]) -> l
             out.append(by_module[name])
         else:
             examples = ', '.join(node_module(n) for n, _ in layers[:3])
-            raise ValueError(f'No weighted layer {name!r} in the graph; give module paths such '
-                             f'as {examples} (or ONNX node names)')
+            raise QuantizationError(f'No weighted layer {name!r} in the graph; give module '
+                                    f'paths such as {examples} (or ONNX node names)')
     return list(dict.fromkeys(out))
 
 
@@ -229,7 +225,8 @@ def qdq_summary(model: str | os.PathLike | Any) -> dict:
     """QDQ nodes, int8 weights and which weighted layers are quantized in a QDQ model.
 
     A weighted layer counts as quantized when its weight input comes from a
-    ``DequantizeLinear`` of an int8 initializer.
+    ``DequantizeLinear`` of an int8 initializer; ``max_weight_scales`` is the most scales
+    such a weight has (its output channels per channel, 1 per tensor; 0 if none).
     """
     onnx = require('onnx')
     if isinstance(model, (str, os.PathLike)):
@@ -237,20 +234,22 @@ def qdq_summary(model: str | os.PathLike | Any) -> dict:
     inits = {i.name: i for i in model.graph.initializer}
     int8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
     dq_of = {n.output[0]: n for n in model.graph.node if n.op_type == 'DequantizeLinear'}
-    quantized, kept = [], []
+    quantized, kept, scales = [], [], [0]
     for node in model.graph.node:
         if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
             continue
         dq = dq_of.get(node.input[1])
         if dq is not None and dq.input[0] in inits and inits[dq.input[0]].data_type in int8:
             quantized.append(node.name)
+            scale = inits.get(dq.input[1])
+            scales.append(math.prod(scale.dims) if scale is not None else 1)
         elif node.input[1] in inits:
             kept.append(node.name)
     nodes = graph_summary(model)
     return dict(QuantizeLinear=nodes.get('QuantizeLinear', 0),
                 DequantizeLinear=nodes.get('DequantizeLinear', 0),
                 int8_initializers=sum(1 for i in inits.values() if i.data_type in int8),
-                quantized_layers=quantized, float_layers=kept)
+                quantized_layers=quantized, float_layers=kept, max_weight_scales=max(scales))
 
 
 def _versions() -> dict:
@@ -322,6 +321,9 @@ def quantize_checkpoint(config: str | Config,
             is False; checked before any work.
         SameFileError: An output is the checkpoint or the config (also through a link), or
             two outputs are the same file (``--report OUT``), whatever ``force`` says.
+        QuantizationError: ``keep_float`` without ``sensitivity``, or a
+            ``keep_float_layers`` name the graph does not have.
+        ValueError: A count that is not a positive int (``keep_float``: non-negative).
     """
     settings = settings or QuantSettings()
     for name, value, least in (('calib_images', calib_images, 1), ('keep_float', keep_float, 0),
@@ -333,8 +335,8 @@ def quantize_checkpoint(config: str | Config,
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f'{name} must be an int >= {least}, got {value!r}')
     if keep_float and not sensitivity:
-        raise ValueError('--keep-float K keeps the K most sensitive layers: it needs the '
-                         'sensitivity ranking')
+        raise QuantizationError('--keep-float K keeps the K most sensitive layers: it needs '
+                                'the sensitivity ranking')
     out = Path(out)
     report_json = Path(report) if report else out.with_suffix('.json')
     report_md = report_json.with_suffix('.md')
@@ -371,12 +373,13 @@ def quantize_checkpoint(config: str | Config,
                              pipeline='test pipeline, model inference (as deployed)',
                              seed=seed))
         sens_inputs = calib[:max(1, sensitivity_images)]
+        reference = [run_session(fp32, x) for x in sens_inputs]  # fp32 outputs, once
         ranking = None
         if sensitivity:
             print_log(f'Sensitivity: quantizing each of {len(layers)} layers alone, output SQNR '
                       f'on {len(sens_inputs)} train inputs', logger='current')
             ranking = layer_sensitivity(prepared, cache, sens_inputs, settings, threads,
-                                        progress)
+                                        progress, reference)
             result['sensitivity'] = dict(
                 method='one weighted layer quantized at a time (all others float); SQNR of the '
                 'model output vs fp32, in dB (lower = more sensitive)',
@@ -396,8 +399,8 @@ def quantize_checkpoint(config: str | Config,
         result['graph'] = dict(summary, fp32_mb=fp32_path.stat().st_size / 2**20,
                                int8_mb=int8_tmp.stat().st_size / 2**20)
         int8 = create_session(proto, threads)
-        ref = [run_session(fp32, x) for x in sens_inputs]
-        result['output_sqnr_db'] = sqnr_db(ref, [run_session(int8, x) for x in sens_inputs])
+        result['output_sqnr_db'] = tensor_sqnr_db(reference, [run_session(int8, x)
+                                                              for x in sens_inputs])
         set_metadata(proto, dict(meta, quantization=dict(
             result['quantization'], calibration=dict(result['quantization']['calibration']),
             tool='onnxruntime.quantization.quantize_static')))

@@ -13,11 +13,10 @@ import mmrepvgg.apis.qa_compare as qa_compare
 import mmrepvgg.deploy.quantize as quantize
 from mmrepvgg import reparameterize
 from mmrepvgg.analysis.quant_error import LayerQuantError, summarize_errors
-from mmrepvgg.apis.demo import DemoResult
+from mmrepvgg.apis.demo import DemoResult, load_demo_config
 from mmrepvgg.apis.qa_compare import (DEMO_CONFIGS, INT8_NOT_MEASURED, QA_DEMO_CONFIG,
                                       DigitsData, Int8Result, comparison_markdown,
-                                      evaluate_checkpoint, int8_top1, load_demo_config,
-                                      top1)
+                                      evaluate_checkpoint, int8_top1, top1)
 from mmrepvgg.deploy import build_model
 from tests.helpers import randomize_bn_
 
@@ -93,7 +92,7 @@ def test_int8_step_runs_the_real_quantizer(monkeypatch):
             correct = got['top1'] * 60 / 100  # a whole number of the 60 images
             assert 0 <= got['top1'] <= 100 and correct == pytest.approx(round(correct))
             assert got['quantized_layers'] == 10 and got['float_layers'] == 0  # 9 blocks + fc
-            assert 10 < got['logits_sqnr_db'] < quantize.MAX_SQNR_DB  # quantized, not garbage
+            assert 10 < got['logits_sqnr_db'] < math.inf  # quantized, not garbage
         # per channel: one scale per output channel (stage 4 has 512); per tensor: one
         assert runs['per_channel']['max_weight_scales'] == 512
         assert runs['per_tensor']['max_weight_scales'] == 1
@@ -169,11 +168,19 @@ def test_an_evaluation_that_disagrees_with_the_runner_is_an_error(tmp_path, monk
         qa_compare.compare_blocks(tmp_path / 'cmp', seeds=(0, ), blocks=('RepVGGBlock', ))
 
 
-def test_bad_arguments_and_foreign_work_dir(tmp_path):
+def test_bad_arguments_and_foreign_work_dir(tmp_path, capsys):
     with pytest.raises(ValueError, match='blocks must be'):
         qa_compare.compare_blocks(tmp_path / 'x', blocks=('ResNet', ))
     (tmp_path / 'mine').mkdir()
     (tmp_path / 'mine' / 'data.txt').write_text('keep')
     from tools.compare_qa_digits import main
     assert main(['--work-dir', str(tmp_path / 'mine'), '--seeds', '0']) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f'error: {tmp_path / "mine"} exists and was not made by a demo; choose another folder '
+        'or remove it yourself']
     assert (tmp_path / 'mine' / 'data.txt').read_text() == 'keep'
+    for option in ('--threads', '--max-epochs'):  # counts are positive, as in every tool
+        with pytest.raises(SystemExit) as err:
+            main([option, '0'])
+        assert err.value.code == 2
+        assert f'argument {option}: must be at least 1, got 0' in capsys.readouterr().err

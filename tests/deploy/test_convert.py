@@ -363,7 +363,7 @@ def test_code_running_pickle_is_refused_by_the_tools(trained, capsys):
     assert not (tmp / 'o.pth').exists()
 
 
-# ---------------------------------------------------------------- issue 9: no wrong numbers
+# ---------------------------------------------------------------- no wrong numbers
 
 def test_nan_is_never_a_match():
     from mmrepvgg.deploy import compare_outputs

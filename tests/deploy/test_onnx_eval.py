@@ -12,7 +12,8 @@ from mmrepvgg.datasets import make_tiny_cityscapes, prepare_cityscapes
 from mmrepvgg.deploy import build_model
 from mmrepvgg.deploy.onnx_eval import (OnnxPredictor, TorchPredictor, build_dataset,
                                        evaluate_export, make_loader)
-from mmrepvgg.deploy.onnx_export import create_session, load_model
+from mmrepvgg.deploy.convert import load_model
+from mmrepvgg.deploy.onnx_export import create_session
 from tests.helpers import randomize_bn_
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +38,22 @@ def tiny_psp(tmp_path_factory) -> tuple[Config, Path]:
     return cfg, ckpt
 
 
-def test_tiny_cityscapes_pspnet_onnx_miou_equals_pytorch(tiny_psp, tmp_path):
+def test_tiny_cityscapes_pspnet_onnx_miou_equals_pytorch(tiny_psp, tmp_path, monkeypatch):
     cfg, ckpt = tiny_psp
-    result = evaluate_export(cfg, str(ckpt), str(tmp_path / 'psp.onnx'), progress=False)
+    import mmrepvgg.deploy.convert as convert
+    loads = []
+
+    def load_mapped_state(checkpoint, source=None, trust=False):
+        loads.append((checkpoint, source, trust))
+        return real_load(checkpoint, source, trust)
+
+    real_load = convert.load_mapped_state
+    monkeypatch.setattr(convert, 'load_mapped_state', load_mapped_state)
+    result = evaluate_export(cfg, str(ckpt), str(tmp_path / 'psp.onnx'), progress=False,
+                             source='mmrepvgg')
+    monkeypatch.undo()
+    # the checkpoint is read once (the export folds that model), with the caller's options
+    assert loads == [(str(ckpt), 'mmrepvgg', False)]
     # whole-image inference: the test pipeline resizes the 64x128 images to 128x256, whose
     # 16x32 map PSPNet's 3x3 and 6x6 pools do not divide (exported exactly as gathers)
     assert result['shape'] == [128, 256] and result['metric'] == 'mIoU'

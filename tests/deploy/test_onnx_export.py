@@ -20,8 +20,10 @@ from mmengine.config import Config
 import mmrepvgg  # noqa: F401
 from mmrepvgg.deploy import build_model, convert_checkpoint, input_shape_from_config
 from mmrepvgg.checkpoint import SameFileError
-from mmrepvgg.deploy.onnx_export import (PoolShapeError, create_session, export_onnx,
-                                         pool_friendly_sizes, probe, read_metadata)
+from mmrepvgg.deploy.convert import VerificationError
+from mmrepvgg.deploy.onnx_export import (MissingDependencyError, PoolShapeError,
+                                         check_against_pytorch, create_session, export_onnx,
+                                         pool_friendly_sizes, probe, read_metadata, require)
 from tests.helpers import randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,12 +254,20 @@ def test_bad_output_paths_fail_before_the_work(cls_files, tmp_path, capsys):
     assert 'is a file, not a directory' in capsys.readouterr().err
 
 
-def test_bad_inputs_fail_cleanly(cls_files, seg_files, tmp_path):
+def test_bad_inputs_fail_cleanly(cls_files, seg_files, tmp_path, capsys):
     cfg_file, ckpt, _ = cls_files
-    assert export_tool.main([str(cfg_file), str(tmp_path / 'missing.pth'),
-                             str(tmp_path / 'a.onnx')]) == 1
-    # a checkpoint of another model: strict key matching refuses it
-    assert export_tool.main([str(cfg_file), str(seg_files[1]), str(tmp_path / 'b.onnx')]) == 1
+    missing = tmp_path / 'missing.pth'
+    assert export_tool.main([str(cfg_file), str(missing), str(tmp_path / 'a.onnx')]) == 1
+    assert capsys.readouterr().err.splitlines() == [f'error: Checkpoint not found: {missing}']
+    # a checkpoint of another model: strict key matching refuses it, naming the keys
+    seg_ckpt = seg_files[1]
+    assert export_tool.main([str(cfg_file), str(seg_ckpt), str(tmp_path / 'b.onnx')]) == 1
+    err = capsys.readouterr().err.splitlines()  # the log lines come first
+    assert [line for line in err if line.startswith('error:')] == [err[-3]]
+    assert err[-3] == (f'error: State dict from {seg_ckpt} (mmrepvgg layout) does not fit '
+                       'ImageClassifier:')
+    assert err[-2] == '  missing (2): head.fc.bias, head.fc.weight'
+    assert err[-1].startswith('  unexpected (46): auxiliary_head.')
     assert not any(tmp_path.iterdir())
 
 
@@ -270,7 +280,7 @@ def test_default_shape_is_the_test_crop():
 
 def test_paper_psp_shape_gives_a_map_every_pool_divides():
     """PSPNet-B1g2-fast at 713x713: a 90x90 map, which 1, 2, 3 and 6 divide; at 257x257 a
-    33x33 one, which 2 and 6 do not (the issue's failing case)."""
+    33x33 one, which 2 and 6 do not (the TorchScript exporter cannot export it)."""
     cfg = Config.fromfile(ROOT / 'configs/pspnet_repvgg-b1g2-fast_cityscapes.py')
     with torch.device('meta'):
         model = build_model(cfg)
@@ -281,7 +291,7 @@ def test_paper_psp_shape_gives_a_map_every_pool_divides():
 
 
 def test_qarepvgg_model_exports_folded(qa_digits_checkpoint, tmp_path):
-    """Issue 11: a QARepVGG checkpoint (the digits QA demo config) exports as the same plain
+    """A QARepVGG checkpoint (the digits QA demo config) exports as the same plain
     graph: one Conv per block, no BatchNormalization, ONNX Runtime = the training-time model."""
     config, ckpt = qa_digits_checkpoint
     cfg = Config.fromfile(str(config))
@@ -299,3 +309,67 @@ def test_qarepvgg_model_exports_folded(qa_digits_checkpoint, tmp_path):
     assert counts['Conv'] == 9 and 'BatchNormalization' not in counts  # 1 + 1-2-4-1 blocks
     meta = read_metadata(out)
     assert meta['block'] == 'QARepVGGBlock' and meta['folded_blocks'] == 9
+
+
+def test_a_missing_package_is_one_line_and_a_broken_one_keeps_its_error(
+        cls_files, tmp_path, capsys, monkeypatch):
+    cfg_file, ckpt, _ = cls_files
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # as if it were not installed
+    with pytest.raises(MissingDependencyError, match=r'pip install onnxruntime==\S+ '):
+        require('onnxruntime')
+    assert export_tool.main([str(cfg_file), str(ckpt), str(tmp_path / 'a.onnx')]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        'error: onnxruntime is not installed: pip install onnxruntime==1.31.1 '
+        '(requirements/deploy.txt; make env installs it)']
+    # installed, but it cannot import what it needs: its own error, not "not installed"
+    (tmp_path / 'brokenpkg.py').write_text('import nonexistent_dependency_of_brokenpkg\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError) as err:
+        require('brokenpkg')
+    assert not isinstance(err.value, MissingDependencyError)
+    assert err.value.name == 'nonexistent_dependency_of_brokenpkg'
+
+
+def test_a_bug_is_not_reported_as_bad_input(cls_files, tmp_path, monkeypatch):
+    """Only the typed errors of bad input become one error: line; any other RuntimeError or
+    ValueError (a bug in torch, onnx or here) keeps its traceback."""
+    cfg_file, ckpt, _ = cls_files
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('a bug in the session code')
+
+    monkeypatch.setattr('mmrepvgg.deploy.onnx_export.create_session', broken)
+    with pytest.raises(RuntimeError, match='a bug in the session code'):
+        export_tool.main([str(cfg_file), str(ckpt), str(tmp_path / 'a.onnx')])
+    assert not (tmp_path / 'a.onnx').exists()
+
+
+def test_onnx_runtime_mismatch_names_what_was_compared():
+    ref = [torch.tensor([1., 2.])]
+    with pytest.raises(VerificationError, match=r'^1 of 2 output values of ONNX Runtime \(fp16\) '
+                       'are NaN or Inf: float16 overflows on this model$'):
+        check_against_pytorch(ref, [torch.tensor([1., float('inf')])], 'fp16')
+    with pytest.raises(VerificationError, match='output values of PyTorch are NaN or Inf: the '
+                       "model's weights or BN statistics are broken"):
+        check_against_pytorch([torch.tensor([float('nan'), 2.])], ref)
+    with pytest.raises(VerificationError, match=r'^ONNX Runtime does not reproduce PyTorch on '
+                       r'the test images: max rel diff 0\.25 > 0\.0001'):
+        check_against_pytorch(ref, [torch.tensor([1., 2.5])], where=' on the test images')
+    with pytest.raises(VerificationError, match=r'shapes differ: \(2,\) of PyTorch, \(1,\) of '
+                       r'ONNX Runtime \(fp32\)'):
+        check_against_pytorch(ref, [torch.tensor([1.])])
+    assert check_against_pytorch(ref, [torch.tensor([1., 2.0001])])[1] <= 1e-4
+
+
+def test_the_other_block_type_is_refused_by_name(qa_digits_checkpoint, tmp_path, capsys):
+    """A QARepVGG checkpoint with the RepVGG twin of its config: the targeted message of
+    tools/deploy_convert.py (one loader), not a list of mismatched keys."""
+    config, ckpt = qa_digits_checkpoint
+    out = tmp_path / 'qa.onnx'
+    assert export_tool.main([str(ROOT / 'configs/demo/repvgg-small_digits.py'), str(ckpt),
+                             str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f'error: {ckpt} (mmrepvgg layout) holds '
+                                               'QARepVGGBlock weights but the model is built '
+                                               'with RepVGGBlock; set model.backbone.block_cfg')
+    assert not out.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,10 @@ from mmengine.config import Config
 
 from mmrepvgg.deploy.onnx_eval import build_dataset, capture_inputs
 from mmrepvgg.deploy.onnx_export import create_session, export_onnx, read_metadata
-from mmrepvgg.deploy.quantize import (MAX_SQNR_DB, QuantSettings, qdq_summary,
-                                      quantize_checkpoint, report_markdown, sqnr_db,
-                                      weighted_layers)
+from mmrepvgg.analysis.quant_error import sqnr_db as weight_sqnr_db
+from mmrepvgg.analysis.quant_error import quantize_symmetric, tensor_sqnr_db
+from mmrepvgg.deploy.quantize import (QuantSettings, qdq_summary, quantize_checkpoint,
+                                      report_markdown, weighted_layers)
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location('tools_quantize', ROOT / 'tools' / 'quantize.py')
@@ -67,7 +69,7 @@ def test_int8_digits_stays_within_2_points_with_int8_weights(digits, tmp_path):
     assert len(layers) == LAYERS and [r['rank'] for r in layers] == list(range(1, LAYERS + 1))
     assert [r['sqnr_db'] for r in layers] == sorted(r['sqnr_db'] for r in layers)
     assert {r['module'] for r in layers} >= {'backbone.stem.branch_reparam', 'head.fc'}
-    assert all(0 < r['sqnr_db'] < MAX_SQNR_DB for r in layers)
+    assert all(0 < r['sqnr_db'] < math.inf for r in layers)
     # report: json + markdown, naming calibrator, weights, kept layers
     saved = json.loads(out.with_suffix('.json').read_text())
     assert saved['quantization']['calibration'] == dict(
@@ -81,9 +83,19 @@ def test_int8_digits_stays_within_2_points_with_int8_weights(digits, tmp_path):
     assert meta['quantization']['weights'] == 'int8 per-channel' and meta['mean'] == [0] * 3
 
 
-def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits, tmp_path):
+def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits, tmp_path,
+                                                                       monkeypatch):
     cfg, ckpt = digits
     out = tmp_path / 'partial.onnx'
+    import mmrepvgg.deploy.quantize as quantize
+    sessions = []
+
+    def create_session(model, threads=None):
+        sessions.append(Path(model).name if isinstance(model, (str, Path)) else 'proto')
+        return real_create_session(model, threads)
+
+    real_create_session = quantize.create_session
+    monkeypatch.setattr(quantize, 'create_session', create_session)
     result = quantize_checkpoint(cfg, ckpt, out, QuantSettings('percentile', per_channel=False),
                                  calib_images=16, sensitivity_images=4, keep_float=2,
                                  keep_float_layers=['head.fc'], shape=(32, 32), threads=1,
@@ -98,6 +110,10 @@ def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits,
     assert set(weight_scale_shapes(out).values()) == {()}  # per-tensor: scalar scales
     assert (tmp_path / 'r' / 'report.md').is_file()
     assert 'percentile calibration' in report_markdown(result)
+    # one fp32 session serves calibration inputs, sensitivity reference and output SQNR (the
+    # calibrator reads the input name from the graph); then one per single-layer model
+    assert sessions.count('fp32_prepared.onnx') == 1
+    assert sessions.count('one_layer.onnx') == LAYERS
 
 
 def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
@@ -137,13 +153,22 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
     assert 'are the same file' in refused(tmp_path / 'w.onnx', '--fp32-out',
                                           tmp_path / 'w.onnx')
     assert not any((tmp_path / n).exists() for n in ('x.onnx', 'y.onnx', 'z.json', 'w.onnx'))
+    # the K most sensitive layers need the ranking --no-sensitivity skips
+    assert refused(tmp_path / 'q.onnx', '--keep-float', '1') == (
+        'error: --keep-float K keeps the K most sensitive layers: it needs the sensitivity '
+        'ranking')
     # counts: K = -1 would keep every layer but one in float
     for bad in (dict(keep_float=-1), dict(calib_images=0), dict(speed_rounds=0)):
         with pytest.raises(ValueError, match=f'{next(iter(bad))} must be an int'):
             quantize_checkpoint(cfg, ckpt, tmp_path / 'k.onnx', **bad)
-    for bad in (['--keep-float', '-1'], ['--calib-images', '0'], ['--threads', '0']):
-        with pytest.raises(SystemExit):
+    for bad, message in ((['--keep-float', '-1'], 'must be at least 0, got -1'),
+                         (['--calib-images', '0'], 'must be at least 1, got 0'),
+                         (['--threads', '0'], 'must be at least 1, got 0')):
+        with pytest.raises(SystemExit) as err:
             quantize_tool.parse_args([str(cfg_file), ckpt, 'c.onnx', *bad])
+        assert err.value.code == 2  # argparse's usage error
+        assert capsys.readouterr().err.splitlines()[-1].endswith(
+            f'error: argument {bad[0]}: {message}')
     monkeypatch.undo()
     # a layer name that does not exist fails after the export, before the calibration
     monkeypatch.setattr('mmrepvgg.deploy.quantize.calibrate', _never_called)
@@ -151,9 +176,12 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
                                           'backbone.nope', early=False)
     assert not (tmp_path / 'b.onnx').exists()
     monkeypatch.undo()
-    with pytest.raises(SystemExit):  # either K most sensitive or named layers, not both
+    with pytest.raises(SystemExit) as err:  # either K most sensitive or named layers
         quantize_tool.parse_args([str(cfg_file), ckpt, 'c.onnx', '--keep-float', '1',
                                   '--keep-float-layers', 'head.fc'])
+    assert err.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        'error: argument --keep-float-layers: not allowed with argument --keep-float')
 
 
 def _never_called(*args, **kwargs):
@@ -183,8 +211,15 @@ def test_calibration_inputs_are_train_images_as_deployed(digits, tmp_path):
 
 def test_weighted_layers_and_sqnr():
     ref = [torch.ones(2, 3)]
-    assert sqnr_db(ref, [torch.full((2, 3), 1.1)]) == pytest.approx(20.0)
-    assert sqnr_db(ref, ref) == MAX_SQNR_DB
+    assert tensor_sqnr_db(ref, [torch.full((2, 3), 1.1)]) == pytest.approx(20.0)
+    assert tensor_sqnr_db(ref * 2, [torch.full((2, 3), 1.1)] * 2) == pytest.approx(20.0)
+    # one edge-case rule for every SQNR of the package: exact is inf, a zero signal -inf
+    assert tensor_sqnr_db(ref, ref) == math.inf == weight_sqnr_db(torch.ones(2, 3), False)
+    assert tensor_sqnr_db(torch.zeros(3), torch.ones(3)) == -math.inf
+    w = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert weight_sqnr_db(w, True) == tensor_sqnr_db(w, quantize_symmetric(w, True))
+    with pytest.raises(ValueError, match='2 reference tensors but 1 outputs'):
+        tensor_sqnr_db(ref * 2, ref)
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node('Conv', ['x', 'w'], ['y'], name='conv'),
          onnx.helper.make_node('Relu', ['y'], ['z'], name='relu'),
@@ -196,7 +231,7 @@ def test_weighted_layers_and_sqnr():
 
 
 def test_qarepvgg_model_quantizes(qa_digits_checkpoint, tmp_path):
-    """Issue 11: tools/quantize.py on a QARepVGG checkpoint (the digits QA demo config):
+    """tools/quantize.py on a QARepVGG checkpoint (the digits QA demo config):
     every folded block and the head int8 (per channel), no BN, evaluated on the test split."""
     config, ckpt = qa_digits_checkpoint
     out = tmp_path / 'qa_int8.onnx'

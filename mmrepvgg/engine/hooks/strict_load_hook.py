@@ -6,17 +6,13 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch import nn
 
-from ...checkpoint import CheckpointError, check_state_dict, extract_state_dict
+from ...checkpoint import (CheckpointError, check_state_dict, extract_state_dict,
+                           is_deployed_state)
 from ...models import RepBlockBase, reparameterize
 from ...registry import HOOKS
 
 #: What the hook may do with a deployed checkpoint for a training-time model.
 DEPLOYED_ACTIONS = ('fold', 'error')
-
-
-def is_deployed_state(state: dict) -> bool:
-    """Whether a state dict holds folded RepVGG blocks (``*.branch_reparam.*`` keys)."""
-    return any('.branch_reparam.' in key or key.startswith('branch_reparam.') for key in state)
 
 
 def _unfolded_blocks(model: nn.Module) -> int:
