@@ -684,3 +684,36 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes | str, force: bool =
     """
     content = data.encode() if isinstance(data, str) else bytes(data)
     return write_atomic(path, lambda tmp: tmp.write_bytes(content), force=force, inputs=inputs)
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None (JSON null)."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float('inf') else None
+    if isinstance(value, Mapping):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, force: bool = False,
+                      inputs: Sequence[str | os.PathLike] = (), indent: int = 1) -> Path:
+    """Write ``obj`` as strict JSON through :func:`write_atomic`: the reports of the tools.
+
+    Python's ``json`` writes ``Infinity`` and ``NaN``, which are not JSON (other readers
+    refuse the file); a non-finite float (an exact SQNR of inf dB, say) is written as null.
+
+    Args:
+        path: The destination.
+        obj: Plain Python values (dicts, lists, str, numbers, bools, None).
+        force: Overwrite an existing file.
+        inputs: Files ``obj`` was made from; ``path`` may never be one of them.
+        indent: JSON indentation.
+
+    Returns:
+        The destination path.
+    """
+    import json
+    text = json.dumps(_finite_json(obj), indent=indent, allow_nan=False) + '\n'
+    return write_bytes_atomic(path, text, force=force, inputs=inputs)

@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 from mmrepvgg.checkpoint import (CheckpointError, SameFileError, check_output_path,
                                  check_output_paths, install_mmengine_loader,
                                  load_checkpoint_file, mmengine_safe_globals,
-                                 save_checkpoint_atomic, write_atomic, write_bytes_atomic)
+                                 save_checkpoint_atomic, write_atomic, write_bytes_atomic,
+                                 write_json_atomic)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,6 +207,20 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
         assert written.stat().st_mode & 0o777 == mode and written.read_bytes() == b'onnx'
     finally:
         os.umask(old)
+
+
+def test_reports_are_strict_json(tmp_path):
+    """A non-finite float (an exact SQNR is inf dB) is null: Python's Infinity is not JSON."""
+    import json
+    path = write_json_atomic(tmp_path / 'r.json',
+                             dict(sqnr=[float('inf'), 3.5, -float('inf')], bad=float('nan'),
+                                  rows=(dict(n=1, ok=True, name='x'), )))
+    text = path.read_text()
+    assert 'Infinity' not in text and 'NaN' not in text
+    assert json.loads(text) == dict(sqnr=[None, 3.5, None], bad=None,
+                                    rows=[dict(n=1, ok=True, name='x')])
+    with pytest.raises(FileExistsError, match='--force'):
+        write_json_atomic(path, {})
 
 
 def test_bytes_and_text_go_through_the_same_writer(tmp_path):

@@ -12,7 +12,6 @@ count stride-1, dilation-1 3x3 convs at 4/9 and everything else at full cost.
 from __future__ import annotations
 
 import argparse
-import json
 import os.path as osp
 import sys
 
@@ -88,9 +87,9 @@ def _run(args: argparse.Namespace, specs: list[str]) -> None:
                       f"counted by mmengine: {c['flops_all_b']:.2f} B) at "
                       f"{r['input_shape'][0]}x{r['input_shape'][1]}")
     if args.json:
-        from mmrepvgg.checkpoint import write_bytes_atomic
-        write_bytes_atomic(args.json, json.dumps(rows, indent=1), force=args.force,
-                           inputs=[s for s in specs if osp.isfile(s)])
+        from mmrepvgg.checkpoint import write_json_atomic
+        write_json_atomic(args.json, rows, force=args.force,
+                          inputs=[s for s in specs if osp.isfile(s)])
 
 
 if __name__ == '__main__':

@@ -17,7 +17,6 @@ and ``configs/demo/qarepvgg-small_digits.py``), then on the held-out 450 images:
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import tempfile
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 
 from ..analysis.quant_error import (errors_to_dicts, folded_kernel_errors, summarize_errors,
                                     tensor_sqnr_db)
-from ..checkpoint import write_bytes_atomic
+from ..checkpoint import write_bytes_atomic, write_json_atomic
 from ..models import reparameterize
 from .demo import CLS_DEMO_CONFIG, fresh_work_dir, load_demo_config, run_cls_demo
 
@@ -319,7 +318,7 @@ def compare_blocks(work_dir: str | Path = 'work_dirs/compare_qa_digits',
                         for r in runs])
     report['summary'] = summarize_runs(report['runs'])
     # the work dir was emptied above: an existing report means another writer, not ours
-    write_bytes_atomic(work_dir / 'qa_digits.json', json.dumps(report, indent=2))
+    write_json_atomic(work_dir / 'qa_digits.json', report, indent=2)
     write_bytes_atomic(work_dir / 'qa_digits.md', comparison_markdown(report))
     return report
 

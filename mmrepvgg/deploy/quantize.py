@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import math
 import os
 import platform
@@ -38,7 +37,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from ..analysis.quant_error import tensor_sqnr_db
-from ..checkpoint import check_output_paths, write_bytes_atomic
+from ..checkpoint import check_output_paths, write_bytes_atomic, write_json_atomic
 from .onnx_eval import (OnnxPredictor, capture_inputs, evaluate, main_metric, time_sessions)
 from .convert import source_files
 from .onnx_export import (DEFAULT_OPSET, create_session, export_onnx, graph_summary,
@@ -527,7 +526,7 @@ def write_report(result: dict, path: str | os.PathLike, force: bool = False,
     """
     path = Path(path)
     check_output_paths([path, path.with_suffix('.md')], force, inputs)
-    write_bytes_atomic(path, json.dumps(result, indent=1), force=force, inputs=inputs)
+    write_json_atomic(path, result, force=force, inputs=inputs)
     write_bytes_atomic(path.with_suffix('.md'), report_markdown(result), force=force,
                        inputs=inputs)
     print_log(f'Wrote {path} and {path.with_suffix(".md")}', logger='current')
