@@ -11,8 +11,8 @@ evaluator (top-1 for classifiers, mIoU for segmentors).
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -233,8 +233,9 @@ def time_sessions(sessions: Mapping[str, Any], x: np.ndarray, warmup: int = 5,
                   round_seconds: float = 0.25) -> dict[str, dict]:
     """Milliseconds per ``session.run`` on ``x``, rounds interleaved over the sessions.
 
-    Round 1 of every session, then round 2, ...: a busy machine slows them alike. The
-    speed is the median round.
+    The benchmark's timing loop (:func:`mmrepvgg.analysis.benchmark.time_interleaved`):
+    round 1 of every session, then round 2, ..., the order rotated each round, so a busy
+    machine slows them alike. The speed is the median round.
 
     Args:
         sessions: ``{name: session}``.
@@ -247,29 +248,23 @@ def time_sessions(sessions: Mapping[str, Any], x: np.ndarray, warmup: int = 5,
     Returns:
         ``{name: dict(ms=median, ms_best=best, rounds=[...], iters=n)}``.
     """
-    feeds = {}
+    from ..analysis.benchmark import time_interleaved
+    runs = {}
     for name, s in sessions.items():
         inp = s.get_inputs()[0]
-        feeds[name] = {inp.name: x.astype(np.float16 if inp.type == 'tensor(float16)'
-                                          else np.float32)}
-    slowest = 0.0
-    for name, s in sessions.items():
-        for _ in range(warmup):
-            s.run(None, feeds[name])
-        start = time.perf_counter()
-        s.run(None, feeds[name])
-        slowest = max(slowest, time.perf_counter() - start)
-    if iters is None:
+        feed = {inp.name: x.astype(np.float16 if inp.type == 'tensor(float16)' else np.float32)}
+        runs[name] = functools.partial(s.run, None, feed)
+    if iters is None:  # one timed run each (after the warm-up) sizes the rounds
+        calls_per_s = time_interleaved(runs, iters=1, warmup=warmup, log=None)
+        slowest = 1 / min(rate for (rate, ) in calls_per_s)
         iters = int(min(1000, max(3, round_seconds / max(slowest, 1e-6))))
-    per: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, s in sessions.items():
-            start = time.perf_counter()
-            for _ in range(iters):
-                s.run(None, feeds[name])
-            per[name].append(1000 * (time.perf_counter() - start) / iters)
-    return {name: dict(ms=statistics.median(v), ms_best=min(v), rounds=v, iters=iters)
-            for name, v in per.items()}
+        warmup = 0
+    rates = time_interleaved(runs, iters=iters, rounds=rounds, warmup=warmup, log=None)
+    result = {}
+    for name, per_round in zip(runs, rates):
+        ms = [1000 / rate for rate in per_round]
+        result[name] = dict(ms=statistics.median(ms), ms_best=min(ms), rounds=ms, iters=iters)
+    return result
 
 
 def deployed_input_shape(cfg: Config, model: nn.Module) -> tuple[int, int]:

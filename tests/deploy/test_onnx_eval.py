@@ -93,3 +93,37 @@ def test_digits_onnx_top1_equals_pytorch(digits_classifier, tmp_path):
     assert result['shape'] == [32, 32] and result['metric'] == 'accuracy/top1'
     assert result['pytorch']['accuracy/top1'] > 60
     assert abs(result['diff']) <= 100 / 450 + 1e-6  # at most one of 450 digits flips
+
+
+class _FakeSession:
+    """An ONNX Runtime session stand-in that records the order of its runs."""
+
+    def __init__(self, name: str, log: list, dtype: str = 'tensor(float)') -> None:
+        self.name, self.log, self.dtype = name, log, dtype
+
+    def get_inputs(self):
+        return [type('Input', (), dict(name='input', type=self.dtype))()]
+
+    def run(self, outputs, feed):
+        assert outputs is None and list(feed) == ['input']
+        self.log.append((self.name, feed['input'].dtype.name))
+
+
+def test_time_sessions_interleaves_rounds_through_the_benchmark_loop():
+    import numpy as np
+
+    from mmrepvgg.deploy.onnx_eval import time_sessions
+    log: list = []
+    sessions = {'fp32': _FakeSession('fp32', log), 'fp16': _FakeSession('fp16', log,
+                                                                        'tensor(float16)')}
+    result = time_sessions(sessions, np.zeros((1, 3, 4, 4)), warmup=2, iters=3, rounds=4)
+    assert set(result) == {'fp32', 'fp16'}
+    for r in result.values():
+        assert r['iters'] == 3 and len(r['rounds']) == 4 and r['ms'] > 0
+        assert r['ms_best'] == min(r['rounds'])
+    assert ('fp16', 'float16') in log and ('fp32', 'float32') in log  # each its input type
+    timed = [name for name, _ in log[4:]]  # after 2 warm-up runs each
+    firsts = [timed[i * 6] for i in range(4)]  # 3 runs x 2 sessions per round
+    assert firsts == ['fp32', 'fp16', 'fp32', 'fp16']  # the order rotates each round
+    sized = time_sessions(sessions, np.zeros((1, 3, 4, 4)), rounds=1, round_seconds=1e-9)
+    assert sized['fp32']['iters'] == 3  # the minimum when every run is faster than a round
