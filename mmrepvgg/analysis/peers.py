@@ -216,7 +216,8 @@ def check_same_outputs(reference: nn.Module, other: nn.Module, shape: Sequence[i
         model.train(was_training)
     ref, out = (o[-1] if isinstance(o, (tuple, list)) else o for o in outs)
     try:  # the one comparison of outputs: shapes, NaN/Inf, max relative difference
-        _, rel = compare_outputs([ref], [out])
+        _, rel = compare_outputs([ref], [out], labels=('of ours', f'of {what}'),
+                                 causes=('its weights are broken', 'its weights are broken'))
     except VerificationError as err:
         raise ValueError(f'{what} vs ours: {err}') from None
     if not rel <= tolerance:
