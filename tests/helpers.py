@@ -9,3 +9,20 @@ from mmrepvgg.deploy.exactness import randomize_bn_  # noqa: F401  (re-exported 
 def rel_err(a: Tensor, b: Tensor) -> float:
     """Max abs difference relative to the output scale."""
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def one_error_line(capsys_or_text) -> str:
+    """The one ``error: ...`` line a tool printed on stderr, asserting that stderr holds
+    nothing else (blank lines aside).
+
+    Args:
+        capsys_or_text: pytest's ``capsys`` (its stderr is read, which consumes it) or the
+            stderr text itself (for a caller that also needs stdout or the whole text).
+
+    Returns:
+        str: The error line.
+    """
+    err = capsys_or_text if isinstance(capsys_or_text, str) else capsys_or_text.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    return lines[0]

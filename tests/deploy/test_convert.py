@@ -21,7 +21,7 @@ from mmrepvgg.checkpoint import CheckpointError, load_checkpoint_file
 from mmrepvgg.deploy import (build_model, convert_backbone_weights, convert_checkpoint,
                              convert_keys, detect_block_type, detect_source)
 from mmrepvgg.models import RepVGG
-from tests.helpers import randomize_bn_, rel_err
+from tests.helpers import one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -377,11 +377,11 @@ def test_nan_is_never_a_match():
 
 
 def _one_line_error(capsys) -> str:
+    """:func:`one_error_line`, and that one line is no traceback or mmengine error log."""
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    line = one_error_line(err)
     assert 'Traceback' not in err and 'mmengine - ERROR' not in err
-    return lines[0]
+    return line
 
 
 @pytest.mark.parametrize('verify', [True, False])

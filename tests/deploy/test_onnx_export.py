@@ -24,7 +24,7 @@ from mmrepvgg.deploy.convert import VerificationError
 from mmrepvgg.deploy.onnx_export import (MissingDependencyError, PoolShapeError,
                                          check_against_pytorch, create_session, export_onnx,
                                          pool_friendly_sizes, probe, read_metadata, require)
-from tests.helpers import randomize_bn_, rel_err
+from tests.helpers import one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location('tools_export_onnx',
@@ -238,7 +238,7 @@ def test_output_is_never_the_checkpoint_even_with_force(cls_files, tmp_path, cap
         os.link(copy, out)
     before = copy.read_bytes()
     assert export_tool.main([str(cfg_file), str(copy), str(out), '--force']) == 1
-    assert 'is the input' in capsys.readouterr().err
+    assert 'is the input' in one_error_line(capsys)
     assert copy.read_bytes() == before
     # the config is an input too; the library refuses alike
     with pytest.raises(SameFileError):
@@ -248,10 +248,10 @@ def test_output_is_never_the_checkpoint_even_with_force(cls_files, tmp_path, cap
 def test_bad_output_paths_fail_before_the_work(cls_files, tmp_path, capsys):
     cfg_file, ckpt, _ = cls_files
     assert export_tool.main([str(cfg_file), str(ckpt), str(tmp_path)]) == 1
-    assert 'is a directory' in capsys.readouterr().err
+    assert 'is a directory' in one_error_line(capsys)
     (tmp_path / 'file').write_text('x')
     assert export_tool.main([str(cfg_file), str(ckpt), str(tmp_path / 'file' / 'a.onnx')]) == 1
-    assert 'is a file, not a directory' in capsys.readouterr().err
+    assert 'is a file, not a directory' in one_error_line(capsys)
 
 
 def test_bad_inputs_fail_cleanly(cls_files, seg_files, tmp_path, capsys):

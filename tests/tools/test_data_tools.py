@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mmrepvgg.datasets import TRAIN_CLASSES, make_digits_folder
+from tests.helpers import one_error_line
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +57,7 @@ def test_tiny_cityscapes_layout_and_prepare(tmp_path):
 
 def test_prepare_without_polygons_is_a_clear_error(tmp_path, capsys):
     assert load_tool('prepare_cityscapes').main([str(tmp_path)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and 'gtFine_trainvaltest.zip' in err and '\n' not in err
+    assert 'gtFine_trainvaltest.zip' in one_error_line(capsys)
 
 
 def test_mmseg_reads_the_tiny_dataset(tmp_path):
