@@ -26,3 +26,8 @@ def one_error_line(capsys_or_text) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith('error: '), err
     return lines[0]
+
+
+def never_called(*args, **kwargs):
+    """A stand-in for a step that must not run (a check before it has to refuse first)."""
+    raise AssertionError('a step ran that the checks before it must have refused')

@@ -24,7 +24,7 @@ from mmrepvgg.deploy.convert import VerificationError
 from mmrepvgg.deploy.onnx_export import (MissingDependencyError, PoolShapeError,
                                          check_against_pytorch, create_session, export_onnx,
                                          pool_friendly_sizes, probe, read_metadata, require)
-from tests.helpers import one_error_line, randomize_bn_, rel_err
+from tests.helpers import never_called, one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location('tools_export_onnx',
@@ -209,7 +209,7 @@ def test_existing_output_is_refused_without_force(cls_files, tmp_path, capsys, m
     out = tmp_path / 'cls.onnx'
     out.write_bytes(b'keep me')
     # refused before any work: the exporter is never reached
-    monkeypatch.setattr('mmrepvgg.deploy.onnx_export.load_model', _never_called)
+    monkeypatch.setattr('mmrepvgg.deploy.onnx_export.load_model', never_called)
     assert export_tool.main([str(cfg_file), str(ckpt), str(out)]) == 1
     assert out.read_bytes() == b'keep me'
     assert capsys.readouterr().err.strip() == (f'error: {out} exists; pass --force (force=True) '
@@ -218,10 +218,6 @@ def test_existing_output_is_refused_without_force(cls_files, tmp_path, capsys, m
     assert export_tool.main([str(cfg_file), str(ckpt), str(out), '--force']) == 0
     assert onnx.load(str(out)).graph.node
     assert sorted(p.name for p in tmp_path.iterdir()) == ['cls.onnx']  # no temp file left
-
-
-def _never_called(*args, **kwargs):
-    raise AssertionError('the output path must be checked before the checkpoint is loaded')
 
 
 @pytest.mark.parametrize('link', ['same', 'symlink', 'hardlink'])

@@ -19,7 +19,7 @@ from mmrepvgg.analysis.quant_error import sqnr_db as weight_sqnr_db
 from mmrepvgg.analysis.quant_error import quantize_symmetric, tensor_sqnr_db
 from mmrepvgg.deploy.quantize import (QuantSettings, qdq_summary, quantize_checkpoint,
                                       report_markdown, weighted_layers)
-from tests.helpers import one_error_line
+from tests.helpers import never_called, one_error_line
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location('tools_quantize', ROOT / 'tools' / 'quantize.py')
@@ -134,7 +134,7 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
         return lines[-1]
 
     # every output path is checked before the export: the exporter is never reached
-    monkeypatch.setattr('mmrepvgg.deploy.quantize.export_onnx', _never_called)
+    monkeypatch.setattr('mmrepvgg.deploy.quantize.export_onnx', never_called)
     out = tmp_path / 'int8.onnx'
     out.write_bytes(b'keep')
     assert 'exists; pass --force' in refused(out)
@@ -175,7 +175,7 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
             f'error: argument {bad[0]}: {message}')
     monkeypatch.undo()
     # a layer name that does not exist fails after the export, before the calibration
-    monkeypatch.setattr('mmrepvgg.deploy.quantize.calibrate', _never_called)
+    monkeypatch.setattr('mmrepvgg.deploy.quantize.calibrate', never_called)
     assert 'No weighted layer' in refused(tmp_path / 'b.onnx', '--keep-float-layers',
                                           'backbone.nope', early=False)
     assert not (tmp_path / 'b.onnx').exists()
@@ -186,10 +186,6 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
     assert err.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         'error: argument --keep-float-layers: not allowed with argument --keep-float')
-
-
-def _never_called(*args, **kwargs):
-    raise AssertionError('the output paths must be checked before the export')
 
 
 def test_calibration_inputs_are_train_images_as_deployed(digits, tmp_path):
