@@ -11,6 +11,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope='module')
+def one_thread():
+    """torch on one thread for a module's tests, then as before (2 shared cores:
+    oversubscribed threads only slow the tests down). Use it with
+    ``pytestmark = pytest.mark.usefixtures('one_thread')``."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def pristine_loader():
     """Undo :func:`mmrepvgg.checkpoint.install_mmengine_loader` (mmengine's local loader) and

@@ -19,13 +19,7 @@ from tests.helpers import one_error_line
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """2 shared cores: oversubscribed threads only slow the test down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')

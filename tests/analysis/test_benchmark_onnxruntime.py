@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mmrepvgg.analysis import run_benchmark
 from tests.helpers import one_error_line
@@ -15,6 +14,7 @@ from tests.helpers import one_error_line
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.usefixtures('one_thread')
 @pytest.mark.parametrize('backend', ['onnxruntime', 'onnxruntime-int8'])
 def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
     from mmrepvgg.deploy import onnx_export, quantize
@@ -24,13 +24,9 @@ def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
                         lambda *a, **k: made.append('session') or create(*a, **k))
     monkeypatch.setattr(quantize, 'quantize_for_timing',
                         lambda *a, **k: made.append('int8') or quant(*a, **k))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:  # batch 2: the exported graph must take more than its example's batch of 1
-        report = run_benchmark(['A0'], batch=2, shape=(32, 32), warmup=1, iters=2,
-                               backend=backend, variants=('deploy', ))
-    finally:
-        torch.set_num_threads(threads)
+    # batch 2: the exported graph must take more than its example's batch of 1
+    report = run_benchmark(['A0'], batch=2, shape=(32, 32), warmup=1, iters=2, backend=backend,
+                           variants=('deploy', ))
     assert report['protocol']['backend'] == backend and not report['skipped']
     assert report['results'][0]['examples_per_s'] > 0
     assert made == (['int8', 'session'] if backend.endswith('int8') else ['session'])

@@ -12,20 +12,13 @@ import torch
 from tests.helpers import one_error_line
 
 TOOL = str(Path(__file__).resolve().parents[2] / 'tools' / 'gpu' / 'peers_weights.py')
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _run_tool() -> int:
     with pytest.raises(SystemExit) as info:
         runpy.run_path(TOOL, run_name='__main__')
     return info.value.code
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_four_models_hold_the_swapped_weights():
