@@ -1,9 +1,16 @@
 """Shared test utilities."""
 from __future__ import annotations
 
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
 from torch import Tensor
 
 from mmrepvgg.deploy.exactness import randomize_bn_  # noqa: F401  (re-exported for tests)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def rel_err(a: Tensor, b: Tensor) -> float:
@@ -26,6 +33,19 @@ def one_error_line(capsys_or_text) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith('error: '), err
     return lines[0]
+
+
+def run_script(monkeypatch: pytest.MonkeyPatch, tool: str, *argv: str) -> int:
+    """Run the script ``tool`` (a path from the repository root, e.g. ``'tools/benchmark.py'``)
+    as ``__main__`` with the command line ``argv``; its exit status.
+
+    The script must exit through ``SystemExit`` (every tool ends in ``sys.exit``), or the
+    calling test fails.
+    """
+    monkeypatch.setattr(sys, 'argv', [tool, *argv])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / tool), run_name='__main__')
+    return info.value.code
 
 
 def never_called(*args, **kwargs):

@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import os.path as osp
-import runpy
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import torch
 from mmrepvgg.analysis import benchmark_markdown, run_benchmark
 from mmrepvgg.analysis.benchmark import compute_ratios
 from mmrepvgg.analysis.precision import backend_supported
-from tests.helpers import one_error_line
+from tests.helpers import one_error_line, run_script
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -79,19 +78,12 @@ def test_plot_from_the_json(report, tmp_path):
 
 def test_cli_tools(tmp_path, monkeypatch, capsys):
     out = tmp_path / 'bench.json'
-    monkeypatch.setattr(sys, 'argv', [
-        'benchmark.py', 'A0', '--batch', '1', '--shape', '32', '32', '--warmup', '1',
-        '--iters', '2', '--variants', 'deploy', '--device', 'cpu', '--out', str(out)])
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(osp.join(ROOT, 'tools/benchmark.py'), run_name='__main__')
-    assert info.value.code == 0
+    _cli(monkeypatch, 'A0', '--batch', '1', '--shape', '32', '32', '--warmup', '1', '--iters',
+         '2', '--variants', 'deploy', '--device', 'cpu', '--out', str(out))
     assert json.loads(out.read_text())['results'][0]['variant'] == 'deploy'
 
     def plot(*argv: str) -> int:
-        monkeypatch.setattr(sys, 'argv', ['plot_speed_accuracy.py', *argv])
-        with pytest.raises(SystemExit) as info:
-            runpy.run_path(osp.join(ROOT, 'tools/plot_speed_accuracy.py'), run_name='__main__')
-        return info.value.code
+        return run_script(monkeypatch, 'tools/plot_speed_accuracy.py', *argv)
 
     png = tmp_path / 'p.png'
     assert plot(str(out), '--out', str(png)) == 0
@@ -490,11 +482,9 @@ def test_fold_time():
 def _cli(monkeypatch, *argv, code: int | None = 0) -> int:
     """Run tools/benchmark.py with ``argv``; its exit status (checked to be ``code`` unless
     None)."""
-    monkeypatch.setattr(sys, 'argv', ['benchmark.py', *argv])
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(osp.join(ROOT, 'tools/benchmark.py'), run_name='__main__')
-    assert code is None or info.value.code == code
-    return info.value.code
+    status = run_script(monkeypatch, 'tools/benchmark.py', *argv)
+    assert code is None or status == code
+    return status
 
 
 def test_cli_unknown_model_is_one_line(monkeypatch, capsys):

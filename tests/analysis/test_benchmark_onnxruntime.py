@@ -2,16 +2,12 @@
 says so in one line and exits 1 (it used to print an empty table and exit 0)."""
 from __future__ import annotations
 
-import runpy
 import sys
-from pathlib import Path
 
 import pytest
 
 from mmrepvgg.analysis import run_benchmark
-from tests.helpers import one_error_line
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import one_error_line, run_script
 
 
 @pytest.mark.usefixtures('one_thread')
@@ -34,11 +30,8 @@ def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
 
 def test_missing_onnxruntime_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # `import onnxruntime` fails
-    monkeypatch.setattr(sys, 'argv', ['benchmark.py', 'A0', '--backend', 'onnxruntime',
-                                      '--batch', '1', '--shape', '32', '32', '--device', 'cpu'])
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(ROOT / 'tools' / 'benchmark.py'), run_name='__main__')
-    assert exit_info.value.code == 1
+    assert run_script(monkeypatch, 'tools/benchmark.py', 'A0', '--backend', 'onnxruntime',
+                      '--batch', '1', '--shape', '32', '32', '--device', 'cpu') == 1
     captured = capsys.readouterr()  # once: a second read would see nothing
     assert 'onnxruntime is not installed' in one_error_line(captured.err)
     assert '| Model |' not in captured.out
