@@ -51,6 +51,19 @@ def digits_classifier(tmp_path_factory) -> Path:
     return work
 
 
+@pytest.fixture
+def trained_digits(digits_classifier) -> tuple:
+    """The digits demo config (``configs/demo/repvgg-small_digits.py``) reading
+    :func:`digits_classifier`'s data, and the path of its trained checkpoint (the one
+    ``train/last_checkpoint`` names): ``(Config, str)``. A fresh config for every test."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(ROOT / 'configs/demo/repvgg-small_digits.py'))
+    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': str(digits_classifier / 'digits')
+                         for k in ('train', 'val', 'test')})
+    ckpt = (digits_classifier / 'train' / 'last_checkpoint').read_text().strip()
+    return cfg, ckpt
+
+
 @pytest.fixture(scope='session')
 def qa_digits_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     """The digits QARepVGG demo config (``configs/demo/qarepvgg-small_digits.py``, data in a

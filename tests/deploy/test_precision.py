@@ -40,16 +40,11 @@ def test_check_exactness_dtype_table(monkeypatch, capsys):
     assert '| model | dtype | deployed: max rel |' in out and '| A0 | fp16 |' in out
 
 
-def test_a_trained_checkpoint_on_its_test_images(digits_classifier, tmp_path):
-    from mmengine.config import Config
-
+def test_a_trained_checkpoint_on_its_test_images(trained_digits, tmp_path):
     from mmrepvgg.deploy.exactness import checkpoint_precision_errors
-    cfg = Config.fromfile('configs/demo/repvgg-small_digits.py')
-    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': str(digits_classifier / 'digits')
-                         for k in ('train', 'val', 'test')})
+    cfg, ckpt = trained_digits
     cfg_file = tmp_path / 'digits.py'
     cfg.dump(str(cfg_file))
-    ckpt = (digits_classifier / 'train' / 'last_checkpoint').read_text().strip()
     rows, inputs = checkpoint_precision_errors(str(cfg_file), ckpt, batch=16)
     assert inputs == 'logits on 16 test images of (32, 32)'
     fp16, bf16 = rows

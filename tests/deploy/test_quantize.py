@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from mmengine.config import Config
 
 from mmrepvgg.deploy.onnx_eval import build_dataset, capture_inputs
 from mmrepvgg.deploy.onnx_export import create_session, export_onnx, read_metadata
@@ -25,17 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location('tools_quantize', ROOT / 'tools' / 'quantize.py')
 quantize_tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(quantize_tool)
-CONFIG = ROOT / 'configs/demo/repvgg-small_digits.py'
 LAYERS = 10  # 9 RepVGG blocks (1 + 1-2-4-1) and the linear head
-
-
-@pytest.fixture(scope='module')
-def digits(digits_classifier) -> tuple[Config, str]:
-    cfg = Config.fromfile(CONFIG)
-    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': str(digits_classifier / 'digits')
-                         for k in ('train', 'val', 'test')})
-    ckpt = (digits_classifier / 'train' / 'last_checkpoint').read_text().strip()
-    return cfg, ckpt
 
 
 def weight_scale_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -47,8 +36,8 @@ def weight_scale_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             if n.op_type in ('Conv', 'Gemm') and n.input[1] in dq}
 
 
-def test_int8_digits_stays_within_2_points_with_int8_weights(digits, tmp_path):
-    cfg, ckpt = digits
+def test_int8_digits_stays_within_2_points_with_int8_weights(trained_digits, tmp_path):
+    cfg, ckpt = trained_digits
     out = tmp_path / 'int8.onnx'
     result = quantize_checkpoint(cfg, ckpt, out, QuantSettings('minmax'), calib_images=64,
                                  sensitivity_images=8, run_eval=True, shape=(32, 32),
@@ -84,9 +73,9 @@ def test_int8_digits_stays_within_2_points_with_int8_weights(digits, tmp_path):
     assert meta['quantization']['weights'] == 'int8 per-channel' and meta['mean'] == [0] * 3
 
 
-def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits, tmp_path,
-                                                                       monkeypatch):
-    cfg, ckpt = digits
+def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(
+        trained_digits, tmp_path, monkeypatch):
+    cfg, ckpt = trained_digits
     out = tmp_path / 'partial.onnx'
     import mmrepvgg.deploy.quantize as quantize
     sessions = []
@@ -117,8 +106,8 @@ def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits,
     assert sessions.count('one_layer.onnx') == LAYERS
 
 
-def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
-    cfg, ckpt = digits
+def test_cli_refusals(trained_digits, tmp_path, capsys, monkeypatch):
+    cfg, ckpt = trained_digits
     cfg_file = tmp_path / 'digits.py'
     cfg.dump(str(cfg_file))
     args = ['--shape', '32', '32', '--no-sensitivity', '--calib-images', '4']
@@ -188,8 +177,8 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
         'error: argument --keep-float-layers: not allowed with argument --keep-float')
 
 
-def test_calibration_inputs_are_train_images_as_deployed(digits, tmp_path):
-    cfg, ckpt = digits
+def test_calibration_inputs_are_train_images_as_deployed(trained_digits, tmp_path):
+    cfg, ckpt = trained_digits
     report = export_onnx(cfg, ckpt, tmp_path / 'fp32.onnx', shape=(32, 32))
     model = report.model
     got = capture_inputs(cfg, model, create_session(tmp_path / 'fp32.onnx'), 12, progress=False)
