@@ -1,9 +1,11 @@
 """Shared test utilities."""
 from __future__ import annotations
 
+import importlib.util
 import runpy
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from torch import Tensor
@@ -46,6 +48,14 @@ def run_script(monkeypatch: pytest.MonkeyPatch, tool: str, *argv: str) -> int:
     with pytest.raises(SystemExit) as info:
         runpy.run_path(str(ROOT / tool), run_name='__main__')
     return info.value.code
+
+
+def load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` imported as a module, to call its ``main`` or ``parse_args``."""
+    spec = importlib.util.spec_from_file_location(f'tools_{name}', ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def never_called(*args, **kwargs):

@@ -5,7 +5,6 @@ compares with the training-time PyTorch model computed here, independently of th
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -24,13 +23,10 @@ from mmrepvgg.deploy.convert import VerificationError
 from mmrepvgg.deploy.onnx_export import (MissingDependencyError, PoolShapeError,
                                          check_against_pytorch, create_session, export_onnx,
                                          pool_friendly_sizes, probe, read_metadata, require)
-from tests.helpers import never_called, one_error_line, randomize_bn_, rel_err
+from tests.helpers import load_tool, never_called, one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location('tools_export_onnx',
-                                              ROOT / 'tools' / 'export_onnx.py')
-export_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(export_tool)
+export_tool = load_tool('export_onnx')
 
 ARCH = dict(num_blocks=(1, 1, 2, 1), width_factors=(0.25, 0.25, 0.25, 0.5))  # 6 blocks
 BLOCKS = 6

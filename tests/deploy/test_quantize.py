@@ -2,7 +2,6 @@
 partial quantization, report, refusals."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -18,12 +17,9 @@ from mmrepvgg.analysis.quant_error import sqnr_db as weight_sqnr_db
 from mmrepvgg.analysis.quant_error import quantize_symmetric, tensor_sqnr_db
 from mmrepvgg.deploy.quantize import (QuantSettings, qdq_summary, quantize_checkpoint,
                                       report_markdown, weighted_layers)
-from tests.helpers import never_called, one_error_line
+from tests.helpers import load_tool, never_called, one_error_line
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location('tools_quantize', ROOT / 'tools' / 'quantize.py')
-quantize_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(quantize_tool)
+quantize_tool = load_tool('quantize')
 LAYERS = 10  # 9 RepVGG blocks (1 + 1-2-4-1) and the linear head
 
 

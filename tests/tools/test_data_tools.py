@@ -1,25 +1,13 @@
 """tools/make_tiny_cityscapes.py and tools/prepare_cityscapes.py (cityscapesscripts)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from mmrepvgg.datasets import TRAIN_CLASSES, make_digits_folder
-from tests.helpers import one_error_line
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_tool, one_error_line
 
 
 def test_tiny_cityscapes_layout_and_prepare(tmp_path):
