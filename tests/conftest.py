@@ -11,6 +11,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope='module')
+def one_thread():
+    """torch on one thread for a module's tests, then as before (2 shared cores:
+    oversubscribed threads only slow the tests down). Use it with
+    ``pytestmark = pytest.mark.usefixtures('one_thread')``."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def pristine_loader():
     """Undo :func:`mmrepvgg.checkpoint.install_mmengine_loader` (mmengine's local loader) and
@@ -37,6 +49,19 @@ def digits_classifier(tmp_path_factory) -> Path:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work
+
+
+@pytest.fixture
+def trained_digits(digits_classifier) -> tuple:
+    """The digits demo config (``configs/demo/repvgg-small_digits.py``) reading
+    :func:`digits_classifier`'s data, and the path of its trained checkpoint (the one
+    ``train/last_checkpoint`` names): ``(Config, str)``. A fresh config for every test."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(ROOT / 'configs/demo/repvgg-small_digits.py'))
+    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': str(digits_classifier / 'digits')
+                         for k in ('train', 'val', 'test')})
+    ckpt = (digits_classifier / 'train' / 'last_checkpoint').read_text().strip()
+    return cfg, ckpt
 
 
 @pytest.fixture(scope='session')

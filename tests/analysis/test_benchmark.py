@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import os.path as osp
-import runpy
 import subprocess
 import sys
 
@@ -14,17 +13,12 @@ import torch
 from mmrepvgg.analysis import benchmark_markdown, run_benchmark
 from mmrepvgg.analysis.benchmark import compute_ratios
 from mmrepvgg.analysis.precision import backend_supported
+from tests.helpers import one_error_line, run_script
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """2 shared cores: oversubscribed threads only slow the test down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
@@ -84,32 +78,25 @@ def test_plot_from_the_json(report, tmp_path):
 
 def test_cli_tools(tmp_path, monkeypatch, capsys):
     out = tmp_path / 'bench.json'
-    monkeypatch.setattr(sys, 'argv', [
-        'benchmark.py', 'A0', '--batch', '1', '--shape', '32', '32', '--warmup', '1',
-        '--iters', '2', '--variants', 'deploy', '--device', 'cpu', '--out', str(out)])
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(osp.join(ROOT, 'tools/benchmark.py'), run_name='__main__')
-    assert info.value.code == 0
+    _cli(monkeypatch, 'A0', '--batch', '1', '--shape', '32', '32', '--warmup', '1', '--iters',
+         '2', '--variants', 'deploy', '--device', 'cpu', '--out', str(out))
     assert json.loads(out.read_text())['results'][0]['variant'] == 'deploy'
 
     def plot(*argv: str) -> int:
-        monkeypatch.setattr(sys, 'argv', ['plot_speed_accuracy.py', *argv])
-        with pytest.raises(SystemExit) as info:
-            runpy.run_path(osp.join(ROOT, 'tools/plot_speed_accuracy.py'), run_name='__main__')
-        return info.value.code
+        return run_script(monkeypatch, 'tools/plot_speed_accuracy.py', *argv)
 
     png = tmp_path / 'p.png'
     assert plot(str(out), '--out', str(png)) == 0
     assert png.stat().st_size > 0 and 'saved' in capsys.readouterr().out
     before = png.read_bytes()
     assert plot(str(out), '--out', str(png), '--title', 'other') == 1  # never overwritten
-    assert 'exists; pass --force' in _error_line(capsys) and png.read_bytes() == before
+    assert 'exists; pass --force' in one_error_line(capsys) and png.read_bytes() == before
     assert plot(str(out), '--out', str(png), '--title', 'other', '--force') == 0
     assert png.read_bytes() != before
     assert plot(str(out), '--out', str(tmp_path / 'p.json')) == 1  # not a figure format
-    assert 'give a figure file' in _error_line(capsys)
+    assert 'give a figure file' in one_error_line(capsys)
     assert plot(str(tmp_path / 'missing.json'), '--out', str(tmp_path / 'q.png')) == 1
-    assert 'missing.json' in _error_line(capsys)
+    assert 'missing.json' in one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['bench.json', 'p.png']
 
 
@@ -495,25 +482,16 @@ def test_fold_time():
 def _cli(monkeypatch, *argv, code: int | None = 0) -> int:
     """Run tools/benchmark.py with ``argv``; its exit status (checked to be ``code`` unless
     None)."""
-    monkeypatch.setattr(sys, 'argv', ['benchmark.py', *argv])
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(osp.join(ROOT, 'tools/benchmark.py'), run_name='__main__')
-    assert code is None or info.value.code == code
-    return info.value.code
-
-
-def _error_line(capsys) -> str:
-    """The one ``error:`` line a tool printed on stderr (nothing else there)."""
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith('error: '), err
-    return err[0]
+    status = run_script(monkeypatch, 'tools/benchmark.py', *argv)
+    assert code is None or status == code
+    return status
 
 
 def test_cli_unknown_model_is_one_line(monkeypatch, capsys):
     _cli(monkeypatch, 'A0', 'Foo-99', '--device', 'cpu', code=1)
-    assert _error_line(capsys).startswith("error: Unknown model 'Foo-99'")
+    assert one_error_line(capsys).startswith("error: Unknown model 'Foo-99'")
     _cli(monkeypatch, 'timm:B1g2', '--device', 'cpu', code=1)
-    assert 'timm has no RepVGG-B1g2' in _error_line(capsys)
+    assert 'timm has no RepVGG-B1g2' in one_error_line(capsys)
     for bad in (['--rounds', '0'], ['--batch', '-1'], ['--iters', 'x']):  # argparse: status 2
         assert _cli(monkeypatch, 'A0', *bad, code=None) == 2
 
@@ -528,15 +506,15 @@ def test_cli_outputs_checked_before_the_run(monkeypatch, tmp_path, capsys):
     existing = tmp_path / 'old.json'
     existing.write_text('{}')
     _cli(monkeypatch, 'A0', '--out', str(existing), code=1)
-    assert 'exists; pass --force' in _error_line(capsys)
+    assert 'exists; pass --force' in one_error_line(capsys)
     assert existing.read_text() == '{}'
     _cli(monkeypatch, 'A0', '--out', str(tmp_path / 'a'), '--markdown', str(tmp_path / 'a'),
          code=1)  # one would overwrite the other
-    assert 'are the same file' in _error_line(capsys)
+    assert 'are the same file' in one_error_line(capsys)
     blocker = tmp_path / 'file'
     blocker.write_text('')
     _cli(monkeypatch, 'A0', '--markdown', str(blocker / 'sub' / 'b.md'), code=1)
-    assert 'is a file, not a directory' in _error_line(capsys)
+    assert 'is a file, not a directory' in one_error_line(capsys)
     monkeypatch.undo()
     nested = tmp_path / 'new' / 'dir' / 'b.json'
     _cli(monkeypatch, 'A0', '--batch', '1', '--shape', '32', '32', '--warmup', '1', '--iters',
@@ -552,7 +530,7 @@ def test_cli_render_fold_time_and_peak(monkeypatch, tmp_path, capsys, report):
     assert (tmp_path / 'r.md').read_text().startswith('Generated by `python tools/benchmark.py')
     before = saved.read_text()  # the rendered json is an input: never its own markdown
     _cli(monkeypatch, '--render', str(saved), '--markdown', str(saved), '--force', code=1)
-    assert 'is the input' in _error_line(capsys) and saved.read_text() == before
+    assert 'is the input' in one_error_line(capsys) and saved.read_text() == before
     _cli(monkeypatch, '--fold-time', 'A0', '--fold-repeats', '1', '--threads', '1')
     assert 'fold RepVGG-A0 backbone (22 blocks)' in capsys.readouterr().out
     _cli(monkeypatch, '--measure-peak', '--device', 'cpu', '--out', str(tmp_path / 'p.json'))

@@ -2,18 +2,15 @@
 says so in one line and exits 1 (it used to print an empty table and exit 0)."""
 from __future__ import annotations
 
-import runpy
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 
 from mmrepvgg.analysis import run_benchmark
+from tests.helpers import one_error_line, run_script
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
+@pytest.mark.usefixtures('one_thread')
 @pytest.mark.parametrize('backend', ['onnxruntime', 'onnxruntime-int8'])
 def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
     from mmrepvgg.deploy import onnx_export, quantize
@@ -23,13 +20,9 @@ def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
                         lambda *a, **k: made.append('session') or create(*a, **k))
     monkeypatch.setattr(quantize, 'quantize_for_timing',
                         lambda *a, **k: made.append('int8') or quant(*a, **k))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:  # batch 2: the exported graph must take more than its example's batch of 1
-        report = run_benchmark(['A0'], batch=2, shape=(32, 32), warmup=1, iters=2,
-                               backend=backend, variants=('deploy', ))
-    finally:
-        torch.set_num_threads(threads)
+    # batch 2: the exported graph must take more than its example's batch of 1
+    report = run_benchmark(['A0'], batch=2, shape=(32, 32), warmup=1, iters=2, backend=backend,
+                           variants=('deploy', ))
     assert report['protocol']['backend'] == backend and not report['skipped']
     assert report['results'][0]['examples_per_s'] > 0
     assert made == (['int8', 'session'] if backend.endswith('int8') else ['session'])
@@ -37,12 +30,8 @@ def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
 
 def test_missing_onnxruntime_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # `import onnxruntime` fails
-    monkeypatch.setattr(sys, 'argv', ['benchmark.py', 'A0', '--backend', 'onnxruntime',
-                                      '--batch', '1', '--shape', '32', '32', '--device', 'cpu'])
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(ROOT / 'tools' / 'benchmark.py'), run_name='__main__')
-    assert exit_info.value.code == 1
+    assert run_script(monkeypatch, 'tools/benchmark.py', 'A0', '--backend', 'onnxruntime',
+                      '--batch', '1', '--shape', '32', '32', '--device', 'cpu') == 1
     captured = capsys.readouterr()  # once: a second read would see nothing
-    err = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(err) == 1 and 'onnxruntime is not installed' in err[0], err
+    assert 'onnxruntime is not installed' in one_error_line(captured.err)
     assert '| Model |' not in captured.out

@@ -7,7 +7,6 @@ saved, converted and folded; the deployed model must reproduce the original's ou
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from pathlib import Path
@@ -21,20 +20,13 @@ from mmrepvgg.checkpoint import CheckpointError, load_checkpoint_file
 from mmrepvgg.deploy import (build_model, convert_backbone_weights, convert_checkpoint,
                              convert_keys, detect_block_type, detect_source)
 from mmrepvgg.models import RepVGG
-from tests.helpers import randomize_bn_, rel_err
+from tests.helpers import load_tool, one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-deploy_convert = _tool('deploy_convert')
-convert_weights = _tool('convert_weights')
+deploy_convert = load_tool('deploy_convert')
+convert_weights = load_tool('convert_weights')
 
 NUM_BLOCKS = (2, 2, 2, 2)
 WIDTHS = (0.25, 0.25, 0.25, 0.5)  # stem 16, stages 16/32/64/256
@@ -377,11 +369,11 @@ def test_nan_is_never_a_match():
 
 
 def _one_line_error(capsys) -> str:
+    """:func:`one_error_line`, and that one line is no traceback or mmengine error log."""
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    line = one_error_line(err)
     assert 'Traceback' not in err and 'mmengine - ERROR' not in err
-    return lines[0]
+    return line
 
 
 @pytest.mark.parametrize('verify', [True, False])

@@ -18,7 +18,6 @@ from tests.helpers import randomize_bn_
 
 ROOT = Path(__file__).resolve().parents[2]
 SEG = ROOT / 'configs/demo/pspnet_repvgg-small_tiny-cityscapes.py'
-CLS = ROOT / 'configs/demo/repvgg-small_digits.py'
 
 
 @pytest.fixture(scope='module')
@@ -84,11 +83,8 @@ def test_slide_inference_feeds_windows_of_the_graph_size(tiny_psp, tmp_path):
         OnnxPredictor(model, create_session(tmp_path / 'slide.onnx'))(data)
 
 
-def test_digits_onnx_top1_equals_pytorch(digits_classifier, tmp_path):
-    cfg = Config.fromfile(CLS)
-    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': str(digits_classifier / 'digits')
-                         for k in ('train', 'val', 'test')})
-    ckpt = (digits_classifier / 'train' / 'last_checkpoint').read_text().strip()
+def test_digits_onnx_top1_equals_pytorch(trained_digits, tmp_path):
+    cfg, ckpt = trained_digits
     result = evaluate_export(cfg, ckpt, str(tmp_path / 'digits.onnx'), progress=False)
     assert result['shape'] == [32, 32] and result['metric'] == 'accuracy/top1'
     assert result['pytorch']['accuracy/top1'] > 60

@@ -5,7 +5,6 @@ compares with the training-time PyTorch model computed here, independently of th
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -24,13 +23,10 @@ from mmrepvgg.deploy.convert import VerificationError
 from mmrepvgg.deploy.onnx_export import (MissingDependencyError, PoolShapeError,
                                          check_against_pytorch, create_session, export_onnx,
                                          pool_friendly_sizes, probe, read_metadata, require)
-from tests.helpers import randomize_bn_, rel_err
+from tests.helpers import load_tool, never_called, one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location('tools_export_onnx',
-                                              ROOT / 'tools' / 'export_onnx.py')
-export_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(export_tool)
+export_tool = load_tool('export_onnx')
 
 ARCH = dict(num_blocks=(1, 1, 2, 1), width_factors=(0.25, 0.25, 0.25, 0.5))  # 6 blocks
 BLOCKS = 6
@@ -209,7 +205,7 @@ def test_existing_output_is_refused_without_force(cls_files, tmp_path, capsys, m
     out = tmp_path / 'cls.onnx'
     out.write_bytes(b'keep me')
     # refused before any work: the exporter is never reached
-    monkeypatch.setattr('mmrepvgg.deploy.onnx_export.load_model', _never_called)
+    monkeypatch.setattr('mmrepvgg.deploy.onnx_export.load_model', never_called)
     assert export_tool.main([str(cfg_file), str(ckpt), str(out)]) == 1
     assert out.read_bytes() == b'keep me'
     assert capsys.readouterr().err.strip() == (f'error: {out} exists; pass --force (force=True) '
@@ -218,10 +214,6 @@ def test_existing_output_is_refused_without_force(cls_files, tmp_path, capsys, m
     assert export_tool.main([str(cfg_file), str(ckpt), str(out), '--force']) == 0
     assert onnx.load(str(out)).graph.node
     assert sorted(p.name for p in tmp_path.iterdir()) == ['cls.onnx']  # no temp file left
-
-
-def _never_called(*args, **kwargs):
-    raise AssertionError('the output path must be checked before the checkpoint is loaded')
 
 
 @pytest.mark.parametrize('link', ['same', 'symlink', 'hardlink'])
@@ -238,7 +230,7 @@ def test_output_is_never_the_checkpoint_even_with_force(cls_files, tmp_path, cap
         os.link(copy, out)
     before = copy.read_bytes()
     assert export_tool.main([str(cfg_file), str(copy), str(out), '--force']) == 1
-    assert 'is the input' in capsys.readouterr().err
+    assert 'is the input' in one_error_line(capsys)
     assert copy.read_bytes() == before
     # the config is an input too; the library refuses alike
     with pytest.raises(SameFileError):
@@ -248,10 +240,10 @@ def test_output_is_never_the_checkpoint_even_with_force(cls_files, tmp_path, cap
 def test_bad_output_paths_fail_before_the_work(cls_files, tmp_path, capsys):
     cfg_file, ckpt, _ = cls_files
     assert export_tool.main([str(cfg_file), str(ckpt), str(tmp_path)]) == 1
-    assert 'is a directory' in capsys.readouterr().err
+    assert 'is a directory' in one_error_line(capsys)
     (tmp_path / 'file').write_text('x')
     assert export_tool.main([str(cfg_file), str(ckpt), str(tmp_path / 'file' / 'a.onnx')]) == 1
-    assert 'is a file, not a directory' in capsys.readouterr().err
+    assert 'is a file, not a directory' in one_error_line(capsys)
 
 
 def test_bad_inputs_fail_cleanly(cls_files, seg_files, tmp_path, capsys):

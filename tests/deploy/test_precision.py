@@ -1,15 +1,12 @@
 """fp16/bf16 of the folded model vs fp32 (tools/check_exactness.py --dtype)."""
 from __future__ import annotations
 
-import runpy
-import sys
-
-import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmrepvgg.deploy.exactness import estimate_bn_stats_, precision_errors
 from mmrepvgg.models import RepVGG
+from tests.helpers import run_script
 
 ARCH = dict(num_blocks=(2, 2, 4, 1), width_factors=(0.25, 0.25, 0.25, 0.5))  # 10 blocks
 
@@ -37,25 +34,17 @@ def test_estimated_bn_statistics_keep_activations_at_unit_scale():
 
 
 def test_check_exactness_dtype_table(monkeypatch, capsys):
-    monkeypatch.setattr(sys, 'argv', ['check_exactness.py', '--dtype', 'fp16', '--arch', 'A0',
-                                      '--shape', '32', '32'])
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path('tools/check_exactness.py', run_name='__main__')
-    assert exit_info.value.code == 0
+    assert run_script(monkeypatch, 'tools/check_exactness.py', '--dtype', 'fp16', '--arch', 'A0',
+                      '--shape', '32', '32') == 0
     out = capsys.readouterr().out
     assert '| model | dtype | deployed: max rel |' in out and '| A0 | fp16 |' in out
 
 
-def test_a_trained_checkpoint_on_its_test_images(digits_classifier, tmp_path):
-    from mmengine.config import Config
-
+def test_a_trained_checkpoint_on_its_test_images(trained_digits, tmp_path):
     from mmrepvgg.deploy.exactness import checkpoint_precision_errors
-    cfg = Config.fromfile('configs/demo/repvgg-small_digits.py')
-    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': str(digits_classifier / 'digits')
-                         for k in ('train', 'val', 'test')})
+    cfg, ckpt = trained_digits
     cfg_file = tmp_path / 'digits.py'
     cfg.dump(str(cfg_file))
-    ckpt = (digits_classifier / 'train' / 'last_checkpoint').read_text().strip()
     rows, inputs = checkpoint_precision_errors(str(cfg_file), ckpt, batch=16)
     assert inputs == 'logits on 16 test images of (32, 32)'
     fp16, bf16 = rows

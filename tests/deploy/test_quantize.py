@@ -2,7 +2,6 @@
 partial quantization, report, refusals."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from mmengine.config import Config
 
 from mmrepvgg.deploy.onnx_eval import build_dataset, capture_inputs
 from mmrepvgg.deploy.onnx_export import create_session, export_onnx, read_metadata
@@ -19,22 +17,10 @@ from mmrepvgg.analysis.quant_error import sqnr_db as weight_sqnr_db
 from mmrepvgg.analysis.quant_error import quantize_symmetric, tensor_sqnr_db
 from mmrepvgg.deploy.quantize import (QuantSettings, qdq_summary, quantize_checkpoint,
                                       report_markdown, weighted_layers)
+from tests.helpers import load_tool, never_called, one_error_line
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location('tools_quantize', ROOT / 'tools' / 'quantize.py')
-quantize_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(quantize_tool)
-CONFIG = ROOT / 'configs/demo/repvgg-small_digits.py'
+quantize_tool = load_tool('quantize')
 LAYERS = 10  # 9 RepVGG blocks (1 + 1-2-4-1) and the linear head
-
-
-@pytest.fixture(scope='module')
-def digits(digits_classifier) -> tuple[Config, str]:
-    cfg = Config.fromfile(CONFIG)
-    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': str(digits_classifier / 'digits')
-                         for k in ('train', 'val', 'test')})
-    ckpt = (digits_classifier / 'train' / 'last_checkpoint').read_text().strip()
-    return cfg, ckpt
 
 
 def weight_scale_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -46,8 +32,8 @@ def weight_scale_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             if n.op_type in ('Conv', 'Gemm') and n.input[1] in dq}
 
 
-def test_int8_digits_stays_within_2_points_with_int8_weights(digits, tmp_path):
-    cfg, ckpt = digits
+def test_int8_digits_stays_within_2_points_with_int8_weights(trained_digits, tmp_path):
+    cfg, ckpt = trained_digits
     out = tmp_path / 'int8.onnx'
     result = quantize_checkpoint(cfg, ckpt, out, QuantSettings('minmax'), calib_images=64,
                                  sensitivity_images=8, run_eval=True, shape=(32, 32),
@@ -83,9 +69,9 @@ def test_int8_digits_stays_within_2_points_with_int8_weights(digits, tmp_path):
     assert meta['quantization']['weights'] == 'int8 per-channel' and meta['mean'] == [0] * 3
 
 
-def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits, tmp_path,
-                                                                       monkeypatch):
-    cfg, ckpt = digits
+def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(
+        trained_digits, tmp_path, monkeypatch):
+    cfg, ckpt = trained_digits
     out = tmp_path / 'partial.onnx'
     import mmrepvgg.deploy.quantize as quantize
     sessions = []
@@ -116,8 +102,8 @@ def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(digits,
     assert sessions.count('one_layer.onnx') == LAYERS
 
 
-def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
-    cfg, ckpt = digits
+def test_cli_refusals(trained_digits, tmp_path, capsys, monkeypatch):
+    cfg, ckpt = trained_digits
     cfg_file = tmp_path / 'digits.py'
     cfg.dump(str(cfg_file))
     args = ['--shape', '32', '32', '--no-sensitivity', '--calib-images', '4']
@@ -125,12 +111,15 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
     def refused(out, *extra, early: bool = True) -> str:
         assert quantize_tool.main([str(cfg_file), ckpt, str(out), *args,
                                    *map(str, extra)]) == 1
-        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-        assert lines[-1].startswith('error: ') and (len(lines) == 1 or not early), lines
+        err = capsys.readouterr().err
+        if early:  # refused before any work: nothing logged
+            return one_error_line(err)
+        lines = [line for line in err.splitlines() if line.strip()]  # the log lines first
+        assert lines[-1].startswith('error: '), lines
         return lines[-1]
 
     # every output path is checked before the export: the exporter is never reached
-    monkeypatch.setattr('mmrepvgg.deploy.quantize.export_onnx', _never_called)
+    monkeypatch.setattr('mmrepvgg.deploy.quantize.export_onnx', never_called)
     out = tmp_path / 'int8.onnx'
     out.write_bytes(b'keep')
     assert 'exists; pass --force' in refused(out)
@@ -171,7 +160,7 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
             f'error: argument {bad[0]}: {message}')
     monkeypatch.undo()
     # a layer name that does not exist fails after the export, before the calibration
-    monkeypatch.setattr('mmrepvgg.deploy.quantize.calibrate', _never_called)
+    monkeypatch.setattr('mmrepvgg.deploy.quantize.calibrate', never_called)
     assert 'No weighted layer' in refused(tmp_path / 'b.onnx', '--keep-float-layers',
                                           'backbone.nope', early=False)
     assert not (tmp_path / 'b.onnx').exists()
@@ -184,12 +173,8 @@ def test_cli_refusals(digits, tmp_path, capsys, monkeypatch):
         'error: argument --keep-float-layers: not allowed with argument --keep-float')
 
 
-def _never_called(*args, **kwargs):
-    raise AssertionError('the output paths must be checked before the export')
-
-
-def test_calibration_inputs_are_train_images_as_deployed(digits, tmp_path):
-    cfg, ckpt = digits
+def test_calibration_inputs_are_train_images_as_deployed(trained_digits, tmp_path):
+    cfg, ckpt = trained_digits
     report = export_onnx(cfg, ckpt, tmp_path / 'fp32.onnx', shape=(32, 32))
     model = report.model
     got = capture_inputs(cfg, model, create_session(tmp_path / 'fp32.onnx'), 12, progress=False)

@@ -2,23 +2,15 @@
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
 
 from mmrepvgg.apis.cli import run_tool
 from mmrepvgg.checkpoint import CheckpointError
+from tests.helpers import one_error_line, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _stderr_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith('error: '), err
-    return lines[0]
 
 
 def test_run_tool_reports_bad_input_and_keeps_bugs_loud(capsys):
@@ -26,18 +18,18 @@ def test_run_tool_reports_bad_input_and_keeps_bugs_loud(capsys):
         raise CheckpointError('x.pth is truncated or corrupt')
 
     assert run_tool(bad_file) == 1
-    assert _stderr_line(capsys) == 'error: x.pth is truncated or corrupt'
+    assert one_error_line(capsys) == 'error: x.pth is truncated or corrupt'
     assert run_tool(lambda: None) == 0
 
     def interrupted():
         raise KeyboardInterrupt
 
     assert run_tool(interrupted) == 130
-    assert 'interrupted' in _stderr_line(capsys)
+    assert 'interrupted' in one_error_line(capsys)
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         run_tool(lambda: 1 / 0)
     assert run_tool(lambda: {}['k'], (KeyError, )) == 1  # a KeyError without its quotes
-    assert _stderr_line(capsys) == 'error: k'
+    assert one_error_line(capsys) == 'error: k'
 
 
 @pytest.mark.parametrize('tool,argv,match', [
@@ -54,12 +46,9 @@ def test_run_tool_reports_bad_input_and_keeps_bugs_loud(capsys):
     ('prepare_cityscapes', ['no_such_folder'], 'No *_gtFine_polygons.json under'),
 ])
 def test_bad_names_and_files_are_one_line_errors(tool, argv, match, monkeypatch, capsys):
-    monkeypatch.setattr(sys, 'argv', [f'{tool}.py', *argv])
     monkeypatch.chdir(ROOT)
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(str(ROOT / 'tools' / f'{tool}.py'), run_name='__main__')
-    assert info.value.code == 1
-    assert match in _stderr_line(capsys)
+    assert run_script(monkeypatch, f'tools/{tool}.py', *argv) == 1
+    assert match in one_error_line(capsys)
 
 
 @pytest.mark.parametrize('tool,argv', [
@@ -94,31 +83,25 @@ def test_a_device_that_is_not_there_is_refused_before_any_model_is_built(
     monkeypatch.setattr(models, '_build', built)  # every classifier, baseline and peer
     monkeypatch.setattr(RepVGG, '__init__', built)  # every backbone
     monkeypatch.setattr(onnx_export, 'load_model', built)  # a checkpoint
-    monkeypatch.setattr(sys, 'argv', [tool, *argv, '--device', device])
     monkeypatch.chdir(ROOT)
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(str(ROOT / tool), run_name='__main__')
-    assert info.value.code == 1
-    assert _stderr_line(capsys).startswith(f'error: {match}')
+    assert run_script(monkeypatch, tool, *argv, '--device', device) == 1
+    assert one_error_line(capsys).startswith(f'error: {match}')
 
 
 def test_complexity_json_is_written_atomically_and_never_clobbered(tmp_path, monkeypatch,
                                                                     capsys):
     def run(*argv: str) -> int:
-        monkeypatch.setattr(sys, 'argv', ['complexity.py', *argv])
         monkeypatch.chdir(ROOT)
-        with pytest.raises(SystemExit) as info:
-            runpy.run_path(str(ROOT / 'tools' / 'complexity.py'), run_name='__main__')
-        return info.value.code
+        return run_script(monkeypatch, 'tools/complexity.py', *argv)
 
     out = tmp_path / 'rows.json'
     out.write_text('keep')
     assert run('A0', '--json', str(out)) == 1
-    assert 'exists; pass --force' in _stderr_line(capsys) and out.read_text() == 'keep'
+    assert 'exists; pass --force' in one_error_line(capsys) and out.read_text() == 'keep'
     config = tmp_path / 'a0.py'
     config.write_text("_base_ = '%s'\n" % (ROOT / 'configs/repvgg-a0_in1k.py'))
     assert run(str(config), '--json', str(config), '--force') == 1
-    assert 'is the input' in _stderr_line(capsys)
+    assert 'is the input' in one_error_line(capsys)
     assert run('A0', '--json', str(out), '--force') == 0
     assert json.loads(out.read_text())[0]['name'] == 'RepVGG-A0'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a0.py', 'rows.json']
@@ -132,10 +115,7 @@ TOOLS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob('tools/*.py'),
 @pytest.mark.parametrize('tool', TOOLS)
 def test_every_tool_prints_its_help(tool, monkeypatch, capsys):
     """`python tools/X.py --help` works (benchmark.py's help once crashed on a '%')."""
-    monkeypatch.setattr(sys, 'argv', [tool, '--help'])
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(str(ROOT / tool), run_name='__main__')
-    assert info.value.code == 0
+    assert run_script(monkeypatch, tool, '--help') == 0
     assert capsys.readouterr().out.startswith('usage: ')
 
 
@@ -145,9 +125,6 @@ def test_demos_refuse_a_folder_they_did_not_make_in_one_line(tool, tmp_path, mon
     mine = tmp_path / 'mine'
     mine.mkdir()
     (mine / 'thesis.tex').write_text('keep')
-    monkeypatch.setattr(sys, 'argv', [f'{tool}.py', '--work-dir', str(mine)])
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(str(ROOT / 'tools' / f'{tool}.py'), run_name='__main__')
-    assert info.value.code == 1
-    assert 'was not made by' in _stderr_line(capsys)
+    assert run_script(monkeypatch, f'tools/{tool}.py', '--work-dir', str(mine)) == 1
+    assert 'was not made by' in one_error_line(capsys)
     assert [p.name for p in mine.iterdir()] == ['thesis.tex']

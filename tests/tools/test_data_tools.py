@@ -1,24 +1,13 @@
 """tools/make_tiny_cityscapes.py and tools/prepare_cityscapes.py (cityscapesscripts)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from mmrepvgg.datasets import TRAIN_CLASSES, make_digits_folder
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_tool, one_error_line
 
 
 def test_tiny_cityscapes_layout_and_prepare(tmp_path):
@@ -56,8 +45,7 @@ def test_tiny_cityscapes_layout_and_prepare(tmp_path):
 
 def test_prepare_without_polygons_is_a_clear_error(tmp_path, capsys):
     assert load_tool('prepare_cityscapes').main([str(tmp_path)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and 'gtFine_trainvaltest.zip' in err and '\n' not in err
+    assert 'gtFine_trainvaltest.zip' in one_error_line(capsys)
 
 
 def test_mmseg_reads_the_tiny_dataset(tmp_path):
