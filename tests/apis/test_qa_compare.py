@@ -184,3 +184,14 @@ def test_bad_arguments_and_foreign_work_dir(tmp_path, capsys):
             main([option, '0'])
         assert err.value.code == 2
         assert f'argument {option}: must be at least 1, got 0' in capsys.readouterr().err
+
+
+def test_the_committed_comparison_renders_from_its_json():
+    """docs/qa_digits_cpu.md (quoted by the README) is what its committed json renders to."""
+    import json
+    from pathlib import Path
+    docs = Path(__file__).resolve().parents[2] / 'docs'
+    report = json.loads((docs / 'qa_digits_cpu.json').read_text())
+    assert report['seeds'] == [0, 1, 2] and report['int8_measured']
+    assert len(report['runs']) == 6  # 2 blocks x 3 seeds
+    assert qa_compare.comparison_markdown(report) == (docs / 'qa_digits_cpu.md').read_text()
