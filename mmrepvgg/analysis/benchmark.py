@@ -682,8 +682,11 @@ def benchmark_markdown(report: dict) -> str:
     """The benchmark as markdown tables, with the device and protocol above them.
 
     Works on any saved report, also on json written by older versions (which did not record
-    the TF32 state: the protocol line then says so).
+    the TF32 state: the protocol line then says so), and on a ``--fold-time`` report (one
+    :func:`fold_time_line` per arch).
     """
+    if 'fold_time' in report and 'results' not in report:
+        return '\n'.join(fold_time_line(r) for r in report['fold_time'])
     info, proto = report['device_info'], report['protocol']
     results = report['results']
     lines = [_device_line(info, report.get('date'))]

@@ -550,9 +550,16 @@ def test_saved_reports_render(path):
     """Every benchmark json in docs/ renders (the docs' tables come from these)."""
     with open(path) as f:
         saved = json.load(f)
-    assert isinstance(saved, dict) and 'results' in saved, (
+    assert isinstance(saved, dict) and ('results' in saved or 'fold_time' in saved), (
         f'{path} is not a tools/benchmark.py report (no "results"): render it in its own test')
     text = benchmark_markdown(saved)
+    if 'fold_time' in saved:  # --fold-time: a line per arch, as the tool printed it
+        lines = text.splitlines()
+        assert len(lines) == len(saved['fold_time'])
+        for line, r in zip(lines, saved['fold_time']):
+            assert line.startswith(f"fold RepVGG-{r['arch']} backbone")
+            assert f"median {r['median_s']:.3f} s" in line
+        return
     assert text.startswith('Device: ')
     if saved['results']:
         assert '\nProtocol: batch ' in text
