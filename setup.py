@@ -22,7 +22,9 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     python_requires='>=3.9',
-    packages=find_packages(include=['mmrepvgg', 'mmrepvgg.*']),
+    # mmrepvgg_runtime runs exported ONNX models with onnxruntime, numpy and opencv only
+    packages=find_packages(include=['mmrepvgg', 'mmrepvgg.*', 'mmrepvgg_runtime',
+                                    'mmrepvgg_runtime.*']),
     install_requires=[
         'torch>=2.0',
         'mmengine>=0.10.0,<1.0.0',
@@ -36,6 +38,7 @@ setup(
     extras_require={
         'tests': ['pytest', 'timm>=1.0', 'scikit-learn', 'cityscapesscripts'],
         'benchmark': ['onnxruntime'],
+        'runtime': ['onnxruntime', 'numpy', 'opencv-python'],
     },
     zip_safe=False,
 )

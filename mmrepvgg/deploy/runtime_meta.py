@@ -1,0 +1,227 @@
+"""The runtime metadata of an exported model: its test-time behaviour, from the config.
+
+``export_onnx`` writes it into every ONNX file (key :data:`mmrepvgg_runtime.RUNTIME_KEY`) so
+that ``mmrepvgg_runtime`` (``tools/infer_onnx.py``) runs the file as the config tests the
+model, without torch or OpenMMLab: the test pipeline's resize and crop, the data
+preprocessor's mean, std and channel order, the segmentor's whole or sliding-window
+inference and ``align_corners``, the class names and palette.
+
+Only what the runtime reproduces exactly is accepted. Anything else (another transform in
+the test pipeline, a random one, padding in the data preprocessor, a non-OpenCV backend)
+is refused in one line (:class:`RuntimeMetaError`), naming the step: the file would
+otherwise be run differently from the config.
+
+The pipeline is the one the user-facing inferencers read: ``cfg.test_pipeline`` for mmseg's
+``inference_model`` (the test dataloader's pipeline without it), the test dataloader's
+pipeline for mmpretrain's ``ImageClassificationInferencer`` (``cfg.test_pipeline``
+without one).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from mmengine.config import Config
+from torch import nn
+
+from mmrepvgg_runtime.metadata import RUNTIME_KEY, RuntimeSpec
+
+from .onnx_export import ExportError
+
+#: Steps that load or pack data: nothing for the runtime to do.
+_PASS = ('LoadImageFromFile', 'LoadAnnotations', 'PackSegInputs', 'PackInputs',
+         'PackClsInputs', 'LoadImageFromNDArray')
+#: The transforms the runtime reproduces.
+SUPPORTED = ('Resize', 'ResizeEdge', 'CenterCrop')
+
+__all__ = ['RUNTIME_KEY', 'RuntimeMetaError', 'runtime_spec', 'test_pipeline',
+           'runtime_input_shape']
+
+
+class RuntimeMetaError(ExportError):
+    """The config's test behaviour has no exact equivalent in ``mmrepvgg_runtime``."""
+
+
+def _kind(step: Mapping) -> str:
+    return str(step.get('type', '')).split('.')[-1]
+
+
+def _innermost(dataset: Mapping) -> Mapping:
+    while 'pipeline' not in dataset and isinstance(dataset.get('dataset'), Mapping):
+        dataset = dataset['dataset']
+    return dataset
+
+
+def test_pipeline(cfg: Config, task: str) -> list[dict]:
+    """The test pipeline the task's inferencer uses (see the module docstring).
+
+    Raises:
+        RuntimeMetaError: The config has none.
+    """
+    loader = cfg.get('test_dataloader') or cfg.get('val_dataloader') or {}
+    from_loader = _innermost(dict(loader.get('dataset') or {})).get('pipeline')
+    top = cfg.get('test_pipeline')
+    pipeline = (top or from_loader) if task == 'segmentation' else (from_loader or top)
+    if not pipeline:
+        raise RuntimeMetaError(f'{cfg.filename or "the config"} has no test pipeline: the '
+                               'runtime cannot know how to preprocess images')
+    return [dict(step) for step in pipeline]
+
+
+def _pair(value: Any) -> list[int] | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    if isinstance(value, Sequence) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return [int(value[0]), int(value[1])]
+    return None
+
+
+def convert_step(step: Mapping, where: str) -> dict | None:
+    """One test-pipeline transform as a runtime step (None: nothing to do).
+
+    Raises:
+        RuntimeMetaError: A transform (or option) the runtime does not reproduce.
+    """
+    kind = _kind(step)
+
+    def refuse(why: str) -> RuntimeMetaError:
+        return RuntimeMetaError(f'{where}: the test pipeline step {dict(step)} {why}; '
+                                'mmrepvgg_runtime (tools/infer_onnx.py) cannot run this model '
+                                'as the config tests it')
+
+    if kind in ('LoadImageFromFile', 'LoadImageFromNDArray'):
+        if step.get('color_type', 'color') != 'color' or step.get(
+                'imdecode_backend', 'cv2') != 'cv2' or step.get('to_float32', False):
+            raise refuse("is not supported (the runtime reads colour images with OpenCV's "
+                         'imdecode, uint8)')
+        return None
+    if kind in _PASS:
+        return None
+    if step.get('backend', 'cv2') != 'cv2':
+        raise refuse('uses a non-OpenCV backend')
+    interp = step.get('interpolation', 'bilinear')
+    if kind == 'Resize':
+        scale = _pair(step.get('scale'))
+        if scale is None or step.get('scale_factor') is not None:
+            raise refuse('is not supported (Resize with an int or (w, h) scale only)')
+        return dict(type='resize', scale=scale, keep_ratio=bool(step.get('keep_ratio', False)),
+                    interpolation=interp)
+    if kind == 'ResizeEdge':
+        scale = step.get('scale')
+        if not isinstance(scale, int) or isinstance(scale, bool):
+            raise refuse('is not supported (ResizeEdge with an int scale only)')
+        return dict(type='resize_edge', scale=scale, edge=step.get('edge', 'short'),
+                    interpolation=interp)
+    if kind == 'CenterCrop':
+        crop = _pair(step.get('crop_size'))
+        if crop is None or step.get('auto_pad', False):
+            raise refuse('is not supported (CenterCrop without auto_pad, int or (w, h) size)')
+        return dict(type='center_crop', crop_size=crop)
+    raise refuse(f'has no runtime equivalent (supported: {", ".join(SUPPORTED)}, and the '
+                 'loading and packing steps)')
+
+
+def _normalization(cfg: Config, where: str) -> dict:
+    """Mean, std and channel flip of the config's data preprocessor (``model.data_preprocessor``,
+    else the top-level ``data_preprocessor`` that mmpretrain merges into the model)."""
+    pre = dict(cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {})
+    test_cfg = dict(pre.get('test_cfg') or {})
+    if test_cfg.get('size') or test_cfg.get('size_divisor'):
+        raise RuntimeMetaError(f'{where}: the data preprocessor pads test images '
+                               f'(test_cfg={test_cfg}); mmrepvgg_runtime does not')
+    if int(pre.get('pad_size_divisor', 1) or 1) > 1:
+        raise RuntimeMetaError(f'{where}: the data preprocessor pads images to a multiple of '
+                               f'{pre["pad_size_divisor"]}; mmrepvgg_runtime does not')
+    flip = any(bool(pre.get(k, False)) for k in ('bgr_to_rgb', 'rgb_to_bgr', 'to_rgb'))
+    mean, std = pre.get('mean'), pre.get('std')
+    return dict(mean=None if mean is None else [float(v) for v in mean],
+                std=None if std is None else [float(v) for v in std], bgr_to_rgb=flip)
+
+
+def runtime_spec(cfg: Config, model: nn.Module, classes: Sequence[str] | None = None,
+                 palette: Sequence[Sequence[int]] | None = None,
+                 precision: str = 'fp32') -> RuntimeSpec:
+    """The runtime metadata of ``model`` built from ``cfg``.
+
+    Args:
+        cfg: The config.
+        model: The built model (its data preprocessor, ``test_cfg``, decode head).
+        classes: Class names (None: unknown).
+        palette: RGB colour per class (segmentors; None: the runtime picks colours).
+        precision: ``'fp32'``, ``'fp16'`` or ``'int8'``.
+
+    Returns:
+        The validated :class:`~mmrepvgg_runtime.RuntimeSpec`.
+
+    Raises:
+        RuntimeMetaError: The test behaviour has no exact runtime equivalent.
+    """
+    where = cfg.filename or 'the config'
+    head = getattr(model, 'decode_head', None)
+    task = 'segmentation' if head is not None else 'classification'
+    steps = [s for s in (convert_step(step, where) for step in test_pipeline(cfg, task)) if s]
+    raw: dict[str, Any] = dict(schema=1, task=task, pipeline=steps, precision=precision,
+                               classes=list(classes) if classes else None,
+                               **_normalization(cfg, where))
+    if task == 'segmentation':
+        test_cfg = dict(getattr(model, 'test_cfg', None) or {})
+        mode = test_cfg.get('mode', 'whole')
+        if mode == 'slide':
+            raw['inference'] = dict(mode='slide', crop_size=_pair(test_cfg.get('crop_size')),
+                                    stride=_pair(test_cfg.get('stride')))
+        elif mode == 'whole':
+            raw['inference'] = dict(mode='whole')
+        else:
+            raise RuntimeMetaError(f'{where}: test_cfg mode {mode!r} is not whole or slide')
+        raw['align_corners'] = bool(getattr(head, 'align_corners', False))
+        if getattr(head, 'out_channels', None) == 1:
+            raw['threshold'] = float(getattr(head, 'threshold', None) or 0.3)
+        if palette:
+            raw['palette'] = [[int(c) for c in colour] for colour in palette]
+    else:
+        topk = (getattr(getattr(model, 'head', None), 'topk', None) or (5, ))
+        raw['topk'] = max(5, *(int(k) for k in (topk if isinstance(topk, Sequence)
+                                                 else (topk, ))))
+    try:
+        return RuntimeSpec.from_dict(raw, where)
+    except ValueError as err:
+        raise RuntimeMetaError(str(err)) from None
+
+
+def runtime_input_shape(spec: RuntimeSpec) -> tuple[int, int] | None:
+    """The ``(H, W)`` the network sees under the test behaviour, if the config fixes it.
+
+    Slide inference: its window. Whole: the last center crop, else the last resize (for a
+    ``keep_ratio`` resize, the size of an image with the scale's aspect ratio, e.g. 1024x2048
+    for Cityscapes). None if no step fixes the size (the images' own size is used).
+    """
+    if spec.mode == 'slide':
+        return tuple(spec.crop_size)
+    for step in reversed(spec.pipeline):
+        if step['type'] == 'center_crop':
+            return step['crop_size'][1], step['crop_size'][0]
+        if step['type'] == 'resize':
+            return step['scale'][1], step['scale'][0]
+        if step['type'] == 'resize_edge':
+            return None  # the other edge follows the image's aspect ratio
+    return None
+
+
+def dataset_palette(cfg: Config, checkpoint_meta: Mapping | None = None) -> list | None:
+    """The class colours: from the checkpoint's ``dataset_meta``, the config's ``metainfo``
+    or the dataset class's ``METAINFO`` (None if none says)."""
+    meta = dict((checkpoint_meta or {}).get('dataset_meta') or {})
+    if meta.get('palette'):
+        return [list(c) for c in meta['palette']]
+    loader = cfg.get('test_dataloader') or cfg.get('val_dataloader') or {}
+    dataset = _innermost(dict(loader.get('dataset') or {}))
+    if (dataset.get('metainfo') or {}).get('palette'):
+        return [list(c) for c in dataset['metainfo']['palette']]
+    try:
+        from mmengine.registry import DATASETS
+        with DATASETS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
+            palette = (getattr(registry.get(dataset.get('type')), 'METAINFO', None)
+                       or {}).get('palette')
+    except Exception:  # an unknown dataset type: no palette
+        palette = None
+    return [list(c) for c in palette] if palette else None
