@@ -29,6 +29,7 @@ import collections
 import contextlib
 import io
 import json
+import logging
 import os
 import platform
 import statistics
@@ -107,12 +108,17 @@ class Reader(q.CalibrationDataReader):
 def quantize(src: str, dst: str, fmt: str, act: str, per_channel: bool, size: int) -> str:
     """``quantize_static`` with ONNX Runtime's log lines captured; returns them."""
     log = io.StringIO()
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        q.quantize_static(src, dst, Reader(size),
-                          quant_format=getattr(q.QuantFormat, fmt),
-                          activation_type=q.QuantType.QInt8 if act == 'S8' else q.QuantType.QUInt8,
-                          weight_type=q.QuantType.QInt8, per_channel=per_channel,
-                          calibrate_method=q.CalibrationMethod.MinMax)
+    handler = logging.StreamHandler(log)  # the quantizer warns through the logging module
+    logging.getLogger().addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            q.quantize_static(src, dst, Reader(size), quant_format=getattr(q.QuantFormat, fmt),
+                              activation_type=(q.QuantType.QInt8 if act == 'S8'
+                                               else q.QuantType.QUInt8),
+                              weight_type=q.QuantType.QInt8, per_channel=per_channel,
+                              calibrate_method=q.CalibrationMethod.MinMax)
+    finally:
+        logging.getLogger().removeHandler(handler)
     return log.getvalue()
 
 
