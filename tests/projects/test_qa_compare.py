@@ -195,7 +195,7 @@ def test_bad_arguments_and_foreign_work_dir(tmp_path, capsys):
 
 
 def test_the_committed_comparison_renders_from_its_json():
-    """docs/qa_digits_cpu.md (quoted by the README) is what its committed json renders to."""
+    """docs/qa_digits_cpu.md (quoted by docs/export.md) is what its committed json renders to."""
     import json
     from pathlib import Path
     docs = Path(__file__).resolve().parents[2] / 'docs'
