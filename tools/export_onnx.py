@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='training-time or deployed checkpoint')
     parser.add_argument('out', help='ONNX file to write')
     parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
-                        help="input size (default: the config's test crop)")
+                        help="input size (default: what the network sees under the config's "
+                        'test behaviour: the slide window, the test crop or resize)')
     parser.add_argument('--batch', type=positive_int, default=1, help='batch size of the graph')
     parser.add_argument('--dynamic-batch', action='store_true',
                         help='make the batch axis dynamic')
@@ -41,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--tolerance', type=float,
                         help='max relative ONNX Runtime vs PyTorch difference '
                         '(default 1e-4; 1e-2 with --fp16)')
+    parser.add_argument('--no-runtime-meta', action='store_true',
+                        help="do not write the test behaviour for tools/infer_onnx.py (for a "
+                        "config or --shape the torch-free runtime cannot run as tested)")
     add_checkpoint_args(parser, force_help='overwrite OUT')
     return parser.parse_args(argv)
 
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                     shape=tuple(args.shape) if args.shape else None, batch=args.batch,
                     dynamic_batch=args.dynamic_batch, opset=args.opset, fp16=args.fp16,
                     exporter=args.exporter, force=args.force, trust=args.trust_checkpoint,
-                    source=args.source, tolerance=args.tolerance)
+                    source=args.source, tolerance=args.tolerance,
+                    runtime_meta=not args.no_runtime_meta)
 
     return run_tool(work)
 

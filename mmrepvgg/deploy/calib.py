@@ -16,12 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 from mmengine.config import Config
+from mmengine.dataset import Compose, pseudo_collate
+from mmengine.registry import init_default_scope
 from torch import nn
+from tqdm import tqdm
 
 from mmrepvgg_runtime.files import collect_images
 
 from .onnx_eval import OnnxPredictor
-from .onnx_export import session_batch, task_of
+from .metadata import task_of
+from .ort import session_batch
 from .runtime_meta import test_pipeline
 
 
@@ -45,8 +49,6 @@ def calib_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def _pipeline(cfg: Config, task: str) -> Any:
-    from mmengine.dataset import Compose
-    from mmengine.registry import init_default_scope
     init_default_scope(cfg.get('default_scope') or 'mmengine')
     steps = [s for s in test_pipeline(cfg, task)
              if str(s.get('type', '')).split('.')[-1] != 'LoadAnnotations']
@@ -74,8 +76,6 @@ def capture_inputs_from_dir(cfg: Config, model: nn.Module, session: Any,
         FileNotFoundError, NotADirectoryError, ValueError: A bad folder.
         InputSizeError: An image the graph's input size does not fit (from the session).
     """
-    from mmengine.dataset import pseudo_collate
-    from tqdm import tqdm
     images = calib_images(folder)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).tolist()
     pipeline = _pipeline(cfg, task_of(model))

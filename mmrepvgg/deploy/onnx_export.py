@@ -50,6 +50,7 @@ from .forward import TensorForward, tensor_outputs
 from .metadata import backbone_blocks, class_names, preprocess_meta, set_metadata, task_of
 from .ort import create_session, run_session
 from .pools import check_adaptive_pools, probe
+from .runtime_meta import RUNTIME_KEY, check_runtime_shape, dataset_palette, runtime_spec
 from .verify import (BROKEN_WEIGHTS, DEFAULT_TOLERANCE, FoldReport, compare_outputs,
                      fold_and_verify)
 
@@ -110,6 +111,27 @@ def export_module(module: nn.Module, example: Tensor, exporter: str = 'dynamo',
                               dynamic_axes=axes)
             proto = onnx.load_from_string(buf.getvalue())
     return proto
+
+
+def model_opset(proto: Any) -> int | None:
+    """The default-domain (``ai.onnx``) opset a ``ModelProto`` declares."""
+    return next((int(o.version) for o in proto.opset_import if o.domain in ('', 'ai.onnx')),
+                None)
+
+
+def check_opset(proto: Any, opset: int, exporter: str) -> None:
+    """Refuse a graph whose opset is not the one asked for (the dynamo exporter falls back to
+    opset 18 when it cannot convert to the requested one, without an error).
+
+    Raises:
+        ExportError: In one line, saying which opsets each exporter gives.
+    """
+    got = model_opset(proto)
+    if got != opset:
+        raise ExportError(f'--opset {opset}: the {exporter} exporter wrote opset {got}, not '
+                          f'{opset} (it cannot convert this model to opset {opset}); the dynamo '
+                          'exporter writes opset 18 and newer (and some older ones), '
+                          '--exporter torchscript opsets 7-23')
 
 
 _SCOPES_KEY = 'pkg.torch.onnx.name_scopes'
@@ -262,7 +284,8 @@ def export_onnx(config: str | Config,
                 tolerance: float | None = None,
                 fold_tolerance: float | None = DEFAULT_TOLERANCE,
                 seed: int = 0,
-                loaded: tuple[nn.Module, bool, dict] | None = None) -> ExportReport:
+                loaded: tuple[nn.Module, bool, dict] | None = None,
+                runtime_meta: bool = True) -> ExportReport:
     """Checkpoint -> folded model -> verified ONNX file.
 
     Loads the checkpoint strictly (training-time: folded and verified as
@@ -277,7 +300,9 @@ def export_onnx(config: str | Config,
         config: mmseg or mmpretrain config (path or Config) with a RepVGG backbone.
         checkpoint: Training-time or deployed checkpoint.
         out: The ONNX file to write.
-        shape: Input ``(H, W)``; default: the config's test crop
+        shape: Input ``(H, W)``; default: what the network sees under the config's test
+            behaviour (:func:`~mmrepvgg.deploy.runtime_meta.runtime_input_shape`: the slide
+            window, the test crop or resize); without ``runtime_meta`` the config's test crop
             (:func:`~mmrepvgg.deploy.input_shape_from_config`).
         batch: Batch of the graph (of the example, if ``dynamic_batch``).
         dynamic_batch: Make the batch axis dynamic.
@@ -293,6 +318,10 @@ def export_onnx(config: str | Config,
         loaded: What :func:`~mmrepvgg.deploy.convert.load_model` returned for
             ``checkpoint``, if the caller has it (its model is folded in place); None: load
             it here.
+        runtime_meta: Write the test behaviour for ``mmrepvgg_runtime``
+            (``tools/infer_onnx.py``) into the file, refusing a config or ``shape`` the
+            runtime cannot run as the config tests the model
+            (:mod:`~mmrepvgg.deploy.runtime_meta`).
 
     Returns:
         An :class:`ExportReport` (its ``model`` is the folded PyTorch model).
@@ -308,6 +337,9 @@ def export_onnx(config: str | Config,
         ExportError: The exporter fails or ``onnx.checker`` rejects the graph.
         PoolShapeError: The TorchScript exporter cannot export the adaptive pools at
             ``shape``.
+        RuntimeMetaError: ``runtime_meta`` and the config's test behaviour (or ``shape``)
+            has no runtime equivalent.
+        ExportError: The exporter cannot write the requested ``opset``.
         MissingDependencyError: onnx, onnxruntime (or onnxscript for dynamo) is missing.
     """
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -319,7 +351,14 @@ def export_onnx(config: str | Config,
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     dtype = 'fp16' if fp16 else 'fp32'
     tolerance = ONNX_TOLERANCE[dtype] if tolerance is None else tolerance
+    if exporter not in EXPORTERS:
+        raise ValueError(f'Unknown exporter {exporter!r}; expected one of {EXPORTERS}')
     model, deployed, ckpt_meta = loaded or load_model(cfg, checkpoint, source, trust)
+    spec = None
+    if runtime_meta:
+        spec = runtime_spec(cfg, model, class_names(cfg, ckpt_meta),
+                            dataset_palette(cfg, ckpt_meta), dtype)
+        shape = check_runtime_shape(spec, shape, cfg.filename or 'the config')
     shape = tuple(shape or input_shape_from_config(cfg))
     seen = probe(model, shape)  # shapes only (meta device): refuse before any compute
     note = check_adaptive_pools(model, shape, exporter, seen) or ''
@@ -347,6 +386,7 @@ def export_onnx(config: str | Config,
     except Exception as err:  # exporter failures carry long traces: keep their first line
         first = next((line for line in str(err).splitlines() if line.strip()), repr(err))
         raise ExportError(f'torch.onnx.export ({exporter}) failed: {first}') from err
+    check_opset(proto, opset, exporter)
     nodes = graph_summary(proto)
     if nodes.get('BatchNormalization', 0) or nodes.get('Conv', 0) != seen.convs:
         raise VerificationError(
@@ -370,8 +410,17 @@ def export_onnx(config: str | Config,
                       opset=opset, folded_blocks=backbone_blocks(model)))
     if head is not None:
         meta['align_corners'] = bool(getattr(head, 'align_corners', False))
+    if spec is not None:
+        meta[RUNTIME_KEY] = spec.to_dict()
     meta.pop('config', None)  # the config text is long; its file name stays
-    session = create_session(proto)
+    try:
+        session = create_session(proto)
+    except Exception as err:  # ONNX Runtime's own errors (an opset it does not run): one line
+        if not type(err).__module__.startswith('onnxruntime'):
+            raise
+        first = next((line for line in str(err).splitlines() if line.strip()), repr(err))
+        raise ExportError(f'ONNX Runtime cannot run the exported graph (opset {opset}): '
+                          f'{first}') from err
     got = run_session(session, x)
     max_abs, max_rel = check_against_pytorch(reference, [got], dtype, tolerance)
     if dynamic_batch:  # one more row than the example: the batch axis really is free

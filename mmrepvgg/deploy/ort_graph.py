@@ -18,8 +18,8 @@ from typing import Any
 
 from mmengine.logging import print_log
 
-from .onnx_export import require
-from .quantize import QuantizationError
+from ..utils.errors import QuantizationError
+from ..utils.optional import require
 
 #: Ops that are integer convolutions (any domain).
 INTEGER_CONV_OPS = ('QLinearConv', 'ConvInteger')

@@ -21,11 +21,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from mmengine.config import Config
+from mmengine.registry import DATASETS
 from torch import nn
 
 from mmrepvgg_runtime.metadata import RUNTIME_KEY, RuntimeSpec
 
-from .onnx_export import ExportError
+from ..utils.errors import RuntimeMetaError
 
 #: Steps that load or pack data: nothing for the runtime to do.
 _PASS = ('LoadImageFromFile', 'LoadAnnotations', 'PackSegInputs', 'PackInputs',
@@ -34,11 +35,7 @@ _PASS = ('LoadImageFromFile', 'LoadAnnotations', 'PackSegInputs', 'PackInputs',
 SUPPORTED = ('Resize', 'ResizeEdge', 'CenterCrop')
 
 __all__ = ['RUNTIME_KEY', 'RuntimeMetaError', 'runtime_spec', 'test_pipeline',
-           'runtime_input_shape']
-
-
-class RuntimeMetaError(ExportError):
-    """The config's test behaviour has no exact equivalent in ``mmrepvgg_runtime``."""
+           'runtime_input_shape', 'check_runtime_shape', 'dataset_palette']
 
 
 def _kind(step: Mapping) -> str:
@@ -207,6 +204,44 @@ def runtime_input_shape(spec: RuntimeSpec) -> tuple[int, int] | None:
     return None
 
 
+def check_runtime_shape(spec: RuntimeSpec, shape: Sequence[int] | None,
+                        where: str) -> tuple[int, int]:
+    """The graph's input size for the runtime: ``shape``, or the test behaviour's default.
+
+    Args:
+        spec: The runtime metadata.
+        shape: The requested ``(H, W)`` (None: the default, :func:`runtime_input_shape`).
+        where: The config, for messages.
+
+    Returns:
+        ``(H, W)``.
+
+    Raises:
+        RuntimeMetaError: No default (the test pipeline keeps each image's own size), or a
+            ``shape`` the test behaviour never feeds (not the slide window, not the size a
+            center crop or a fixed resize gives).
+    """
+    fixed = runtime_input_shape(spec)
+    if shape is None:
+        if fixed is None:
+            raise RuntimeMetaError(
+                f'{where}: the test pipeline ({spec.describe()}) does not fix the input size, '
+                'the network sees each image at its own size: pass --shape H W, the size of '
+                'your images after the test pipeline')
+        return fixed
+    shape = (int(shape[0]), int(shape[1]))
+    strict = spec.mode == 'slide' or (spec.pipeline and (
+        spec.pipeline[-1]['type'] == 'center_crop' or (spec.pipeline[-1]['type'] == 'resize'
+                                                       and not spec.pipeline[-1]['keep_ratio'])))
+    if strict and fixed is not None and shape != fixed:
+        what = ('slide inference feeds' if spec.mode == 'slide' else 'the test pipeline gives')
+        raise RuntimeMetaError(
+            f'{where}: {what} {fixed[0]}x{fixed[1]} inputs, so a {shape[0]}x{shape[1]} graph '
+            'cannot run as the config tests the model: omit --shape (or pass '
+            '--no-runtime-meta for a graph that tools/infer_onnx.py will not run)')
+    return shape
+
+
 def dataset_palette(cfg: Config, checkpoint_meta: Mapping | None = None) -> list | None:
     """The class colours: from the checkpoint's ``dataset_meta``, the config's ``metainfo``
     or the dataset class's ``METAINFO`` (None if none says)."""
@@ -218,7 +253,6 @@ def dataset_palette(cfg: Config, checkpoint_meta: Mapping | None = None) -> list
     if (dataset.get('metainfo') or {}).get('palette'):
         return [list(c) for c in dataset['metainfo']['palette']]
     try:
-        from mmengine.registry import DATASETS
         with DATASETS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
             palette = (getattr(registry.get(dataset.get('type')), 'METAINFO', None)
                        or {}).get('palette')

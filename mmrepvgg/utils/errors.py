@@ -42,6 +42,11 @@ class InputSizeError(ExportError, ValueError):
     """An input size the exported graph cannot take (or the data does not give it)."""
 
 
+class RuntimeMetaError(ExportError):
+    """The config's test behaviour (or the requested input size) has no exact equivalent in
+    ``mmrepvgg_runtime``: the exported file could not be run as the config tests the model."""
+
+
 class PoolShapeError(InputSizeError):
     """The adaptive pools cannot be exported at the requested input size."""
 

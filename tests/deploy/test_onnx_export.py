@@ -43,7 +43,9 @@ def cls_config() -> Config:
         crop_size=32,
         data_preprocessor=dict(num_classes=4, mean=[1., 2., 3.], std=[4., 5., 6.], to_rgb=True),
         test_dataloader=dict(dataset=dict(type='CustomDataset', metainfo=dict(
-            classes=('a', 'b', 'c', 'd')))),
+            classes=('a', 'b', 'c', 'd')), pipeline=[
+                dict(type='LoadImageFromFile'), dict(type='Resize', scale=32, keep_ratio=True),
+                dict(type='PackInputs')])),
         model=dict(type='ImageClassifier',
                    backbone=dict(type='mmrepvgg.RepVGG', arch=ARCH, out_indices=(3, ),
                                  norm_cfg=dict(type='SyncBN')),
@@ -57,6 +59,9 @@ def seg_config() -> Config:
         default_scope='mmseg',
         crop_size=(48, 48),
         test_dataloader=dict(dataset=dict(type='CityscapesDataset')),
+        test_pipeline=[dict(type='LoadImageFromFile'),
+                       dict(type='Resize', scale=(48, 48), keep_ratio=True),
+                       dict(type='PackSegInputs')],
         model=dict(
             type='EncoderDecoder',
             data_preprocessor=dict(type='SegDataPreProcessor', mean=[1., 2., 3.],
