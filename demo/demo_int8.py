@@ -19,7 +19,8 @@ from mmengine.logging import print_log
 from mmrepvgg.checkpoint import install_mmengine_loader
 from mmrepvgg.deploy.onnx_eval import evaluate_export
 from mmrepvgg.deploy.quant_report import summary_lines
-from mmrepvgg.deploy.quantize import QuantSettings, quantize_checkpoint
+from mmrepvgg.deploy.ptq import quantize_checkpoint
+from mmrepvgg.deploy.quantize import QuantSettings
 from mmrepvgg.utils.fileio import fresh_work_dir
 
 from .demos import (

@@ -29,12 +29,8 @@ from mmrepvgg.cli import (
 )
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS
 from mmrepvgg.deploy.quant_report import summary_lines
-from mmrepvgg.deploy.quantize import (
-    ACTIVATION_TYPES,
-    CALIBRATORS,
-    QuantSettings,
-    quantize_checkpoint,
-)
+from mmrepvgg.deploy.ptq import quantize_checkpoint
+from mmrepvgg.deploy.quantize import ACTIVATION_TYPES, CALIBRATORS, QuantSettings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,8 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='training-time or deployed checkpoint')
     parser.add_argument('out', help='int8 ONNX file to write')
     parser.add_argument('--calib-images', type=positive_int, default=200,
-                        help='calibration inputs from the train split (default 200, or the '
-                        'split size)')
+                        help='calibration inputs (default 200, or as many as there are)')
+    parser.add_argument('--calib-dir', metavar='DIR',
+                        help="calibrate on the images of DIR (searched recursively, through "
+                        "the config's test pipeline) instead of the dataset's train split")
     parser.add_argument('--calib-method', choices=list(CALIBRATORS), default='minmax')
     parser.add_argument('--per-tensor', action='store_true',
                         help='one weight scale per tensor (default: per output channel)')
@@ -66,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--report', help='json report (default OUT.json; markdown beside it)')
     parser.add_argument('--fp32-out', help='also keep the fp32 ONNX model here')
     parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
-                        help="input size (default: the config's test crop)")
+                        help="input size (default: what the network sees under the config's "
+                        'test behaviour, as tools/export_onnx.py)')
     parser.add_argument('--exporter', choices=EXPORTERS, default='dynamo')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
     parser.add_argument('--threads', type=positive_int,
@@ -96,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             fp32_out=args.fp32_out, shape=tuple(args.shape) if args.shape else None,
             exporter=args.exporter, opset=args.opset, threads=args.threads,
             speed_iters=args.speed_iters, speed_rounds=args.speed_rounds, force=args.force,
-            trust=args.trust_checkpoint, source=args.source, seed=args.seed, command=command))
+            trust=args.trust_checkpoint, source=args.source, seed=args.seed, command=command,
+            calib_dir=args.calib_dir))
 
     status = run_tool(work)
     if status == 0:

@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from mmrepvgg_runtime.files import collect_images
 
-from .onnx_eval import OnnxPredictor
+from ..utils.errors import DataNotFoundError
 from .metadata import task_of
+from .onnx_eval import OnnxPredictor
 from .ort import session_batch
 from .runtime_meta import test_pipeline
 
@@ -35,7 +36,7 @@ def calib_images(folder: str | os.PathLike) -> list[Path]:
     Raises:
         FileNotFoundError: No such folder.
         NotADirectoryError: It is a file.
-        ValueError: It holds no images.
+        DataNotFoundError: It holds no images.
     """
     path = Path(os.path.expanduser(os.fspath(folder)))
     if not path.exists():
@@ -45,7 +46,7 @@ def calib_images(folder: str | os.PathLike) -> list[Path]:
     try:
         return collect_images([path])
     except ValueError as err:  # RuntimeInputError: no images
-        raise ValueError(f'--calib-dir: {err}') from None
+        raise DataNotFoundError(f'--calib-dir: {err}') from None
 
 
 def _pipeline(cfg: Config, task: str) -> Any:
@@ -73,7 +74,7 @@ def capture_inputs_from_dir(cfg: Config, model: nn.Module, session: Any,
         Arrays of the session's input shape (batch 1 if its batch is dynamic).
 
     Raises:
-        FileNotFoundError, NotADirectoryError, ValueError: A bad folder.
+        FileNotFoundError, NotADirectoryError, DataNotFoundError: A bad folder.
         InputSizeError: An image the graph's input size does not fit (from the session).
     """
     images = calib_images(folder)

@@ -1,4 +1,4 @@
-"""The int8 report of :func:`mmrepvgg.deploy.quantize.quantize_checkpoint`: console
+"""The int8 report of :func:`mmrepvgg.deploy.ptq.quantize_checkpoint`: console
 lines, markdown and the json + markdown files."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def summary_lines(result: dict, top: int = 3) -> list[str]:
                   f'({sp["fp32_ms"]:.3f} ms/run)',
                   f'int8 ONNX  {name} {ev["int8"][ev["metric"]]:.2f}  '
                   f'({sp["int8_ms"]:.3f} ms/run)  {result["int8_onnx"]}',
-                  f'fp32/int8 CPU time ratio {sp["fp32_over_int8"]:.2f}x '
+                  f'fp32/int8 CPU time ratio {sp["fp32_over_int8"]:.2f}x{_spread(sp)} '
                   f'({sp["rounds"]} interleaved rounds, ONNX Runtime threads: '
                   f'{sp["threads"] or "default"})']
     else:
@@ -37,7 +37,17 @@ def summary_lines(result: dict, top: int = 3) -> list[str]:
             f'{r["module"]} {r["sqnr_db"]:.1f} dB' for r in sens['layers'][:top]))
     kept = result['quantization']['kept_float']
     lines.append('kept in float: ' + (', '.join(k['module'] for k in kept) or 'none'))
+    executed = result.get('graph', {}).get('executed')
+    if executed:
+        lines.append(executed['summary'])
     return lines
+
+
+def _spread(speed: dict) -> str:
+    """`` (min-max over rounds)`` of the per-round fp32/int8 ratio, where the report has it."""
+    if 'ratio_min' not in speed:
+        return ''
+    return f' (rounds {speed["ratio_min"]:.2f}-{speed["ratio_max"]:.2f}x)'
 
 
 def report_markdown(result: dict, top: int = 10) -> str:
@@ -60,6 +70,8 @@ def report_markdown(result: dict, top: int = 10) -> str:
               f'{result["graph"]["fp32_mb"]:.2f} MB fp32 -> {result["graph"]["int8_mb"]:.2f} '
               'MB int8',
               f'- output SQNR int8 vs fp32: {result["output_sqnr_db"]:.1f} dB',
+              *([f'- {result["graph"]["executed"]["summary"]} (the graph ONNX Runtime '
+                 'optimized for this CPU)'] if result['graph'].get('executed') else []),
               f'- device: {result["device"]["cpu"]}, ONNX Runtime threads: '
               f'{result["device"]["ort_threads"] or "default"}; versions: '
               + ', '.join(f'{k} {v}' for k, v in result['versions'].items()), '']
@@ -72,7 +84,7 @@ def report_markdown(result: dict, top: int = 10) -> str:
                   f'| fp32 ONNX | {ev["fp32"][ev["metric"]]:.2f} | {sp["fp32_ms"]:.3f} |',
                   f'| int8 ONNX | {ev["int8"][ev["metric"]]:.2f} | {sp["int8_ms"]:.3f} |', '',
                   f'int8 - fp32: {ev["delta"]:+.2f}; fp32/int8 time ratio: '
-                  f'{sp["fp32_over_int8"]:.2f}x (input {"x".join(map(str, sp["input"]))})', '']
+                  f'{sp["fp32_over_int8"]:.2f}x{_spread(sp)} (input {"x".join(map(str, sp["input"]))})', '']
     sens = result.get('sensitivity')
     if sens:
         lines += [f'## Most sensitive layers (top {min(top, len(sens["layers"]))} of '
