@@ -62,11 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--dtype', default='fp32', choices=['fp32', 'tf32', 'bf16', 'fp16'],
                         help='fp32: strict IEEE fp32, TF32 off on CUDA (the paper\'s); tf32: '
                         'fp32 tensors with TF32 cuDNN convs and matmuls (CUDA only)')
-    parser.add_argument('--backend', default='eager', choices=[
+    parser.add_argument('--backend', nargs='+', default=['eager'], choices=[
         'eager', 'channels_last', 'compile', 'compile_channels_last', 'onnxruntime',
-        'onnxruntime-int8'], help='onnxruntime: the model exported to ONNX (fp32) in ONNX '
-        'Runtime on the CPU; onnxruntime-int8: the same quantized to int8 (QDQ, calibrated '
-        'on random inputs: speed only; accuracy: tools/quantize.py --eval)')
+        'onnxruntime-int8'], help='one or several (all timed in the same interleaved rounds; '
+        'ratios to the first, paired by round). onnxruntime: the model exported to ONNX '
+        '(dynamo exporter, fp32) in ONNX Runtime on the CPU; onnxruntime-int8: the same '
+        'quantized to int8 (quant_pre_process, QDQ, S8S8, per-channel: the measured-best '
+        'settings, docs/int8.md; calibrated on random inputs: speed only; accuracy: '
+        'tools/quantize.py --eval), with a check that every Conv runs as an integer conv')
     parser.add_argument('--variants', nargs='+', default=['train', 'deploy', 'fused'],
                         choices=['train', 'deploy', 'fused', 'unfused'])
     parser.add_argument('--peers', nargs='*', choices=PEER_SOURCES, metavar='SOURCE',
@@ -185,7 +188,8 @@ def run(args: argparse.Namespace) -> None:
     report = run_benchmark(
         specs, batch=args.batch, shape=tuple(args.shape) if args.shape else None,
         warmup=args.warmup, iters=args.iters, rounds=args.rounds, device=str(device),
-        dtype=args.dtype, backend=args.backend, variants=args.variants, memory=args.memory,
+        dtype=args.dtype, backend=args.backend[0] if len(args.backend) == 1 else args.backend,
+        variants=args.variants, memory=args.memory,
         memory_batch=args.memory_batch, num_classes=args.num_classes,
         cfg_options=args.cfg_options, cudnn_autotune=not args.no_cudnn_benchmark,
         flops=not args.no_flops, peak_tflops=args.peak_tflops, measure_peak=args.measure_peak,

@@ -45,7 +45,7 @@ from .complexity import count_complexity
 from .memory import peak_forward_memory
 from .models import example_input
 from .peers import PEER_WEIGHTS
-from .report import PAPER_PROTOCOL, is_paper_protocol
+from .report import PAPER_PROTOCOL, is_paper_protocol, result_key
 from .runners import ORT_BACKENDS, make_runner, to_backend
 from .variants import Variant, prepare_variants, share_peer_weights, validate_benchmark_specs
 
@@ -62,7 +62,7 @@ def _count_macs(module: nn.Module, x: Tensor) -> int | None:
 def run_benchmark(specs: Sequence[str], batch: int | None = None,
                   shape: tuple[int, int] | None = None, warmup: int | None = None,
                   iters: int | None = None, rounds: int = 1, device: str | None = 'cpu',
-                  dtype: str = 'fp32', backend: str = 'eager',
+                  dtype: str = 'fp32', backend: str | Sequence[str] = 'eager',
                   variants: Sequence[str] = ('train', 'deploy', 'fused'),
                   memory: bool = False, memory_batch: int | None = None,
                   num_classes: int = 1000, cfg_options: dict | None = None,
@@ -85,7 +85,10 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
         dtype: ``'fp32'`` (strict IEEE: TF32 off on CUDA; the paper's), ``'tf32'`` (CUDA:
             fp32 tensors with TF32 convs and matmuls), ``'bf16'`` or ``'fp16'``.
         backend: ``'eager'``, ``'channels_last'``, ``'compile'``, ``'compile_channels_last'``,
-            ``'onnxruntime'`` or ``'onnxruntime-int8'``.
+            ``'onnxruntime'`` or ``'onnxruntime-int8'``; or several of them: every variant
+            runs with each, all interleaved in the same rounds, and ``ratios['backends']``
+            gives each backend's speed over the first one's, paired by round (median and
+            min-max over rounds).
         variants: Forms to measure (see :func:`prepare_variants`).
         memory: Also measure the peak inference memory (:mod:`mmrepvgg.analysis.memory`):
             the feature maps (any device) and, on CUDA, the allocator's peak.
@@ -115,8 +118,11 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
     if not ok:
         raise ValueError(reason)
     validate_benchmark_specs(specs)
-    if backend in ORT_BACKENDS:  # fail before building models, not with an empty table
-        for package in ('onnx', 'onnxruntime'):
+    backends = [backend] if isinstance(backend, str) else list(dict.fromkeys(backend))
+    if not backends:
+        raise ValueError('give at least one backend')
+    if any(b in ORT_BACKENDS for b in backends):  # fail before building models
+        for package in ('onnx', 'onnxruntime', 'onnxscript'):
             require(package)
     all_variants: list[Variant] = []
     for spec in specs:
@@ -134,20 +140,36 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
     if has_peers and peer_weights == 'shared':
         share_peer_weights(all_variants, num_classes, tuple(proto['shape']))
     autotune = cudnn_autotune and dev.type == 'cuda'
+    x = example_input(proto['shape'], proto['batch'])
+    # ONNX Runtime sessions first: torch.export refuses to run under the precision switches
+    prebuilt, skipped = {}, []
+    for b in backends:
+        if b not in ORT_BACKENDS:
+            continue
+        for i, v in enumerate(all_variants):
+            try:
+                prebuilt[i, b] = make_runner(v.module, x, b, dev, dtype)
+            except ImportError as err:
+                skipped.append(dict(model=v.model, variant=v.variant, backend=b,
+                                    reason=str(err)))
     with float32_precision(dtype == 'tf32'), cudnn_benchmark(autotune):
         state = tf32_state()
         info = device_info(dev)
-        results, skipped, peak = _measure(all_variants, proto, rounds, dev, dtype, backend,
-                                          memory, memory_batch, flops, peak_tflops,
-                                          measure_peak)
+        results, skipped_more, peak = _measure(all_variants, proto, rounds, dev, dtype,
+                                               backends, memory, memory_batch, flops,
+                                               peak_tflops, measure_peak, x, prebuilt)
+    skipped += skipped_more
     cuda = dev.type == 'cuda'
-    proto.update(rounds=rounds, dtype=dtype, backend=backend, task=task, device=dev.type,
+    proto.update(rounds=rounds, dtype=dtype, backend=', '.join(backends), task=task,
+                 device=dev.type,
                  precision=precision_label(dtype, state, dev),
                  tf32_conv=state['cudnn_conv_tf32'] if cuda else False,
                  tf32_matmul=state['matmul_tf32'] if cuda else False,
                  cudnn_benchmark=autotune, order='rotated each round')
     if has_peers:
         proto['peer_weights'] = peer_weights
+    if len(backends) > 1:
+        proto['backends'] = backends
     proto['paper_protocol'] = is_paper_protocol(proto)
     return dict(device_info=info, protocol=_jsonable(proto), results=results,
                 ratios=compute_ratios(results), skipped=skipped, peak=peak,
@@ -155,27 +177,37 @@ def run_benchmark(specs: Sequence[str], batch: int | None = None,
 
 
 def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.device,
-             dtype: str, backend: str, memory: bool, memory_batch: int | None, flops: bool,
-             peak_tflops: float | None, measure_peak: bool) -> tuple[list, list, dict | None]:
+             dtype: str, backends: list[str], memory: bool, memory_batch: int | None,
+             flops: bool, peak_tflops: float | None, measure_peak: bool, x: Tensor,
+             prebuilt: dict) -> tuple[list, list, dict | None]:
     """The timed part of :func:`run_benchmark` (inside its precision settings)."""
-    x = example_input(proto['shape'], proto['batch'])
     skipped = []
-    runners = []
-    for v in all_variants:
-        try:
-            runners.append((v, make_runner(v.module, x, backend, dev, dtype)))
-        except ImportError as err:
-            skipped.append(dict(model=v.model, variant=v.variant, reason=str(err)))
+    runners = []  # (variant, backend, runner)
+    for i, v in enumerate(all_variants):
+        for b in backends:
+            if b in ORT_BACKENDS:
+                if (i, b) in prebuilt:
+                    runners.append((v, b, prebuilt[i, b]))
+                continue
+            try:
+                runners.append((v, b, make_runner(v.module, x, b, dev, dtype)))
+            except ImportError as err:
+                skipped.append(dict(model=v.model, variant=v.variant, backend=b,
+                                    reason=str(err)))
     macs: dict[int, int | None] = {}
     if flops:
         x1 = example_input(proto['shape'], 1)
-        if backend not in ORT_BACKENDS:
-            x1 = to_backend(x1, dev, dtype, backend)
-        for i, (v, _) in enumerate(runners):
-            print_log(f'benchmark: counting the FLOPs of {v.model} [{v.variant}]',
-                      logger='current')
-            macs[i] = _count_macs(v.module, x1)
-    per_round = time_interleaved([(f'{v.model} [{v.variant}]', run) for v, run in runners],
+        x1 = to_backend(x1, dev, dtype, 'eager') if dev.type != 'cpu' else x1
+        counted: dict[int, int | None] = {}
+        for i, (v, _, _) in enumerate(runners):
+            if id(v) not in counted:
+                print_log(f'benchmark: counting the FLOPs of {v.model} [{v.variant}]',
+                          logger='current')
+                counted[id(v)] = _count_macs(v.module, x1)
+            macs[i] = counted[id(v)]
+    several = len(backends) > 1
+    labels = [f'{v.model} [{v.variant}]' + (f' {b}' if several else '') for v, b, _ in runners]
+    per_round = time_interleaved(list(zip(labels, [run for _, _, run in runners])),
                                  proto['iters'], rounds, proto['warmup'], proto['batch'],
                                  device_sync(dev))
     peak = None
@@ -188,12 +220,16 @@ def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.d
     elif peak_tflops:
         peak = dict(tflops=float(peak_tflops), source='given (--peak-tflops)', dtype=dtype)
     results = []
-    for i, (v, _) in enumerate(runners):
+    for i, (v, b, run) in enumerate(runners):
         speed = statistics.median(per_round[i])
         res = dict(model=v.model, variant=v.variant, family=v.family, task=v.task,
                    arch=v.arch, source=v.source, params_m=v.params / 1e6,
                    examples_per_s=speed, best_examples_per_s=max(per_round[i]),
                    ms_per_batch=1000 * proto['batch'] / speed, rounds=per_round[i])
+        if several:
+            res['backend'] = b
+        if getattr(run, 'info', None):
+            res['onnxruntime'] = dict(run.info)
         if v.weights is not None:
             res['weights'] = v.weights
         if v.weights_max_rel_diff is not None:
@@ -203,9 +239,9 @@ def _measure(all_variants: list[Variant], proto: dict, rounds: int, dev: torch.d
                        achieved_tflops=2 * macs[i] * speed / 1e12)
             if peak:
                 res['fraction_of_peak'] = res['achieved_tflops'] / peak['tflops']
-        if memory:
+        if memory and (b not in ORT_BACKENDS or not several):
             try:
-                res.update(_memory(v, proto, memory_batch, dev, dtype, backend))
+                res.update(_memory(v, proto, memory_batch, dev, dtype, b))
             except (RuntimeError, NotImplementedError) as err:  # keep the speeds
                 res['memory_error'] = str(err).splitlines()[0]
                 print_log(f"benchmark: memory of {v.model} [{v.variant}] failed: "
@@ -241,50 +277,67 @@ def compute_ratios(results: list[dict], reference: str | None = None) -> dict:
 
     Args:
         results: ``run_benchmark()['results']``.
-        reference: ``'model/variant'`` every speed is divided by (default: the first result
-            of the paper's protocol form, i.e. ``deploy`` or ``fused``).
+        reference: ``'model/variant'`` (``'model/variant@backend'`` in a run of several
+            backends, :func:`~mmrepvgg.analysis.report.result_key`) every speed is divided by
+            (default: the first result of the paper's protocol form, i.e. ``deploy`` or
+            ``fused``).
 
     Returns:
         ``dict(reference, vs_reference={key: ratio}, deploy_vs_train={model: ratio},
         memory_train_vs_deploy={model: ratio}, allocator_train_vs_deploy={model: ratio},
-        ours_vs_peers={arch: {source: ratio}})``. A peer ratio is the median over rounds of
-        our deployed model's speed over the peer's in the same round (rounds are paired:
-        they ran back to back).
+        ours_vs_peers={arch: {source: ratio}}, backends={model/variant: {backend: dict(vs,
+        median, min, max)}})``. A peer or backend ratio is the median over rounds of the two
+        speeds in the same round (rounds are paired: they ran back to back); min and max are
+        its spread. With several backends, the train/deploy and peer ratios are those of the
+        first backend.
     """
-    key = {f'{r["model"]}/{r["variant"]}': r for r in results}
+    key = {result_key(r): r for r in results}
+    first_backend = next((r['backend'] for r in results if r.get('backend')), None)
+    base = [r for r in results if r.get('backend') == first_backend]
+    base_key = {f'{r["model"]}/{r["variant"]}': r for r in base}
     if reference is None:
-        reference = next((k for k, r in key.items() if r['variant'] in ('deploy', 'fused')
-                          and r.get('family') != 'peer'),
-                         next(iter(key), None))
+        reference = next((result_key(r) for r in base if r['variant'] in ('deploy', 'fused')
+                          and r.get('family') != 'peer'), next(iter(key), None))
     out: dict[str, Any] = dict(reference=reference, vs_reference={}, deploy_vs_train={},
                                memory_train_vs_deploy={}, allocator_train_vs_deploy={},
-                               ours_vs_peers={})
+                               ours_vs_peers={}, backends={})
     if reference is None:
         return out
     ref = key[reference]['examples_per_s']
     out['vs_reference'] = {k: r['examples_per_s'] / ref for k, r in key.items()}
-    for model in dict.fromkeys(r['model'] for r in results):
-        pair = [key.get(f'{model}/{v}') for v in ('deploy', 'train')]
+    for model in dict.fromkeys(r['model'] for r in base):
+        pair = [base_key.get(f'{model}/{v}') for v in ('deploy', 'train')]
         if pair[0] is None or pair[1] is None:
-            pair = [key.get(f'{model}/{v}') for v in ('fused', 'unfused')]
+            pair = [base_key.get(f'{model}/{v}') for v in ('fused', 'unfused')]
         if pair[0] is not None and pair[1] is not None:
             out['deploy_vs_train'][model] = pair[0]['examples_per_s'] / pair[1]['examples_per_s']
             for name, field_ in (('memory_train_vs_deploy', 'peak_memory_mb'),
                                  ('allocator_train_vs_deploy', 'allocator_peak_mb')):
                 if pair[0].get(field_) and pair[1].get(field_):
                     out[name][model] = pair[1][field_] / pair[0][field_]
-    ours = {r['arch']: r for r in results if r.get('family') == 'repvgg' and r.get('arch')
+    ours = {r['arch']: r for r in base if r.get('family') == 'repvgg' and r.get('arch')
             and r['variant'] == 'deploy'}
-    for r in results:
+    for r in base:
         if r.get('family') != 'peer' or r.get('arch') not in ours:
             continue
-        mine = ours[r['arch']]
-        paired = [a / b for a, b in zip(mine.get('rounds', []), r.get('rounds', []))]
-        ratio = (statistics.median(paired) if paired
-                 else mine['examples_per_s'] / r['examples_per_s'])
-        out['ours_vs_peers'].setdefault(mine['model'], {})[r['source']] = ratio
+        out['ours_vs_peers'].setdefault(ours[r['arch']]['model'], {})[r['source']] = \
+            _paired(ours[r['arch']], r)['median']
+    for r in results:
+        mine = base_key.get(f'{r["model"]}/{r["variant"]}')
+        if first_backend is None or r.get('backend') == first_backend or mine is None:
+            continue
+        out['backends'].setdefault(f'{r["model"]}/{r["variant"]}', {})[r['backend']] = dict(
+            vs=first_backend, **_paired(r, mine))
     return out
 
+
+def _paired(a: dict, b: dict) -> dict:
+    """Speed of ``a`` over ``b``: median, min and max over rounds of the same-round ratio."""
+    paired = [x / y for x, y in zip(a.get('rounds', []), b.get('rounds', []))]
+    if not paired:
+        ratio = a['examples_per_s'] / b['examples_per_s']
+        return dict(median=ratio, min=ratio, max=ratio)
+    return dict(median=statistics.median(paired), min=min(paired), max=max(paired))
 
 
 def fold_time(arch: str, repeats: int = 5, dilation_plan: str | None = None) -> dict:

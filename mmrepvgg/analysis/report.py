@@ -103,6 +103,40 @@ def _protocol_line(proto: dict) -> str:
     return line + f" (differs from the paper's protocol: {'; '.join(diffs)})"
 
 
+def result_key(result: Mapping) -> str:
+    """``'model/variant'``, with ``'@backend'`` in a run of several backends."""
+    key = f"{result['model']}/{result['variant']}"
+    return f"{key}@{result['backend']}" if result.get('backend') else key
+
+
+def backend_lines(report: dict) -> list[str]:
+    """The backends-vs-first-backend table of a run of several backends (none otherwise)."""
+    table = report['ratios'].get('backends') or {}
+    if not table:
+        return []
+    first = next(iter(next(iter(table.values())).values()))['vs']
+    others = list(dict.fromkeys(b for per in table.values() for b in per))
+    int8 = {f"{r['model']}/{r['variant']}": r['onnxruntime'] for r in report['results']
+            if (r.get('onnxruntime') or {}).get('integer_convs') is not None}
+    head = ['Model', 'Variant'] + [f'{b} / {first} (median, min-max)' for b in others]
+    if int8:
+        head.append('int8: integer / float convs run')
+    lines = ['', f'Speed of each backend over {first}, same variant, paired by round '
+             '(> 1.00x: faster):', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for k, per in table.items():
+        model, variant = k.split('/', 1)
+        cells = [model, variant]
+        for b in others:
+            r = per.get(b)
+            cells.append('-' if r is None else
+                         f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})")
+        if int8:
+            i = int8.get(k)
+            cells.append('-' if i is None else f"{i['integer_convs']} / {i['float_convs']}")
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
 def benchmark_markdown(report: dict, paper: Mapping[str, PaperModel] | None = None) -> str:
     """The benchmark as markdown tables, with the device and protocol above them.
 
@@ -133,7 +167,8 @@ def benchmark_markdown(report: dict, paper: Mapping[str, PaperModel] | None = No
     has_peak = any('fraction_of_peak' in r for r in results)
     old_cuda_mem = has_mem and not has_alloc and any(
         r.get('memory_method') == 'cuda.max_memory_allocated' for r in results)
-    head = ['Model', 'Variant', 'Params (M)', 'Examples/s (median)', 'Best round',
+    several = any(r.get('backend') for r in results)
+    head = ['Model', 'Variant', *(['Backend'] if several else []), 'Params (M)', 'Examples/s (median)', 'Best round',
             f"Speed vs {ratios['reference']}"]
     if has_flops:
         head += ['GMACs/example', 'TFLOP/s (2 x MACs)']
@@ -146,8 +181,9 @@ def benchmark_markdown(report: dict, paper: Mapping[str, PaperModel] | None = No
     if results:
         lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in results:
-        k = f"{r['model']}/{r['variant']}"
-        cells = [r['model'], r['variant'], f"{r['params_m']:.2f}", f"{r['examples_per_s']:.2f}",
+        k = result_key(r)
+        cells = [r['model'], r['variant'], *([r.get('backend', '')] if several else []),
+                 f"{r['params_m']:.2f}", f"{r['examples_per_s']:.2f}",
                  f"{r.get('best_examples_per_s', r['examples_per_s']):.2f}",
                  f"{ratios['vs_reference'][k]:.2f}x"]
         if has_flops:
@@ -210,6 +246,7 @@ def benchmark_markdown(report: dict, paper: Mapping[str, PaperModel] | None = No
             for s in sources:
                 cells += [fmt(speeds.get((arch, s)), '.2f'), fmt(peers.get(s), '.3f', 'x')]
             lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += backend_lines(report)
     if paper is not None:
         lines += _paper_pairs(results, ratios, paper)
     for s in report.get('skipped', []):
@@ -238,8 +275,10 @@ def _peer_weights_line(proto: dict, results: list[dict]) -> str:
 def _paper_pairs(results: list[dict], ratios: dict,
                  paper: Mapping[str, PaperModel]) -> list[str]:
     """The paper's speed comparisons found in a report, measured vs the paper's 1080Ti."""
+    first = next((r['backend'] for r in results if r.get('backend')), None)
     speed = {r['model']: r['examples_per_s'] for r in results
-             if r['variant'] in ('deploy', 'fused') and r.get('family') != 'peer'}
+             if r['variant'] in ('deploy', 'fused') and r.get('family') != 'peer'
+             and r.get('backend') == first}
     rows = []
     for fast, slow in PAPER_PAIRS:
         if fast in speed and slow in speed:

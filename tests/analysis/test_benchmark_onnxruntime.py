@@ -14,10 +14,9 @@ from tests.helpers import one_error_line, run_script
 @pytest.mark.parametrize('backend', ['onnxruntime', 'onnxruntime-int8'])
 def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
     from mmrepvgg.analysis import runners
-    from mmrepvgg.deploy import onnx_export
     made = []  # the sessions the benchmark times, and whether they were quantized
-    create, quant = onnx_export.create_session, runners.quantize_for_timing
-    monkeypatch.setattr(onnx_export, 'create_session',
+    create, quant = runners.create_session, runners.quantize_for_timing
+    monkeypatch.setattr(runners, 'create_session',
                         lambda *a, **k: made.append('session') or create(*a, **k))
     monkeypatch.setattr(runners, 'quantize_for_timing',
                         lambda *a, **k: made.append('int8') or quant(*a, **k))
@@ -27,6 +26,42 @@ def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
     assert report['protocol']['backend'] == backend and not report['skipped']
     assert report['results'][0]['examples_per_s'] > 0
     assert made == (['int8', 'session'] if backend.endswith('int8') else ['session'])
+    info = report['results'][0]['onnxruntime']
+    assert info['exporter'] == 'dynamo'
+    if backend.endswith('int8'):  # the optimized graph was checked: all 22 convs integer
+        assert (info['integer_convs'], info['float_convs']) == (22, 0)
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_several_backends_in_one_interleaved_run(monkeypatch):
+    from mmrepvgg.analysis.report import benchmark_markdown
+    from mmrepvgg.utils import timing
+    calls = []
+    real = timing.time_interleaved
+
+    def spy(runs, *args, **kwargs):
+        calls.append([label for label, _ in runs])
+        return real(runs, *args, **kwargs)
+
+    monkeypatch.setattr('mmrepvgg.analysis.benchmark.time_interleaved', spy)
+    report = run_benchmark(['A0'], batch=1, shape=(32, 32), warmup=1, iters=2, rounds=3,
+                           backend=['onnxruntime', 'onnxruntime-int8', 'eager'],
+                           variants=('deploy', ), flops=False)
+    assert calls == [[f'RepVGG-A0 [deploy] {b}' for b in
+                      ('onnxruntime', 'onnxruntime-int8', 'eager')]]  # one run, interleaved
+    assert [r['backend'] for r in report['results']] == ['onnxruntime', 'onnxruntime-int8',
+                                                          'eager']
+    assert report['protocol']['backends'] == ['onnxruntime', 'onnxruntime-int8', 'eager']
+    ratios = report['ratios']['backends']['RepVGG-A0/deploy']
+    fp32, int8 = report['results'][0]['rounds'], report['results'][1]['rounds']
+    paired = sorted(b / a for a, b in zip(fp32, int8))
+    assert ratios['onnxruntime-int8'] == dict(vs='onnxruntime', median=paired[1],
+                                              min=paired[0], max=paired[2])
+    assert set(ratios) == {'onnxruntime-int8', 'eager'}
+    text = benchmark_markdown(report)
+    assert '| RepVGG-A0 | deploy | onnxruntime-int8 |' in text
+    assert 'onnxruntime-int8 / onnxruntime (median, min-max)' in text
+    assert '| 22 / 0 |' in text  # integer / float convs the int8 session runs
 
 
 def test_missing_onnxruntime_is_a_one_line_error(monkeypatch, capsys):
