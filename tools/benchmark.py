@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         'onnxruntime-int8'], help='one or several (all timed in the same interleaved rounds; '
         'ratios to the first, paired by round). onnxruntime: the model exported to ONNX '
         '(dynamo exporter, fp32) in ONNX Runtime on the CPU; onnxruntime-int8: the same '
-        'quantized to int8 (quant_pre_process, QDQ, S8S8, per-channel: the measured-best '
+        'quantized to int8 (quant_pre_process, QDQ, U8S8, per-channel: the measured-best '
         'settings, docs/int8.md; calibrated on random inputs: speed only; accuracy: '
         'tools/quantize.py --eval), with a check that every Conv runs as an integer conv')
     parser.add_argument('--variants', nargs='+', default=['train', 'deploy', 'fused'],

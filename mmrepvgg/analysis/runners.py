@@ -25,7 +25,7 @@ class _OrtModule:
 
     The module is exported with the dynamo exporter (conv biases are initializers) with a
     dynamic batch; ``int8`` quantizes it with the measured-best settings
-    (:func:`~mmrepvgg.deploy.quantize.quantize_for_timing`: ``quant_pre_process``, QDQ, S8S8,
+    (:func:`~mmrepvgg.deploy.quantize.quantize_for_timing`: ``quant_pre_process``, QDQ, U8S8,
     per-channel, calibrated on random inputs: the speed is real, the accuracy is not;
     ``tools/quantize.py --eval`` measures both on data) and checks the graph ONNX Runtime
     optimized: every Conv must run as an integer conv, else a loud warning
@@ -45,7 +45,7 @@ class _OrtModule:
             line = check_integer_convs(execution, strict=False, where='onnxruntime-int8')
             print_log(f'benchmark: {line}', logger='current')
             self.info.update(integer_convs=execution.integer, float_convs=execution.float,
-                             quantization='QDQ S8S8 per-channel, quant_pre_process')
+                             quantization='QDQ U8S8 per-channel, quant_pre_process')
         self.session = create_session(proto, threads)
         self.name = self.session.get_inputs()[0].name
 

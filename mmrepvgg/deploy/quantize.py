@@ -60,19 +60,23 @@ def _q() -> Any:
 class QuantSettings:
     """How to quantize (QDQ format, int8 weights, after ``quant_pre_process``).
 
-    The defaults are the fastest settings measured on this project's CPU (S8S8, per-channel;
-    QOperator with int8 activations was 4-6x *slower* than fp32, U8S8 and per-tensor no
-    faster): projects/int8_settings/README.md, docs/int8.md.
+    The defaults are the settings measured fastest on this project's CPU with ONNX Runtime
+    1.31 (projects/int8_settings/README.md, docs/int8.md): uint8 activations and int8
+    per-channel weights (U8S8). With int8 activations (S8S8, ONNX Runtime's default) some
+    convolutions of PSPNet-B1g2-fast are not fused into integer convs and stay float (1.6x
+    instead of 2.4x over fp32 there); QOperator with int8 activations is 4-6x *slower* than
+    fp32; the TorchScript export needs ``quant_pre_process`` to fuse any conv.
 
     Args:
         calib_method: ``'minmax'``, ``'entropy'`` or ``'percentile'``.
         per_channel: Per-channel weight scales (else one scale per tensor).
-        activation_type: ``'int8'`` (ONNX Runtime's default, S8S8) or ``'uint8'`` (U8S8).
+        activation_type: ``'uint8'`` (U8S8, the default here) or ``'int8'`` (S8S8, ONNX
+            Runtime's default).
     """
 
     calib_method: str = 'minmax'
     per_channel: bool = True
-    activation_type: str = 'int8'
+    activation_type: str = 'uint8'
 
     def __post_init__(self) -> None:
         if self.calib_method not in CALIBRATORS:

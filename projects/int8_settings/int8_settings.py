@@ -48,9 +48,11 @@ from onnxruntime import quantization as q
 from mmrepvgg import reparameterize
 from mmrepvgg.models import RepVGG
 
-#: name -> (exporter, pre_process, format, activation type, per_channel)
+#: name -> (exporter, pre_process, format, activation type, per_channel); S8sym: int8
+#: activations with a zero zero-point (``extra_options=dict(ActivationSymmetric=True)``)
 VARIANTS = {
     'dynamo QDQ S8S8 per-channel pre': ('dynamo', True, 'QDQ', 'S8', True),
+    'dynamo QDQ S8S8-symmetric per-channel pre': ('dynamo', True, 'QDQ', 'S8sym', True),
     'dynamo QDQ U8S8 per-channel pre': ('dynamo', True, 'QDQ', 'U8', True),
     'dynamo QDQ S8S8 per-tensor pre': ('dynamo', True, 'QDQ', 'S8', False),
     'dynamo QDQ U8S8 per-tensor pre': ('dynamo', True, 'QDQ', 'U8', False),
@@ -74,6 +76,23 @@ class Classifier(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.backbone(x)[-1].mean((2, 3)))
+
+
+def build(name: str) -> tuple[torch.nn.Module, int]:
+    """The folded model and its input size: an arch name (a classifier at 224) or
+    ``CONFIG.py@SIZE`` (a segmentor config, e.g. PSPNet at 713)."""
+    torch.manual_seed(0)
+    if '@' not in name:
+        return reparameterize(Classifier(name).eval()), 224
+    from mmengine.config import Config
+    from mmrepvgg.deploy import TensorForward, build_model
+    path, size = name.split('@')
+    cfg = Config.fromfile(path)
+    cfg.model.backbone.init_cfg = None
+    for key in ('backbone', 'decode_head', 'auxiliary_head'):
+        if cfg.model.get(key) and 'norm_cfg' in cfg.model[key]:
+            cfg.model[key].norm_cfg = dict(type='BN', requires_grad=True)
+    return TensorForward(reparameterize(build_model(cfg).eval())).eval(), int(size)
 
 
 def export(model: torch.nn.Module, path: str, exporter: str, size: int) -> None:
@@ -113,10 +132,11 @@ def quantize(src: str, dst: str, fmt: str, act: str, per_channel: bool, size: in
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             q.quantize_static(src, dst, Reader(size), quant_format=getattr(q.QuantFormat, fmt),
-                              activation_type=(q.QuantType.QInt8 if act == 'S8'
-                                               else q.QuantType.QUInt8),
+                              activation_type=(q.QuantType.QUInt8 if act == 'U8'
+                                               else q.QuantType.QInt8),
                               weight_type=q.QuantType.QInt8, per_channel=per_channel,
-                              calibrate_method=q.CalibrationMethod.MinMax)
+                              calibrate_method=q.CalibrationMethod.MinMax,
+                              extra_options=dict(ActivationSymmetric=act == 'S8sym'))
     finally:
         logging.getLogger().removeHandler(handler)
     return log.getvalue()
@@ -175,21 +195,21 @@ def cpu_model() -> str:
 
 
 def study(arch: str, threads: int, rounds: int, batches: list[int], seconds: float,
-          size: int = 224) -> dict:
-    torch.manual_seed(0)
-    model = Classifier(arch).eval()
-    reparameterize(model)
+          variants: list[str]) -> dict:
+    model, size = build(arch)
     out = dict(arch=arch, size=size, variants={}, timing={})
+    exporters = sorted({VARIANTS[v][0] for v in variants})
     with tempfile.TemporaryDirectory(prefix='int8-settings-') as tmp:
         fp32 = {}
-        for exporter in ('dynamo', 'torchscript'):
+        for exporter in exporters:
             fp32[exporter] = os.path.join(tmp, f'{exporter}.onnx')
             export(model, fp32[exporter], exporter, size)
             pre = os.path.join(tmp, f'{exporter}_pre.onnx')
             q.quant_pre_process(fp32[exporter], pre)
             fp32[exporter + '_pre'] = pre
         files = {}
-        for name, (exporter, pre, fmt, act, pc) in VARIANTS.items():
+        for name in variants:
+            exporter, pre, fmt, act, pc = VARIANTS[name]
             dst = os.path.join(tmp, name.replace(' ', '_') + '.onnx')
             log = quantize(fp32[exporter + ('_pre' if pre else '')], dst, fmt, act, pc, size)
             files[name] = dst
@@ -204,7 +224,7 @@ def study(arch: str, threads: int, rounds: int, batches: list[int], seconds: flo
             ex = out['variants'][name]['executed']
             print(f'{arch} {name}: {ex["integer_convs"]} integer convs, {ex["float_convs"]} '
                   'float convs in the optimized graph', flush=True)
-        sessions = {f'fp32 {e}': session(fp32[e], threads) for e in ('dynamo', 'torchscript')}
+        sessions = {f'fp32 {e}': session(fp32[e], threads) for e in exporters}
         sessions.update({n: session(p, threads) for n, p in files.items()})
         for batch in batches:
             x = np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(
@@ -253,7 +273,10 @@ def markdown(result: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--arch', nargs='+', default=['A0', 'B0'])
+    parser.add_argument('--arch', nargs='+', default=['A0', 'B0'],
+                        help='arch names (classifiers at 224) or CONFIG.py@SIZE (segmentors)')
+    parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS),
+                        metavar='VARIANT', help='settings to compare (default: all)')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--batch', type=int, nargs='+', default=[1, 8])
@@ -265,8 +288,8 @@ def main() -> int:
                   threads=args.threads, rounds=args.rounds, onnxruntime=ort.__version__,
                   torch=torch.__version__, onnx=onnx.__version__,
                   started=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
-                  models=[study(a, args.threads, args.rounds, args.batch, args.round_seconds)
-                          for a in args.arch])
+                  models=[study(a, args.threads, args.rounds, args.batch, args.round_seconds,
+                                args.variants) for a in args.arch])
     text = markdown(result)
     print(text)
     if args.out:

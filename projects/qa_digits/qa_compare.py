@@ -170,7 +170,7 @@ def int8_top1(model: nn.Module, data: DigitsData,
             runs = {}
             for key, per_channel in (('per_channel', True), ('per_tensor', False)):
                 out = Path(tmp) / f'int8_{method}_{key}.onnx'
-                quantize_file(prepared, out, cache, QuantSettings(method, per_channel))
+                quantize_file(prepared, out, cache, QuantSettings(method, per_channel, 'int8'))
                 proto = onnx.load(str(out))
                 summary = qdq_summary(proto)
                 logits = run_session(create_session(proto, threads), data.test_inputs)
