@@ -48,6 +48,24 @@ def test_int8_file_runs_integer_convs_and_says_so(trained_digits, tmp_path):
                                                                 ['quantized_layers'])
     assert meta['quantization']['integer_convs_in_onnxruntime'] == CONVS
     assert read_metadata(tmp_path / 'fp32.onnx')[RUNTIME_KEY]['precision'] == 'fp32'
+    # the torch-free runtime runs both files (torch blocked), with nearly the same top-1
+    import json
+
+    from tests.runtime.test_cli import assert_torch_free, run_blocked
+    folder = tmp_path / 'digits'
+    folder.mkdir()
+    for img in sorted((Path(cfg.test_dataloader.dataset.data_root) / 'test').rglob('*.png'))[:30]:
+        shutil.copy(img, folder / f'{img.parent.name}_{img.name}')
+    labels = {}
+    for name in ('fp32', 'int8'):
+        proc = run_blocked(tmp_path / f'{name}.onnx', folder, '--out-dir', tmp_path / name,
+                           '--quiet')
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert_torch_free(proc)
+        result = json.loads((tmp_path / name / 'predictions.json').read_text())
+        assert result['precision'] == name
+        labels[name] = [p['pred_label'] for p in result['predictions']]
+    assert np.mean(np.equal(labels['fp32'], labels['int8'])) >= 0.9
 
 
 def test_keep_float_everything_is_refused_not_labelled_int8(trained_digits, tmp_path):
