@@ -21,7 +21,7 @@ from mmrepvgg.deploy.ptq import quantize_checkpoint
 from mmrepvgg.deploy.quantize import qdq_summary
 from mmrepvgg.utils.errors import DataNotFoundError, QuantizationError
 from mmrepvgg_runtime import RUNTIME_KEY
-from tests.helpers import load_tool, never_called, one_error_line
+from tests.helpers import load_tool, never_called
 
 ROOT = Path(__file__).resolve().parents[2]
 quantize_tool = load_tool('quantize')
