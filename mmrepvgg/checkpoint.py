@@ -300,8 +300,23 @@ def _is_flat(state: Mapping) -> bool:
     return len(state) > 0 and all(isinstance(v, Tensor) for v in state.values())
 
 
+#: State-dict key (under each RepVGG block's prefix) of the geometry the block's weights
+#: belong to: an int64 tensor ``(block type, stride, dilation, groups)`` that every writer
+#: carries and the block checks on loading (:mod:`mmrepvgg.models.block`). Files without
+#: it (older ones, other implementations' weights) load as before: it is never required.
+GEOMETRY_KEY = 'rep_geometry'
+
+
+def is_optional_key(key: str) -> bool:
+    """Whether a state-dict key may be absent from a file under strict loading (a block's
+    :data:`GEOMETRY_KEY`)."""
+    return key == GEOMETRY_KEY or key.endswith('.' + GEOMETRY_KEY)
+
+
 def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str = '') -> None:
     """Raise if ``state`` does not fit ``model`` key for key and shape for shape.
+
+    A block's :data:`GEOMETRY_KEY` may be missing (files written before it existed).
 
     Args:
         model: The module to load into.
@@ -312,7 +327,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str 
         CheckpointError: Listing every missing, unexpected and mis-shaped key.
     """
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(k for k in set(expected) - set(state) if not is_optional_key(k))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}'
                     for k in set(expected) & set(state) if state[k].shape != expected[k].shape)

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import is_optional_key
 from ..deploy.convert import VerificationError, compare_outputs
 from ..deploy.keymaps import SOURCES, convert_key
 from ..models.arch import ARCH_ZOO, arch_name, get_arch
@@ -132,6 +133,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _mapped_state(model: nn.Module, layout: str) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in _unwrap(model).state_dict(keep_vars=True).items():
+        if is_optional_key(key):  # our blocks' geometry record: not a weight
+            continue
         new = convert_key(key, layout)
         if new in out:
             raise ValueError(f'{layout} keys collide after mapping: {new}')

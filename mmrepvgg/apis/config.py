@@ -290,7 +290,7 @@ def prepare_train_config(config: str | Config,
         cfg.resume, cfg.load_from = True, resume
     else:
         cfg.resume = bool(resume)
-    if cfg.get('load_from'):  # strict load_from; resuming is left to mmengine
+    if cfg.get('load_from') or cfg.resume:  # strict load_from; a deployed file never trains
         add_strict_load_hook(cfg, deployed='error')
     return adapt_to_machine(cfg)
 

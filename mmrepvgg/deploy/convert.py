@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..checkpoint import (CheckpointError, check_output_path, check_state_dict,
                           extract_state_dict, is_deployed_state, load_checkpoint_file,
                           load_state_dict_strict, save_checkpoint_atomic)
-from ..models import ARCH_ZOO, RepBlockBase, RepVGG, reparameterize
+from ..models import ARCH_ZOO, RepBlockBase, RepVGG, prepare_state_dict, reparameterize
 from ..version import __version__
 from .keymaps import SOURCES, convert_keys, detect_block_type, detect_source
 
@@ -330,6 +330,7 @@ def _build_and_load(cfg: Config, state: Mapping[str, Tensor], name: str,
         raise ConfigError(f'The model of {cfg.filename or "the config"} has no RepVGG blocks '
                           '(no mmrepvgg RepVGG backbone): nothing to fold')
     check_block_type(model, state, name)
+    state = prepare_state_dict(model, state)  # (eval mode: another geometry is refused)
     load_state_dict_strict(model, state, source=name)
     return model.eval()
 
