@@ -27,8 +27,7 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def _reference(config: str, checkpoint: str, work_dir: str, deploy: bool):
     """tools/test.py's model after its test run, and the metrics."""
-    from mmrepvgg.apis import prepare_test_config
-    from mmrepvgg.apis.runner import build_runner
+    from mmrepvgg.runner import build_runner, prepare_test_config
     from mmrepvgg.checkpoint import install_mmengine_loader
     install_mmengine_loader(trust=False)  # what tools/test.py does first
     cfg = prepare_test_config(config, checkpoint, work_dir=work_dir, deploy=deploy)

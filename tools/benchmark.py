@@ -32,13 +32,16 @@ import json
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+#: The paper's numbers (configs/metafile.yml): the paper's speed comparisons in the tables.
+METAFILE = osp.join(REPO, 'configs', 'metafile.yml')
 
 from mmengine.config import DictAction  # noqa: E402
 
 from mmrepvgg.analysis.peers import PEER_SOURCES, PEER_WEIGHTS  # noqa: E402
-from mmrepvgg.apis.cli import (non_negative_int, positive_int, run_tool,  # noqa: E402
-                               user_errors)
+from mmrepvgg.cli import non_negative_int, positive_int, run_tool  # noqa: E402
+from mmrepvgg.utils.errors import user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _check_outputs(args: argparse.Namespace, inputs: tuple[str, ...] = ()) -> None:
     """Before anything runs: --out and --markdown may be written (new or --force, not a
     folder, not under a file, not the same file, not an input such as the --render json)."""
-    from mmrepvgg.checkpoint import check_output_paths
+    from mmrepvgg.utils.fileio import check_output_paths
     check_output_paths([args.out, args.markdown], args.force, inputs)
 
 
@@ -126,7 +129,16 @@ def run(args: argparse.Namespace) -> None:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mmrepvgg.analysis import benchmark as bm
+    from mmrepvgg.analysis.benchmark import fold_time, run_benchmark
+    from mmrepvgg.analysis.metafile import load_metafile
+    from mmrepvgg.analysis.report import (
+        benchmark_markdown,
+        fold_time_line,
+        save_report,
+        update_marked_tables,
+    )
+    from mmrepvgg.analysis.variants import validate_benchmark_specs, with_peers
+    paper = load_metafile(METAFILE)
     command = 'python tools/benchmark.py ' + ' '.join(sys.argv[1:])
     if args.render:
         if args.out:
@@ -134,17 +146,17 @@ def run(args: argparse.Namespace) -> None:
         _check_outputs(args, (args.render, ))
         with open(args.render) as f:
             report = json.load(f)
-        table = bm.benchmark_markdown(report)
+        table = benchmark_markdown(report, paper)
         print(table)
-        bm.save_report(report, table, markdown=args.markdown, force=args.force,
+        save_report(report, table, markdown=args.markdown, force=args.force,
                        inputs=(args.render, ))
         return
     if args.update_docs:
-        from mmrepvgg.checkpoint import write_bytes_atomic
+        from mmrepvgg.utils.fileio import write_bytes_atomic
         for md in args.update_docs:
             with open(md) as f:
                 text = f.read()
-            new, paths = bm.update_marked_tables(text)
+            new, paths = update_marked_tables(text, paper=paper)
             if new != text:
                 write_bytes_atomic(md, new, force=True, inputs=paths)
             print(f"{md}: {len(paths)} table(s) rendered from {', '.join(paths) or '-'}")
@@ -156,21 +168,21 @@ def run(args: argparse.Namespace) -> None:
         _check_outputs(args)
         results = []
         for arch in args.fold_time:
-            res = bm.fold_time(arch, args.fold_repeats, args.plan)
-            print(bm.fold_time_line(res))
+            res = fold_time(arch, args.fold_repeats, args.plan)
+            print(fold_time_line(res))
             results.append(res)
         report = dict(command=command, fold_time=results)
-        bm.save_report(report, '\n'.join(bm.fold_time_line(r) for r in results), args.out,
+        save_report(report, '\n'.join(fold_time_line(r) for r in results), args.out,
                        args.markdown, args.force)
         return
-    from mmrepvgg.analysis.precision import resolve_device
+    from mmrepvgg.utils.device import resolve_device
     device = resolve_device(args.device, '--device')  # before any model is built
     specs = list(args.models)
     if args.peers is not None:
-        specs = bm.with_peers(specs, args.peers or PEER_SOURCES)
-    bm.validate_specs(specs)
+        specs = with_peers(specs, args.peers or PEER_SOURCES)
+    validate_benchmark_specs(specs)
     _check_outputs(args)
-    report = bm.run_benchmark(
+    report = run_benchmark(
         specs, batch=args.batch, shape=tuple(args.shape) if args.shape else None,
         warmup=args.warmup, iters=args.iters, rounds=args.rounds, device=str(device),
         dtype=args.dtype, backend=args.backend, variants=args.variants, memory=args.memory,
@@ -179,9 +191,9 @@ def run(args: argparse.Namespace) -> None:
         flops=not args.no_flops, peak_tflops=args.peak_tflops, measure_peak=args.measure_peak,
         peer_weights=args.peer_weights)
     report['command'] = command
-    table = bm.benchmark_markdown(report)
+    table = benchmark_markdown(report, paper)
     print(table)
-    bm.save_report(report, table, args.out, args.markdown, args.force)
+    save_report(report, table, args.out, args.markdown, args.force)
 
 
 def main(argv: list[str] | None = None) -> int:

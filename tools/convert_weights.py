@@ -16,8 +16,9 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401
-from mmrepvgg.apis.cli import add_checkpoint_args, run_tool, user_errors
+from mmrepvgg.cli import add_checkpoint_args, run_tool
 from mmrepvgg.deploy import convert_backbone_weights
+from mmrepvgg.utils.errors import user_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

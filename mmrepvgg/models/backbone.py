@@ -9,9 +9,10 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint import (CheckpointError, extract_state_dict, installed_trust,
-                          load_checkpoint_file, load_state_dict_strict)
+from ..checkpoint import (extract_state_dict, installed_trust, load_checkpoint_file,
+                          load_state_dict_strict)
 from ..registry import MODELS, register_alias
+from ..utils.errors import CheckpointError
 from .arch import ArchLike, PlanLike, arch_name, get_arch, layer_specs, resolve_dilation_plan
 from .block import RepBlockBase, build_block, reparameterize
 from .loading import LoadSummary, adapt_blocks_to_state, deployed_training_message

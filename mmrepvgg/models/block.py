@@ -12,8 +12,9 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from ..checkpoint import GEOMETRY_KEY, CheckpointError
+from ..checkpoint import GEOMETRY_KEY
 from ..registry import MODELS
+from ..utils.errors import CheckpointError
 from .fusion import FoldError, fold_problem, fuse_branches, nonfinite_problem
 from .loading import BLOCK_CODES, adapt_blocks_to_state, deployed_training_message
 

@@ -28,8 +28,8 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
-from ..checkpoint import GEOMETRY_KEY, CheckpointError
-from .fusion import FoldError
+from ..checkpoint import GEOMETRY_KEY
+from ..utils.errors import CheckpointError, FoldError
 
 #: The block-type code in a geometry (0: a block type not listed).
 BLOCK_CODES = {'RepVGGBlock': 1, 'QARepVGGBlock': 2}

@@ -198,7 +198,7 @@ def test_a_diverged_run_writes_no_deploy_checkpoint(tmp_path):
     with pytest.raises(RuntimeError,
                        match=r'iter_3_\d{8}_\d{6}_deploy.pth not written: .*non-finite') as info:
         runner.train()
-    from mmrepvgg.deploy import VerificationError
+    from mmrepvgg.utils.errors import VerificationError
     assert isinstance(info.value, VerificationError)
     state = torch.load(tmp_path / 'iter_3.pth', weights_only=False)['state_dict']
     assert any(not torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

@@ -11,9 +11,8 @@ from mmengine.logging import MMLogger
 from mmengine.runner.checkpoint import load_state_dict as mmengine_load_state_dict
 from torch import nn
 
-from mmrepvgg.checkpoint import CheckpointError
 from mmrepvgg.models import QARepVGGBlock, RepVGG, RepVGGBlock, prepare_state_dict
-from mmrepvgg.models.fusion import FoldError
+from mmrepvgg.utils.errors import CheckpointError, FoldError
 from tests.helpers import randomize_bn_, rel_err
 
 ARCH = dict(num_blocks=(1, 2, 2, 1), width_factors=(0.25, 0.25, 0.25, 0.5))

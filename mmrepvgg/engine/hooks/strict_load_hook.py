@@ -7,10 +7,10 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
 
-from ...checkpoint import (CheckpointError, check_state_dict, extract_state_dict,
-                           is_deployed_state)
+from ...checkpoint import check_state_dict, extract_state_dict, is_deployed_state
 from ...models import RepBlockBase, prepare_state_dict
 from ...registry import HOOKS
+from ...utils.errors import CheckpointError
 
 #: What the hook does with a deployed checkpoint: ``'fold'`` loads it (testing: the model
 #: switches to the deployed form), ``'error'`` refuses it (training).
