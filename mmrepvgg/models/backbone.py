@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from typing import Mapping, Sequence
 
 from mmengine.logging import print_log
@@ -279,9 +280,12 @@ def prepare_state_dict(model: nn.Module, state: Mapping[str, Tensor],
             :data:`~mmrepvgg.models.loading.PURPOSES`); None: from the model's mode.
 
     Returns:
-        The adapted copy of ``state``.
+        The adapted copy of ``state`` (with its ``_metadata``, the modules' state versions).
     """
-    state = dict(state)
+    metadata = getattr(state, '_metadata', None)
+    state = OrderedDict(state)
+    if metadata is not None:
+        state._metadata = metadata  # type: ignore[attr-defined]
     adapted: set[int] = set()
     for name, module in model.named_modules():
         if isinstance(module, RepVGG):
