@@ -68,14 +68,19 @@ def _build_and_load(cfg: Config, state: Mapping[str, Tensor], name: str,
     Raises:
         ConfigError: If the model has no RepVGG backbone (or does not build).
         CheckpointError: If ``state`` holds the other block type's weights
-            (:func:`check_block_type`) or does not fit key for key.
+            (:func:`check_block_type`), does not fit key for key, or was trained or folded
+            under another geometry (stride, dilation per layer: :mod:`mmrepvgg.models.loading`).
     """
     model = build_model(cfg, deploy=deployed)
     if find_backbone(model) is None:
         raise ConfigError(f'The model of {cfg.filename or "the config"} has no RepVGG blocks '
                           '(no mmrepvgg RepVGG backbone): nothing to fold')
     check_block_type(model, state, name)
-    state = prepare_state_dict(model, state)  # (eval mode: another geometry is refused)
+    try:
+        state = prepare_state_dict(model, state)  # (eval mode: another geometry is refused)
+    except CheckpointError:
+        check_state_dict(model, state, source=name)  # another model altogether: its keys
+        raise                                        # say more than its geometry
     load_state_dict_strict(model, state, source=name)
     return model.eval()
 
