@@ -180,3 +180,54 @@ def test_mmpretrain_entry_points_give_tools_test_outputs(cls_files, tmp_path, wh
     for api in CLS_APIS:
         assert isinstance(result[api], float) and result[api] <= TOLERANCE, (api, result)
     assert 'do not match exactly' not in (tmp_path / 'r.log').read_text()
+
+
+# ------------------------------------------------------------------- import mmrepvgg only
+
+_PLAIN_SCRIPT = '''
+import sys
+from mmseg.apis import init_model
+model = init_model(sys.argv[1], sys.argv[2], device='cpu')  # custom_imports: mmrepvgg
+print('loaded', type(model).__name__, model.backbone.deploy)
+'''
+
+
+@pytest.mark.parametrize('opt_out', [False, True])
+def test_custom_imports_alone_make_mmengine_checkpoints_load(seg_run, opt_out):
+    """A script that never calls mmrepvgg: the config's custom_imports install the
+    weights-only loader; mmengine's own iter_N.pth (HistoryBuffer, numpy) then loads on
+    torch >= 2.6. MMREPVGG_MMENGINE_LOADER=0 keeps mmengine's loader (which fails)."""
+    env = dict(_env(), MMREPVGG_MMENGINE_LOADER='0' if opt_out else '1')
+    proc = subprocess.run([PY, '-c', _PLAIN_SCRIPT, str(seg_run['config']),
+                           str(seg_run['trained'])], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    if opt_out:
+        assert proc.returncode != 0 and 'Weights only load failed' in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert 'loaded EncoderDecoder False' in proc.stdout
+
+
+_RESUME_SCRIPT = '''
+import sys
+from mmengine.config import Config
+from mmengine.runner import Runner
+cfg = Config.fromfile(sys.argv[1])  # imports mmrepvgg (custom_imports)
+cfg.work_dir, cfg.load_from, cfg.resume = sys.argv[3], sys.argv[2], True
+cfg.train_cfg.max_iters = 21
+cfg.train_cfg.val_interval = 1000
+cfg.train_dataloader.batch_size = 2
+cfg.default_hooks.checkpoint.interval = 1000
+runner = Runner.from_cfg(cfg)
+runner.train()
+print('resumed to', runner.iter)
+'''
+
+
+def test_resume_in_anyones_script(seg_run, tmp_path):
+    proc = _run([PY, '-c', _RESUME_SCRIPT, str(seg_run['config']), str(seg_run['trained']),
+                 str(tmp_path / 'work')])
+    assert 'resumed to 21' in proc.stdout
+    # the run's own deployed file: named after what it holds
+    assert torch.load(tmp_path / 'work' / 'iter_21_deploy.pth',
+                      weights_only=True)['meta']['iter'] == 21
