@@ -298,7 +298,8 @@ def is_optional_key(key: str) -> bool:
     return key == GEOMETRY_KEY or key.endswith('.' + GEOMETRY_KEY)
 
 
-def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str = '') -> None:
+def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str = '',
+                     skip: tuple[str, ...] = ()) -> None:
     """Raise if ``state`` does not fit ``model`` key for key and shape for shape.
 
     A block's :data:`GEOMETRY_KEY` may be missing (files written before it existed).
@@ -307,11 +308,13 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str 
         model: The module to load into.
         state: The state dict.
         source: Where it came from, for the message.
+        skip: Key prefixes left out of the comparison (on both sides).
 
     Raises:
         CheckpointError: Listing every missing, unexpected and mis-shaped key.
     """
-    expected = model.state_dict()
+    expected = {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(skip))}
+    state = {k: v for k, v in state.items() if not (skip and k.startswith(skip))}
     missing = sorted(k for k in set(expected) - set(state) if not is_optional_key(k))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}'

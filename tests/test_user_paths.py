@@ -133,8 +133,7 @@ def test_mmseg_entry_points_refuse_another_geometry(seg_run, tmp_path, which):
         assert '\n' not in message
 
 
-@pytest.mark.parametrize('deploy', [False, True])
-@pytest.mark.parametrize('which', ['trained', 'hook'])
+@pytest.mark.parametrize('which, deploy', [('trained', True), ('hook', False)])
 def test_tools_test_refuses_another_geometry_in_one_line(seg_run, which, deploy):
     proc = _run([PY, 'tools/test.py', str(seg_run['config']), str(seg_run[which]),
                  '--work-dir', str(seg_run['root'] / f'refused_{which}_{deploy}'),

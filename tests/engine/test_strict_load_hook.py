@@ -121,3 +121,14 @@ def test_testing_under_another_geometry_is_refused(trained, tmp_path, checkpoint
     with pytest.raises(CheckpointError, match="geometry") as info:
         runner.test()  # without the hook: a training-time file is refused at model.eval()
     assert '\n' not in str(info.value) and 'stage_3 s1 d2' in str(info.value)
+
+
+def test_another_model_altogether_is_reported_by_its_keys(trained, tmp_path):
+    """A wrong config (here: another head) under another geometry: the keys say more."""
+    state = torch.load(trained / 'iter_3.pth', weights_only=False)
+    state['state_dict']['head.weight'] = state['state_dict'].pop('fc.weight')
+    torch.save(state, tmp_path / 'other.pth')
+    runner = _tester(tmp_path / 'a', tmp_path / 'other.pth', model=TinyClassifier(plan='full'))
+    with pytest.raises(CheckpointError, match=r'missing \(1\): fc.weight\n.*unexpected \(1\): '
+                                              r'head.weight'):
+        runner.test()
