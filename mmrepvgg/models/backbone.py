@@ -201,6 +201,8 @@ class RepVGG(BaseModule):
         purpose = purpose or ('train' if self.training else 'eval')
         blocks = {name: m for name, m in self.named_modules() if isinstance(m, RepBlockBase)}
         summary = adapt_blocks_to_state(blocks, state_dict, prefix, purpose, who)
+        if summary.loaded:  # new weights: what was pending is about the old ones
+            self._geometry_pending = None
         lines = []
         if summary.switched:
             lines.append(f'loaded a deployed (folded) state into a training-time model: '

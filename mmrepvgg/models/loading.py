@@ -111,6 +111,7 @@ class LoadSummary:
         checkpoint_geometry: ``{block: geometry}`` the state records (blocks with a key).
         model_geometry: ``{block: geometry}`` of the model, for every block.
         geometry_changed: Whether a geometry mismatch was accepted (initialization).
+        loaded: How many blocks the state holds weights for (of either form).
     """
 
     switched: list[str] = dataclasses.field(default_factory=list)
@@ -118,6 +119,7 @@ class LoadSummary:
     checkpoint_geometry: dict[str, tuple] = dataclasses.field(default_factory=dict)
     model_geometry: dict[str, tuple] = dataclasses.field(default_factory=dict)
     geometry_changed: bool = False
+    loaded: int = 0
 
     def geometries(self) -> str:
         """``'checkpoint: ...; model: ...'`` (:func:`describe_geometry` of both)."""
@@ -194,6 +196,7 @@ def adapt_blocks_to_state(blocks: Mapping[str, Any], state_dict: dict, prefix: s
                                                               geometry_key)
         rel = block._incoming_state(state_dict, key_prefix)
         deployed_state = any(k.startswith('branch_reparam.') for k in rel)
+        summary.loaded += bool(rel)
         plans.append((name, block, key_prefix, rel, deployed_state))
     deployed_any = any(p[4] for p in plans)
     if purpose == 'init' and deployed_any:

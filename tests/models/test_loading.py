@@ -255,3 +255,10 @@ def test_onnx_export_holds_no_geometry(tmp_path, dynamo):
     graph = onnx.load(str(path)).graph
     names = [i.name for i in graph.initializer] + [i.name for i in graph.input]
     assert names and not [n for n in names if 'geometry' in n]
+
+
+def test_loading_the_right_weights_after_the_wrong_ones_clears_the_refusal():
+    model = RepVGG(ARCH, dilation_plan='full')
+    model.load_state_dict(trained(plan=None).state_dict())  # another geometry: pending
+    model.load_state_dict(trained(plan='full').state_dict())  # its own geometry
+    model.eval()  # not refused: the weights are the right ones now
