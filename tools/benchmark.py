@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import os.path as osp
 import sys
+from typing import Callable
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -122,6 +124,56 @@ def _check_outputs(args: argparse.Namespace, inputs: tuple[str, ...] = ()) -> No
     check_output_paths([args.out, args.markdown], args.force, inputs)
 
 
+#: What rendering a json of the wrong shape raises (a list, a string, a field of another type).
+_SHAPE_ERRORS = (KeyError, TypeError, AttributeError, IndexError, ValueError)
+
+
+def _render_report(path: str, render: Callable[[], str]) -> str:
+    """``render()``, with a json that is not a benchmark report made a one-line error."""
+    try:
+        return render()
+    except _SHAPE_ERRORS as err:
+        from mmrepvgg.apis.cli import error_message
+        what = f'missing field {err.args[0]!r}' if isinstance(err, KeyError) and err.args \
+            else error_message(err)
+        raise ValueError(f'{path}: not a benchmark report saved by tools/benchmark.py --out '
+                         f'({what})') from err
+
+
+def _load_report(path: str) -> dict:
+    with open(path) as f:
+        report = json.load(f)
+    if not isinstance(report, dict):
+        raise ValueError(f'{path}: not a benchmark report saved by tools/benchmark.py --out '
+                         f'(a json {type(report).__name__}, not an object)')
+    return report
+
+
+def update_docs(files: list[str]) -> None:
+    """Re-render the marked blocks of every file, then write them: all or none.
+
+    Every file is rendered (and every output checked) before the first is written, so a bad
+    json in the second file leaves the first unchanged. A file that is a symbolic link is
+    updated where it points (the link stays a link).
+    """
+    from mmrepvgg.analysis import benchmark as bm
+    from mmrepvgg.checkpoint import check_output_path, write_bytes_atomic
+    pending = []
+    for md in files:
+        target = os.path.realpath(md)  # write through a link to the document itself
+        with open(target) as f:
+            text = f.read()
+        new, paths = _render_report(md, lambda: bm.update_marked_tables(text))
+        if new != text:
+            check_output_path(target, force=True, inputs=paths)
+        pending.append((md, target, text, new, paths))
+    for md, target, text, new, paths in pending:
+        if new != text:
+            write_bytes_atomic(target, new, force=True, inputs=paths)
+        where = f' (a link to {target})' if os.path.islink(md) else ''
+        print(f"{md}{where}: {len(paths)} table(s) rendered from {', '.join(paths) or '-'}")
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
     if args.threads:
@@ -132,22 +184,14 @@ def run(args: argparse.Namespace) -> None:
         if args.out:
             raise ValueError('--render writes --markdown only')
         _check_outputs(args, (args.render, ))
-        with open(args.render) as f:
-            report = json.load(f)
-        table = bm.benchmark_markdown(report)
+        report = _load_report(args.render)
+        table = _render_report(args.render, lambda: bm.benchmark_markdown(report))
         print(table)
         bm.save_report(report, table, markdown=args.markdown, force=args.force,
                        inputs=(args.render, ))
         return
     if args.update_docs:
-        from mmrepvgg.checkpoint import write_bytes_atomic
-        for md in args.update_docs:
-            with open(md) as f:
-                text = f.read()
-            new, paths = bm.update_marked_tables(text)
-            if new != text:
-                write_bytes_atomic(md, new, force=True, inputs=paths)
-            print(f"{md}: {len(paths)} table(s) rendered from {', '.join(paths) or '-'}")
+        update_docs(args.update_docs)
         return
     if args.fold_time:
         from mmrepvgg.models.arch import get_arch
@@ -167,6 +211,12 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device, '--device')  # before any model is built
     specs = list(args.models)
     if args.peers is not None:
+        from mmrepvgg.analysis.models import resolve_name
+        configs = [s for s in specs if resolve_name(s)[0] == 'config']
+        if configs:
+            raise ValueError(f'--peers times timm / mmpretrain RepVGG next to an arch name '
+                             f'(A0, B2, ...), not next to a config: {", ".join(configs)}; '
+                             'give the arch name, or leave out --peers')
         specs = bm.with_peers(specs, args.peers or PEER_SOURCES)
     bm.validate_specs(specs)
     _check_outputs(args)

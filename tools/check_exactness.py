@@ -24,8 +24,9 @@ import sys
 
 from mmrepvgg.analysis.precision import resolve_device
 from mmrepvgg.apis.cli import fail, positive_int, run_tool, user_errors
-from mmrepvgg.deploy.exactness import (PLANS, PRECISIONS, fold_error_table, fold_errors_markdown,
-                                       precision_markdown, precision_report)
+from mmrepvgg.deploy.exactness import (PLANS, PRECISIONS, block_archs, fold_error_table,
+                                       fold_errors_markdown, precision_markdown,
+                                       precision_report)
 from mmrepvgg.models import BLOCK_TYPES
 from mmrepvgg.models.arch import get_arch
 
@@ -60,16 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for arch in args.arch or []:  # every name before any work: an unknown one is a one-line error
         try:
-            get_arch(arch)
+            spec = get_arch(arch)
         except KeyError as err:
             fail(err.args[0])
+        if not args.dtype and args.block != 'RepVGGBlock' and spec.use_se:
+            fail(f'--arch {arch}: {args.block} does not take this arch (an SE arch); the '
+                 f'archs it takes: {" ".join(block_archs(args.block))}')
     if args.dtype:
         # a missing or unsafe checkpoint, a device that is not there: one error line
         return run_tool(lambda: _precision_table(args), user_errors() + (ValueError, ))
-    rows = fold_error_table(args.arch, args.plan, tuple(args.shape or (40, 48)), args.seed,
-                            args.block)
-    print('\n\n' + fold_errors_markdown(rows, args.block))
-    return 0
+
+    def fold_table() -> None:
+        rows = fold_error_table(args.arch, args.plan, tuple(args.shape or (40, 48)), args.seed,
+                                args.block)
+        print('\n\n' + fold_errors_markdown(rows, args.block))
+
+    # a block / arch pair the models refuse (FoldError, ValueError): one error line
+    return run_tool(fold_table, user_errors() + (ValueError, ))
 
 
 if __name__ == '__main__':
