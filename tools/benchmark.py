@@ -28,9 +28,11 @@ baselines with their conv-BN pairs fused (the paper's protocol) and, with
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import os.path as osp
+import re
 import sys
 from typing import Callable
 
@@ -149,6 +151,10 @@ def _load_report(path: str) -> dict:
     return report
 
 
+#: A marked block's opening line (mmrepvgg.analysis.benchmark.update_marked_tables).
+_MARKER = re.compile(r'<!-- benchmark: (\S+) -->\n')
+
+
 def update_docs(files: list[str]) -> None:
     """Re-render the marked blocks of every file, then write them: all or none.
 
@@ -163,6 +169,10 @@ def update_docs(files: list[str]) -> None:
         target = os.path.realpath(md)  # write through a link to the document itself
         with open(target) as f:
             text = f.read()
+        for path in _MARKER.findall(text):  # every json a report, before anything is written
+            if osp.isfile(path):
+                report = _load_report(path)
+                _render_report(path, functools.partial(bm.benchmark_markdown, report))
         new, paths = _render_report(md, lambda: bm.update_marked_tables(text))
         if new != text:
             check_output_path(target, force=True, inputs=paths)

@@ -23,7 +23,7 @@ import argparse
 import sys
 
 from mmrepvgg.analysis.precision import resolve_device
-from mmrepvgg.apis.cli import fail, positive_int, run_tool, user_errors
+from mmrepvgg.apis.cli import fail, positive_int, print_error, run_tool, user_errors
 from mmrepvgg.deploy.exactness import (PLANS, PRECISIONS, block_archs, fold_error_table,
                                        fold_errors_markdown, precision_markdown,
                                        precision_report)
@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as err:
             fail(err.args[0])
         if not args.dtype and args.block != 'RepVGGBlock' and spec.use_se:
-            fail(f'--arch {arch}: {args.block} does not take this arch (an SE arch); the '
-                 f'archs it takes: {" ".join(block_archs(args.block))}')
+            print_error(f'--arch {arch}: {args.block} does not take an SE arch; the archs it '
+                        f'takes: {" ".join(block_archs(args.block))}')
+            return 1
     if args.dtype:
         # a missing or unsafe checkpoint, a device that is not there: one error line
         return run_tool(lambda: _precision_table(args), user_errors() + (ValueError, ))
