@@ -32,6 +32,8 @@ setup(
         'ftfy',
         'regex',
         'matplotlib',
+        'tqdm',
+        'pillow',
     ],
     extras_require={
         'tests': ['pytest', 'timm>=1.0', 'scikit-learn', 'cityscapesscripts'],

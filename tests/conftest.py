@@ -71,10 +71,10 @@ def qa_digits_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     with randomized BN statistics (untrained: for the tools, not for accuracy)."""
     import torch
 
-    from mmrepvgg.apis.demo import load_demo_config
-    from mmrepvgg.apis.qa_compare import QA_DEMO_CONFIG
+    from demo.demos import load_demo_config
     from mmrepvgg.datasets import make_digits_folder
     from mmrepvgg.deploy import build_model
+    from projects.qa_digits.qa_compare import QA_DEMO_CONFIG
     from tests.helpers import randomize_bn_
     root = tmp_path_factory.mktemp('qa_digits')
     make_digits_folder(root / 'digits')

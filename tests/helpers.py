@@ -10,9 +10,11 @@ from types import ModuleType
 import pytest
 from torch import Tensor
 
-from mmrepvgg.deploy.exactness import randomize_bn_  # noqa: F401  (re-exported for tests)
+from projects.exactness.exactness import randomize_bn_  # noqa: F401  (re-exported for tests)
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The project's metafile (the paper's numbers), which the tools pass to the library.
+METAFILE = ROOT / 'configs' / 'metafile.yml'
 
 
 def rel_err(a: Tensor, b: Tensor) -> float:

@@ -16,11 +16,20 @@ from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint, load_
 from torch import nn
 from torch.utils.data import Dataset
 
-from mmrepvgg.checkpoint import (CheckpointError, SameFileError, check_output_path,
-                                 check_output_paths, install_mmengine_loader,
-                                 load_checkpoint_file, mmengine_safe_globals,
-                                 save_checkpoint_atomic, write_atomic, write_bytes_atomic,
-                                 write_json_atomic)
+from mmrepvgg.checkpoint import (
+    install_mmengine_loader,
+    load_checkpoint_file,
+    mmengine_safe_globals,
+    save_checkpoint_atomic,
+)
+from mmrepvgg.utils.errors import CheckpointError, SameFileError
+from mmrepvgg.utils.fileio import (
+    check_output_path,
+    check_output_paths,
+    write_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

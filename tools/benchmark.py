@@ -28,21 +28,20 @@ baselines with their conv-BN pairs fused (the paper's protocol) and, with
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import os
 import os.path as osp
-import re
 import sys
-from typing import Callable
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+#: The paper's numbers (configs/metafile.yml): the paper's speed comparisons in the tables.
+METAFILE = osp.join(REPO, 'configs', 'metafile.yml')
 
 from mmengine.config import DictAction  # noqa: E402
 
 from mmrepvgg.analysis.peers import PEER_SOURCES, PEER_WEIGHTS  # noqa: E402
-from mmrepvgg.apis.cli import (non_negative_int, positive_int, run_tool,  # noqa: E402
-                               user_errors)
+from mmrepvgg.cli import non_negative_int, positive_int, run_tool  # noqa: E402
+from mmrepvgg.utils.errors import user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,86 +121,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _check_outputs(args: argparse.Namespace, inputs: tuple[str, ...] = ()) -> None:
     """Before anything runs: --out and --markdown may be written (new or --force, not a
     folder, not under a file, not the same file, not an input such as the --render json)."""
-    from mmrepvgg.checkpoint import check_output_paths
+    from mmrepvgg.utils.fileio import check_output_paths
     check_output_paths([args.out, args.markdown], args.force, inputs)
-
-
-#: What rendering a json of the wrong shape raises (a list, a string, a field of another type).
-_SHAPE_ERRORS = (KeyError, TypeError, AttributeError, IndexError, ValueError)
-
-
-def _render_report(path: str, render: Callable[[], str]) -> str:
-    """``render()``, with a json that is not a benchmark report made a one-line error."""
-    try:
-        return render()
-    except _SHAPE_ERRORS as err:
-        from mmrepvgg.apis.cli import error_message
-        what = f'missing field {err.args[0]!r}' if isinstance(err, KeyError) and err.args \
-            else error_message(err)
-        raise ValueError(f'{path}: not a benchmark report saved by tools/benchmark.py --out '
-                         f'({what})') from err
-
-
-def _load_report(path: str) -> dict:
-    with open(path) as f:
-        report = json.load(f)
-    if not isinstance(report, dict):
-        raise ValueError(f'{path}: not a benchmark report saved by tools/benchmark.py --out '
-                         f'(a json {type(report).__name__}, not an object)')
-    return report
-
-
-#: A marked block's opening line (mmrepvgg.analysis.benchmark.update_marked_tables).
-_MARKER = re.compile(r'<!-- benchmark: (\S+) -->\n')
-
-
-def update_docs(files: list[str]) -> None:
-    """Re-render the marked blocks of every file, then write them: all or none.
-
-    Every file is rendered (and every output checked) before the first is written, so a bad
-    json in the second file leaves the first unchanged. A file that is a symbolic link is
-    updated where it points (the link stays a link).
-    """
-    from mmrepvgg.analysis import benchmark as bm
-    from mmrepvgg.checkpoint import check_output_path, write_bytes_atomic
-    pending = []
-    for md in files:
-        target = os.path.realpath(md)  # write through a link to the document itself
-        with open(target) as f:
-            text = f.read()
-        for path in _MARKER.findall(text):  # every json a report, before anything is written
-            if osp.isfile(path):
-                report = _load_report(path)
-                _render_report(path, functools.partial(bm.benchmark_markdown, report))
-        new, paths = _render_report(md, lambda: bm.update_marked_tables(text))
-        if new != text:
-            check_output_path(target, force=True, inputs=paths)
-        pending.append((md, target, text, new, paths))
-    for md, target, text, new, paths in pending:
-        if new != text:
-            write_bytes_atomic(target, new, force=True, inputs=paths)
-        where = f' (a link to {target})' if os.path.islink(md) else ''
-        print(f"{md}{where}: {len(paths)} table(s) rendered from {', '.join(paths) or '-'}")
 
 
 def run(args: argparse.Namespace) -> None:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mmrepvgg.analysis import benchmark as bm
+    from mmrepvgg.analysis.benchmark import fold_time, run_benchmark
+    from mmrepvgg.analysis.metafile import load_metafile
+    from mmrepvgg.analysis.report import (
+        benchmark_markdown,
+        fold_time_line,
+        load_report,
+        render_report,
+        save_report,
+        update_docs,
+    )
+    from mmrepvgg.analysis.variants import validate_benchmark_specs, with_peers
+    paper = load_metafile(METAFILE)
     command = 'python tools/benchmark.py ' + ' '.join(sys.argv[1:])
     if args.render:
         if args.out:
             raise ValueError('--render writes --markdown only')
         _check_outputs(args, (args.render, ))
-        report = _load_report(args.render)
-        table = _render_report(args.render, lambda: bm.benchmark_markdown(report))
+        report = load_report(args.render)
+        table = render_report(report, args.render, paper)
         print(table)
-        bm.save_report(report, table, markdown=args.markdown, force=args.force,
+        save_report(report, table, markdown=args.markdown, force=args.force,
                        inputs=(args.render, ))
         return
     if args.update_docs:
-        update_docs(args.update_docs)
+        for md, target, paths in update_docs(args.update_docs, paper):
+            link = f' (a link to {target})' if osp.islink(md) else ''
+            print(f"{md}{link}: {len(paths)} table(s) rendered from {', '.join(paths) or '-'}")
         return
     if args.fold_time:
         from mmrepvgg.models.arch import get_arch
@@ -210,27 +164,21 @@ def run(args: argparse.Namespace) -> None:
         _check_outputs(args)
         results = []
         for arch in args.fold_time:
-            res = bm.fold_time(arch, args.fold_repeats, args.plan)
-            print(bm.fold_time_line(res))
+            res = fold_time(arch, args.fold_repeats, args.plan)
+            print(fold_time_line(res))
             results.append(res)
         report = dict(command=command, fold_time=results)
-        bm.save_report(report, '\n'.join(bm.fold_time_line(r) for r in results), args.out,
+        save_report(report, '\n'.join(fold_time_line(r) for r in results), args.out,
                        args.markdown, args.force)
         return
-    from mmrepvgg.analysis.precision import resolve_device
+    from mmrepvgg.utils.device import resolve_device
     device = resolve_device(args.device, '--device')  # before any model is built
     specs = list(args.models)
     if args.peers is not None:
-        from mmrepvgg.analysis.models import resolve_name
-        configs = [s for s in specs if resolve_name(s)[0] == 'config']
-        if configs:
-            raise ValueError(f'--peers times timm / mmpretrain RepVGG next to an arch name '
-                             f'(A0, B2, ...), not next to a config: {", ".join(configs)}; '
-                             'give the arch name, or leave out --peers')
-        specs = bm.with_peers(specs, args.peers or PEER_SOURCES)
-    bm.validate_specs(specs)
+        specs = with_peers(specs, args.peers or PEER_SOURCES)  # a config spec: an error
+    validate_benchmark_specs(specs)
     _check_outputs(args)
-    report = bm.run_benchmark(
+    report = run_benchmark(
         specs, batch=args.batch, shape=tuple(args.shape) if args.shape else None,
         warmup=args.warmup, iters=args.iters, rounds=args.rounds, device=str(device),
         dtype=args.dtype, backend=args.backend, variants=args.variants, memory=args.memory,
@@ -239,9 +187,9 @@ def run(args: argparse.Namespace) -> None:
         flops=not args.no_flops, peak_tflops=args.peak_tflops, measure_peak=args.measure_peak,
         peer_weights=args.peer_weights)
     report['command'] = command
-    table = bm.benchmark_markdown(report)
+    table = benchmark_markdown(report, paper)
     print(table)
-    bm.save_report(report, table, args.out, args.markdown, args.force)
+    save_report(report, table, args.out, args.markdown, args.force)
 
 
 def main(argv: list[str] | None = None) -> int:

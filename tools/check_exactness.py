@@ -5,7 +5,7 @@ folded and the multi-branch backbone (eval mode, randomized BN statistics), rela
 output scale, in float64 and in float32 on both CPU conv backends.
 
 With ``--dtype``: how far the folded (and the training-time) backbone drifts in fp16/bf16
-from itself in fp32 (:func:`mmrepvgg.deploy.exactness.precision_errors`; default archs
+from itself in fp32 (:func:`projects.exactness.exactness.precision_errors`; default archs
 A0 B0 B2 at 224x224).
 
 Example::
@@ -20,15 +20,26 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os.path as osp
 import sys
 
-from mmrepvgg.analysis.precision import resolve_device
-from mmrepvgg.apis.cli import fail, positive_int, print_error, run_tool, user_errors
-from mmrepvgg.deploy.exactness import (PLANS, PRECISIONS, block_archs, fold_error_table,
-                                       fold_errors_markdown, precision_markdown,
-                                       precision_report)
+# the checkout's demo/ and projects/ (and this mmrepvgg) come first
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmrepvgg.cli import fail, positive_int, print_error, run_tool
 from mmrepvgg.models import BLOCK_TYPES
 from mmrepvgg.models.arch import get_arch
+from mmrepvgg.utils.device import resolve_device
+from mmrepvgg.utils.errors import user_errors
+from projects.exactness.exactness import (
+    PLANS,
+    PRECISIONS,
+    block_archs,
+    fold_error_table,
+    fold_errors_markdown,
+    precision_markdown,
+    precision_report,
+)
 
 
 def _precision_table(args: argparse.Namespace) -> None:

@@ -23,9 +23,13 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmrepvgg.apis.cli import positive_int, run_tool
-    from mmrepvgg.apis.qa_compare import (INT8_CALIBRATORS, compare_blocks, comparison_markdown,
-                                          int8_top1)
+    from mmrepvgg.cli import positive_int, run_tool
+    from projects.qa_digits.qa_compare import (
+        INT8_CALIBRATORS,
+        compare_blocks,
+        comparison_markdown,
+        int8_top1,
+    )
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--work-dir', default='work_dirs/compare_qa_digits',
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
     if repeated:
-        from mmrepvgg.apis.cli import print_error
+        from mmrepvgg.cli import print_error
         print_error(f'--seeds: seed {", ".join(map(str, repeated))} given more than once; each '
                     'seed trains one pair of models into its own folder')
         return 1

@@ -17,8 +17,9 @@ import json
 import sys
 
 import mmrepvgg  # noqa: F401
-from mmrepvgg.apis.cli import add_checkpoint_args, run_tool, user_errors
+from mmrepvgg.cli import add_checkpoint_args, run_tool
 from mmrepvgg.deploy import convert_backbone_weights
+from mmrepvgg.utils.errors import user_errors
 
 
 def arch_arg(text: str) -> str | dict:

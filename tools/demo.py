@@ -6,10 +6,14 @@ deployed (same mIoU, checked) -> prediction images -> tools/deploy_convert.py ->
 from __future__ import annotations
 
 import argparse
+import os.path as osp
 import sys
 
-from mmrepvgg.apis.cli import positive_int, run_tool
-from mmrepvgg.apis.demo import SEG_DEMO_CONFIG, run_seg_demo
+# the checkout's demo/ and projects/ (and this mmrepvgg) come first
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from demo.demos import SEG_DEMO_CONFIG, run_seg_demo
+from mmrepvgg.cli import positive_int, run_tool
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,10 +6,14 @@
 from __future__ import annotations
 
 import argparse
+import os.path as osp
 import sys
 
-from mmrepvgg.apis.cli import positive_int, run_tool
-from mmrepvgg.apis.demo import CLS_DEMO_CONFIG, run_cls_demo
+# the checkout's demo/ and projects/ (and this mmrepvgg) come first
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from demo.demos import CLS_DEMO_CONFIG, run_cls_demo
+from mmrepvgg.cli import positive_int, run_tool
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,14 @@ Fails if int8 top-1 < fp32 top-1 - 2 points or the PSPNet's ONNX mIoU differs by
 from __future__ import annotations
 
 import argparse
+import os.path as osp
 import sys
 
-from mmrepvgg.apis.cli import non_negative_int, positive_int, run_tool
-from mmrepvgg.apis.demo_int8 import run_int8_demo
+# the checkout's demo/ and projects/ (and this mmrepvgg) come first
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from demo.demo_int8 import run_int8_demo
+from mmrepvgg.cli import non_negative_int, positive_int, run_tool
 from mmrepvgg.deploy.quantize import CALIBRATORS
 
 

@@ -17,7 +17,7 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.apis.cli import add_checkpoint_args, load_tool_config, positive_int, run_tool
+from mmrepvgg.cli import add_checkpoint_args, load_tool_config, positive_int, run_tool
 from mmrepvgg.deploy import DEFAULT_TOLERANCE, convert_checkpoint
 
 

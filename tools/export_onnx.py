@@ -19,7 +19,7 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.apis.cli import add_checkpoint_args, load_tool_config, positive_int, run_tool
+from mmrepvgg.cli import add_checkpoint_args, load_tool_config, positive_int, run_tool
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS, export_onnx
 
 

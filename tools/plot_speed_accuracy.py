@@ -11,7 +11,8 @@ import json
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,15 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--title')
     args = parser.parse_args(argv)
     from mmrepvgg.analysis.plot import plot_speed_accuracy
-    from mmrepvgg.apis.cli import run_tool, user_errors
+    from mmrepvgg.cli import run_tool
+    from mmrepvgg.utils.errors import user_errors
 
     def work() -> None:
         with open(args.benchmark) as f:
             report = json.load(f)
         inputs = [args.benchmark] + ([args.metafile] if args.metafile else [])
-        points = plot_speed_accuracy(report, args.out, args.table, args.variants,
-                                     args.metafile, args.title, force=args.force,
-                                     inputs=inputs)
+        metafile = args.metafile or osp.join(REPO, 'configs', 'metafile.yml')
+        points = plot_speed_accuracy(report, args.out, metafile, args.table, args.variants,
+                                     args.title, force=args.force, inputs=inputs)
         for p in points:
             print(f"{p['model']:<16} {p['variant']:<7} {p['speed']:10.2f} examples/s  "
                   f"{p['accuracy']:.2f}")

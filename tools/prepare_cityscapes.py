@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmrepvgg.apis.cli import positive_int, run_tool
+from mmrepvgg.cli import positive_int, run_tool
 from mmrepvgg.datasets import prepare_cityscapes
 
 

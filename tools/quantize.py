@@ -20,11 +20,21 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
-from mmrepvgg.apis.cli import (add_checkpoint_args, load_tool_config, non_negative_int,
-                               positive_int, run_tool)
+from mmrepvgg.cli import (
+    add_checkpoint_args,
+    load_tool_config,
+    non_negative_int,
+    positive_int,
+    run_tool,
+)
 from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS
-from mmrepvgg.deploy.quantize import (ACTIVATION_TYPES, CALIBRATORS, QuantSettings,
-                                      quantize_checkpoint, summary_lines)
+from mmrepvgg.deploy.quant_report import summary_lines
+from mmrepvgg.deploy.quantize import (
+    ACTIVATION_TYPES,
+    CALIBRATORS,
+    QuantSettings,
+    quantize_checkpoint,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

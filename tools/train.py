@@ -14,9 +14,9 @@ import argparse
 import sys
 
 import mmrepvgg  # noqa: F401  (registers the backbone and the deploy hook)
-from mmrepvgg.apis import close_distributed, prepare_train_config, train
-from mmrepvgg.apis.cli import add_runner_args, parse_runner_args, run_tool
 from mmrepvgg.checkpoint import install_mmengine_loader
+from mmrepvgg.cli import add_runner_args, parse_runner_args, run_tool
+from mmrepvgg.runner import close_distributed, prepare_train_config, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

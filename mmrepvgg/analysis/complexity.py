@@ -22,10 +22,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from typing import Mapping
 
 import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from torch import nn
+
+from ..deploy.forward import TensorForward
+from ..models import reparameterize
+from ..utils.markdown import fmt
+from .conv_bn import fuse_conv_bn_pairs
+from .metafile import PaperModel, find_paper_model
+from .models import build_from_spec, default_input_shape, example_input
 
 #: mmengine operator names counted as the paper's FLOPs (conv and FC multiply-adds).
 MAC_OPERATORS = ('conv', 'linear', 'addmm', 'matmul', 'bmm', 'einsum')
@@ -100,7 +108,7 @@ def count_complexity(model: nn.Module, inputs: torch.Tensor | tuple) -> Complexi
 
     Args:
         model: The module to count; it is called as ``model(*inputs)`` under a jit trace,
-            so wrap OpenMMLab models in :class:`mmrepvgg.analysis.models.TensorForward`.
+            so wrap OpenMMLab models in :class:`mmrepvgg.deploy.forward.TensorForward`.
         inputs: One tensor or a tuple of inputs. Counts scale with the batch size; use 1.
 
     Returns:
@@ -152,7 +160,7 @@ def model_complexity(spec: str, shape: tuple[int, int] | None = None, num_classe
     which changes params (BN affine weights go, conv biases come) but not FLOPs.
 
     Args:
-        spec: Arch name, baseline name or config path (see :func:`build_model`).
+        spec: Arch name, baseline name or config path (see :func:`~mmrepvgg.analysis.models.build_from_spec`).
         shape: ``(H, W)``; default 224x224 (classification) or 713x713 (segmentation).
         num_classes: Classes of a classifier built from a name.
         cfg_options: Overrides for a config.
@@ -161,10 +169,7 @@ def model_complexity(spec: str, shape: tuple[int, int] | None = None, num_classe
         ``dict(name, task, family, input_shape, deploy=Complexity.summary(),
         train=Complexity.summary())``.
     """
-    from ..models.block import reparameterize
-    from .conv_bn import fuse_conv_bn_pairs
-    from .models import TensorForward, build_model, default_input_shape, example_input
-    built = build_model(spec, num_classes=num_classes, cfg_options=cfg_options)
+    built = build_from_spec(spec, num_classes=num_classes, cfg_options=cfg_options)
     shape = tuple(shape or default_input_shape(built.task))
     x = example_input(shape)
     wrapped = TensorForward(built.model).eval()
@@ -178,32 +183,30 @@ def model_complexity(spec: str, shape: tuple[int, int] | None = None, num_classe
                 deploy=deploy.summary(), train=train.summary())
 
 
-def table4_specs() -> list[str]:
+def table4_specs(paper: Mapping[str, PaperModel]) -> list[str]:
     """The classifiers of the paper's Tables 4 and 5 this project builds, in table order.
 
     RepVGG rows come from the metafile's ``Arch`` fields (every RepVGG of Tables 4 and 5),
     baselines from its ``Baseline`` fields (the ResNets, ResNeXts and VGG-16 mmpretrain has).
+
+    Args:
+        paper: The loaded metafile (:func:`~mmrepvgg.analysis.metafile.load_metafile`).
     """
-    from .metafile import load_metafile
-    return [m.spec for m in load_metafile().values() if m.task == 'cls' and m.spec]
+    return [m.spec for m in paper.values() if m.task == 'cls' and m.spec]
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    return '-' if value is None else f'{value:.{digits}f}'
-
-
-def complexity_markdown(rows: list[dict], with_paper: bool = True) -> str:
+def complexity_markdown(rows: list[dict], paper: Mapping[str, PaperModel] | None = None) -> str:
     """A markdown table of :func:`model_complexity` rows, next to the paper's numbers.
 
     Args:
         rows: Results of :func:`model_complexity`.
-        with_paper: Add the paper's Params / FLOPs / Wino MULs (from the metafile).
+        paper: The loaded metafile: adds the paper's Params / FLOPs / Wino MULs; None: left
+            out.
 
     Returns:
         The table (deployed model first, then the training-time model).
     """
-    from .metafile import find_paper_model, load_metafile
-    paper = load_metafile() if with_paper else {}
+    with_paper = paper is not None
     head = ['Model', 'Params (M)', 'FLOPs (B)', 'Wino MULs (B)']
     if with_paper:
         head += ['Paper Params', 'Paper FLOPs', 'Paper Wino MULs']
@@ -211,13 +214,13 @@ def complexity_markdown(rows: list[dict], with_paper: bool = True) -> str:
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         d, t = r['deploy'], r['train']
-        cells = [r['name'], _fmt(d['params_m'], 2), _fmt(d['flops_b'], 2),
-                 _fmt(d['wino_muls_b'], 2)]
+        cells = [r['name'], fmt(d['params_m'], '.2f'), fmt(d['flops_b'], '.2f'),
+                 fmt(d['wino_muls_b'], '.2f')]
         if with_paper:
             p = find_paper_model(r['name'], paper)
             pp = p.paper if p else {}
-            cells += [_fmt(pp.get('Params (M)'), 2), _fmt(pp.get('Theo FLOPs (B)'), 1),
-                      _fmt(pp.get('Wino MULs (B)'), 1)]
-        cells += [_fmt(t['params_m'], 2), _fmt(t['flops_b'], 2), _fmt(t['wino_muls_b'], 2)]
+            cells += [fmt(pp.get('Params (M)'), '.2f'), fmt(pp.get('Theo FLOPs (B)'), '.1f'),
+                      fmt(pp.get('Wino MULs (B)'), '.1f')]
+        cells += [fmt(t['params_m'], '.2f'), fmt(t['flops_b'], '.2f'), fmt(t['wino_muls_b'], '.2f')]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

@@ -1,12 +1,16 @@
-"""Read the paper's numbers (and the QARepVGG configs' rows) from ``configs/metafile.yml``."""
+"""Read the paper's numbers (and the QARepVGG configs' rows) from a metafile.
+
+The project's metafile is ``configs/metafile.yml`` (the paper's Tables 4, 5 and 8, OpenMMLab's
+model-index format); the package does not know where the checkout is, so the tools pass its
+path and hand the loaded models to the functions that quote the paper.
+"""
 from __future__ import annotations
 
+import os
 import os.path as osp
 from dataclasses import dataclass, field
 
-#: The project's metafile (the paper's Tables 4, 5 and 8).
-DEFAULT_METAFILE = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
-                            'configs', 'metafile.yml')
+from mmengine.fileio import load
 
 
 @dataclass
@@ -16,7 +20,7 @@ class PaperModel:
     Attributes:
         name: As the paper names it (``'RepVGG-A0'``, ``'ResNet-50'``, ``'PSPNet-RepVGG-B2'``).
         role: ``'ours'`` (RepVGG) or ``'baseline'``.
-        spec: What :func:`mmrepvgg.analysis.build_model` builds for it (arch or baseline
+        spec: What :func:`mmrepvgg.analysis.models.build_from_spec` builds for it (arch or baseline
             name), or None if this project cannot build it (EfficientNet, RegNetX, PSPNets).
         task: ``'cls'`` or ``'seg'``.
         paper: Speed (1080Ti), Params (M), Theo FLOPs (B), Wino MULs (B) as printed.
@@ -45,17 +49,16 @@ class PaperModel:
         return None if res is None else res.get('Top 1 Accuracy', res.get('mIoU'))
 
 
-def load_metafile(path: str | None = None) -> dict[str, PaperModel]:
-    """Load the metafile.
+def load_metafile(path: str | os.PathLike) -> dict[str, PaperModel]:
+    """Load a metafile.
 
     Args:
-        path: Its path (default :data:`DEFAULT_METAFILE`).
+        path: Its path (the project's: ``configs/metafile.yml``).
 
     Returns:
         ``{name: PaperModel}`` in file order.
     """
-    from mmengine.fileio import load
-    data = load(path or DEFAULT_METAFILE, file_format='yaml')
+    data = load(str(path), file_format='yaml')
     models = {}
     for m in data['Models']:
         results = {int(r['Table']): dict(r['Metrics']) for r in m.get('Results') or []}
@@ -74,7 +77,7 @@ def find_paper_model(name: str, models: dict[str, PaperModel]) -> PaperModel | N
 
     Args:
         name: ``'RepVGG-A0'``, ``'A0'``, ``'ResNet-50'`` or a config's file stem
-            (``'repvgg-a0_in1k'``, as :func:`build_model` names models built from configs).
+            (``'repvgg-a0_in1k'``, as :func:`~mmrepvgg.analysis.models.build_from_spec` names models built from configs).
         models: :func:`load_metafile`'s result.
 
     Returns:

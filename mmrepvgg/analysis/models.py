@@ -16,16 +16,21 @@ Every model is returned in eval mode, with SyncBN reverted to BN (the tools run 
 """
 from __future__ import annotations
 
-import copy
 import os.path as osp
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
+
+from ..deploy.build import build_model, build_model_cfg
+from ..models import RepBlockBase, reparameterize
 from ..models.arch import ARCH_ZOO, arch_name, get_arch
+from ..utils.config import scope_of
 
 #: Baseline classifiers (paper Table 4) buildable from mmpretrain: name -> (backbone cfg,
 #: width of the last stage). ``VGG-16`` is built with BN (as the paper trains its baselines
@@ -66,31 +71,8 @@ class BuiltModel:
     family: str
 
 
-class TensorForward(nn.Module):
-    """Call an OpenMMLab model in ``mode='tensor'``: logits from an image batch.
 
-    Classifiers return the head's logits; segmentors their decode head's logits (at the
-    decode head's resolution, before resizing to the input).
-
-    Args:
-        model: An mmpretrain classifier or mmseg segmentor (or a plain module).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Any:
-        if _accepts_mode(self.model):
-            return self.model(x, mode='tensor')
-        return self.model(x)
-
-
-def _accepts_mode(model: nn.Module) -> bool:
-    return hasattr(model, 'data_preprocessor') and hasattr(model, 'extract_feat')
-
-
-def _classifier_cfg(backbone: dict, in_channels: int | None, num_classes: int) -> dict:
+def classifier_cfg(backbone: dict, in_channels: int | None, num_classes: int) -> dict:
     if in_channels is None:  # VGG has its own classifier
         backbone = dict(backbone, num_classes=num_classes)
         return dict(type='ImageClassifier', backbone=backbone)
@@ -98,28 +80,7 @@ def _classifier_cfg(backbone: dict, in_channels: int | None, num_classes: int) -
                 head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=in_channels))
 
 
-def _build(cfg: dict, scope: str) -> nn.Module:
-    import mmrepvgg  # noqa: F401  (registers mmrepvgg.RepVGG)
-    from mmengine.registry import DefaultScope
-    if scope == 'mmseg':
-        from mmseg.registry import MODELS
-        from mmseg.utils import register_all_modules
-        register_all_modules(init_default_scope=False)
-    else:
-        from mmpretrain.registry import MODELS
-        from mmpretrain.utils import register_all_modules
-        register_all_modules(init_default_scope=False)
-    with DefaultScope.overwrite_default_scope(scope):
-        return MODELS.build(copy.deepcopy(cfg))
-
-
-def _revert_sync_bn(model: nn.Module) -> nn.Module:
-    from mmengine.model import revert_sync_batchnorm
-    return revert_sync_batchnorm(model)
-
-
 def _has_repvgg(model: nn.Module) -> bool:
-    from ..models.block import RepBlockBase
     return any(isinstance(m, RepBlockBase) for m in model.modules())
 
 
@@ -178,7 +139,7 @@ def validate_specs(specs: Sequence[str]) -> None:
             raise FileNotFoundError(f'Config not found: {name}')
 
 
-def build_model(spec: str, num_classes: int = 1000, deploy: bool = False,
+def build_from_spec(spec: str, num_classes: int = 1000, deploy: bool = False,
                 cfg_options: dict | None = None) -> BuiltModel:
     """Build a model to measure, in eval mode.
 
@@ -197,28 +158,22 @@ def build_model(spec: str, num_classes: int = 1000, deploy: bool = False,
     if kind in ('repvgg', 'qarepvgg'):
         width = get_arch(name).stage_channels[-1]
         block = 'QARepVGGBlock' if kind == 'qarepvgg' else 'RepVGGBlock'
-        cfg = _classifier_cfg(dict(type='mmrepvgg.RepVGG', arch=name, deploy=deploy,
+        cfg = classifier_cfg(dict(type='mmrepvgg.RepVGG', arch=name, deploy=deploy,
                                    block_cfg=dict(type=block)), width, num_classes)
         display = f'{"QARepVGG" if kind == "qarepvgg" else "RepVGG"}-{name}'
-        return BuiltModel(display, _build(cfg, 'mmpretrain').eval(), 'cls', 'repvgg')
+        return BuiltModel(display, build_model_cfg(cfg, 'mmpretrain').eval(), 'cls', 'repvgg')
     if kind == 'baseline':
         backbone, width = BASELINES[name]
-        model = _build(_classifier_cfg(backbone, width, num_classes), 'mmpretrain')
+        model = build_model_cfg(classifier_cfg(backbone, width, num_classes), 'mmpretrain')
         return BuiltModel(name, model.eval(), 'cls', 'baseline')
-    from mmengine.config import Config
     cfg = Config.fromfile(name)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    scope = cfg.get('default_scope') or 'mmpretrain'
-    model_cfg = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
-    # measuring random weights: never download or load a checkpoint
-    if isinstance(model_cfg.get('backbone'), dict):
-        model_cfg['backbone'].pop('init_cfg', None)
-        model_cfg['backbone'].pop('pretrained', None)
-    model_cfg.pop('pretrained', None)
-    model = _revert_sync_bn(_build(model_cfg, scope)).eval()
+    scope = scope_of(cfg)
+    # measuring random weights: never download or load a checkpoint (build_model drops
+    # init_cfg); one device: SyncBN as BN
+    model = revert_sync_batchnorm(build_model(cfg))
     if deploy:
-        from ..models.block import reparameterize
         reparameterize(model)
     task = 'seg' if scope == 'mmseg' else 'cls'
     family = 'repvgg' if _has_repvgg(model) else 'baseline'

@@ -28,10 +28,13 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..deploy.convert import VerificationError, compare_outputs
+from ..deploy.build import build_model_cfg
+from ..deploy.forward import TensorForward
 from ..deploy.keymaps import SOURCES, convert_key
+from ..deploy.verify import compare_outputs
 from ..models.arch import ARCH_ZOO, arch_name, get_arch
-from .models import BuiltModel, TensorForward, _build, _classifier_cfg, example_input
+from ..utils.errors import VerificationError
+from .models import BuiltModel, classifier_cfg, example_input
 
 #: Libraries a peer can come from.
 PEER_SOURCES = ('timm', 'mmpretrain')
@@ -119,19 +122,19 @@ def build_peer(spec: str, num_classes: int = 1000) -> BuiltModel:
         model = reparameterize_model(model)
     else:
         width = get_arch(arch).stage_channels[-1]
-        model = _build(_classifier_cfg(dict(type='RepVGG', arch=arch), width, num_classes),
-                       'mmpretrain').eval()
+        model = build_model_cfg(classifier_cfg(dict(type='RepVGG', arch=arch), width,
+                                               num_classes), 'mmpretrain').eval()
         model.backbone.switch_to_deploy()
     return BuiltModel(f'RepVGG-{arch} [{source}]', model.eval(), 'cls', 'peer')
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def _unwrap_forward(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, TensorForward) else model
 
 
 def _mapped_state(model: nn.Module, layout: str) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
-    for key, value in _unwrap(model).state_dict(keep_vars=True).items():
+    for key, value in _unwrap_forward(model).state_dict(keep_vars=True).items():
         new = convert_key(key, layout)
         if new in out:
             raise ValueError(f'{layout} keys collide after mapping: {new}')

@@ -1,23 +1,25 @@
 """Speed-accuracy plot like the paper's Fig. 1, from a benchmark json and the metafile."""
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 from typing import Sequence
 
+from ..utils.fileio import check_output_path, write_atomic
 from .metafile import find_paper_model, load_metafile
 
 
-def speed_accuracy_points(report: dict, table: int = 4, variants: Sequence[str] = (
-        'deploy', 'fused'), metafile: str | None = None) -> list[dict]:
+def speed_accuracy_points(report: dict, metafile: str | os.PathLike, table: int = 4,
+                          variants: Sequence[str] = ('deploy', 'fused')) -> list[dict]:
     """Pair each measured model with its top-1 (or mIoU) from the metafile.
 
     Args:
         report: A :func:`mmrepvgg.analysis.benchmark.run_benchmark` result.
+        metafile: Path of the metafile (the project's: ``configs/metafile.yml``).
         table: Which paper table the accuracy comes from (4: 120 epochs, 5: 200 epochs,
             8: Cityscapes mIoU); models not in it are left out.
         variants: The forms to plot (default: as deployed, the paper's protocol).
-        metafile: Path of the metafile (default: the project's).
 
     Returns:
         ``[dict(model, variant, family, speed, accuracy)]``.
@@ -36,9 +38,8 @@ def speed_accuracy_points(report: dict, table: int = 4, variants: Sequence[str] 
     return points
 
 
-def plot_speed_accuracy(report: dict, out: str, table: int = 4,
-                        variants: Sequence[str] = ('deploy', 'fused'),
-                        metafile: str | None = None, title: str | None = None,
+def plot_speed_accuracy(report: dict, out: str, metafile: str | os.PathLike, table: int = 4,
+                        variants: Sequence[str] = ('deploy', 'fused'), title: str | None = None,
                         force: bool = False, inputs: Sequence[str] = ()) -> list[dict]:
     """Save a top-1 vs measured speed plot (RepVGG as a line, baselines as markers).
 
@@ -49,9 +50,9 @@ def plot_speed_accuracy(report: dict, out: str, table: int = 4,
     Args:
         report: A benchmark result (:func:`mmrepvgg.analysis.benchmark.run_benchmark`).
         out: Where to save the figure (``.png``, ``.pdf``, ``.svg``).
+        metafile: Path of the metafile (``configs/metafile.yml``).
         table: Paper table of the accuracies (4, 5 or 8).
         variants: Forms to plot.
-        metafile: Path of the metafile.
         title: Figure title (default: the paper table).
         force: Overwrite an existing ``out``.
         inputs: Files the plot is made from (the benchmark json): ``out`` is never one.
@@ -69,14 +70,13 @@ def plot_speed_accuracy(report: dict, out: str, table: int = 4,
     import matplotlib.pyplot as plt
     from matplotlib.backend_bases import FigureCanvasBase
 
-    from ..checkpoint import check_output_path, write_atomic
     fmt = Path(out).suffix.lstrip('.').lower()
     formats = FigureCanvasBase.get_supported_filetypes()  # (opens no figure)
     if fmt not in formats:
         raise ValueError(f'{out}: give a figure file ending in one of '
                          f'{", ".join("." + f for f in sorted(formats))}')
     check_output_path(out, force, inputs)
-    points = speed_accuracy_points(report, table, variants, metafile)
+    points = speed_accuracy_points(report, metafile, table, variants)
     if not points:
         raise ValueError(f'no benchmarked model has a result in paper Table {table}')
     info, proto = report['device_info'], report['protocol']

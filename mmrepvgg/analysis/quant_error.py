@@ -20,10 +20,12 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass
-from typing import Sequence, Union
 
 import torch
 from torch import Tensor, nn
+
+from ..models import RepBlockBase
+from ..utils.metrics import tensor_sqnr_db
 
 #: The largest int8 magnitude of a symmetric quantizer (-127 .. 127).
 INT8_QMAX = 127
@@ -50,34 +52,7 @@ def quantize_symmetric(weight: Tensor, per_channel: bool, qmax: int = INT8_QMAX)
     return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
 
 
-Tensors = Union[Tensor, Sequence[Tensor]]
 
-
-def tensor_sqnr_db(reference: Tensors, output: Tensors) -> float:
-    """Signal-to-quantization-noise ratio in dB of ``output`` against ``reference``.
-
-    The one SQNR of the package: quantized weights here, int8 model outputs in
-    :mod:`mmrepvgg.deploy.quantize` and the QARepVGG comparison.
-
-    Args:
-        reference: The exact tensor(s).
-        output: The approximation(s), pairwise of the same shapes.
-
-    Returns:
-        ``10 log10(sum ref^2 / sum (out - ref)^2)`` over all the tensors, in float64:
-        ``inf`` if ``output`` equals ``reference`` exactly, ``-inf`` if only the reference
-        is zero.
-    """
-    reference = [reference] if isinstance(reference, Tensor) else list(reference)
-    output = [output] if isinstance(output, Tensor) else list(output)
-    if len(reference) != len(output):
-        raise ValueError(f'{len(reference)} reference tensors but {len(output)} outputs')
-    signal = sum(r.detach().double().pow(2).sum().item() for r in reference)
-    noise = sum((o.detach().double() - r.detach().double()).pow(2).sum().item()
-                for r, o in zip(reference, output))
-    if noise == 0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
 def sqnr_db(weight: Tensor, per_channel: bool, qmax: int = INT8_QMAX) -> float:
@@ -126,7 +101,6 @@ def folded_kernel_errors(model: nn.Module) -> list[LayerQuantError]:
     Returns:
         One entry per block.
     """
-    from ..models.block import RepBlockBase
     out = []
     for name, module in model.named_modules():
         if not isinstance(module, RepBlockBase):

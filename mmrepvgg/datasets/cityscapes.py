@@ -19,6 +19,9 @@ from typing import Sequence
 import numpy as np
 from mmengine.logging import print_log
 from mmengine.utils import track_parallel_progress, track_progress
+from PIL import Image
+
+from ..utils.fileio import fresh_work_dir
 
 #: The 19 classes of Cityscapes' train ids, in train-id order.
 TRAIN_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light',
@@ -156,7 +159,7 @@ def make_tiny_cityscapes(root: str | os.PathLike,
     the real data.
 
     The folder must be new or empty, or one this function (or a demo) made before, which is
-    then emptied first: the marker-file rule of :func:`mmrepvgg.apis.demo.fresh_work_dir`.
+    then emptied first: the marker-file rule of :func:`mmrepvgg.utils.fileio.fresh_work_dir`.
     A folder holding anything else (real Cityscapes files, say) is refused, so nothing is
     ever overwritten.
 
@@ -173,12 +176,10 @@ def make_tiny_cityscapes(root: str | os.PathLike,
     Raises:
         FileExistsError: If ``root`` holds files that it did not write.
     """
-    from ..apis.demo import fresh_work_dir
     fresh_work_dir(root, what='tools/make_tiny_cityscapes.py or a demo')
     from cityscapesscripts.helpers.annotation import Annotation
     from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
     from cityscapesscripts.preparation.json2labelImg import createLabelImage
-    from PIL import Image
 
     h, w = size
     rng = np.random.default_rng(seed)

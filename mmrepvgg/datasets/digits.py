@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from mmengine.logging import print_log
+from PIL import Image
 
 
 def make_digits_folder(root: str | os.PathLike, size: int = 32, test_fraction: float = 0.25,
@@ -26,7 +27,6 @@ def make_digits_folder(root: str | os.PathLike, size: int = 32, test_fraction: f
     Returns:
         ``{'train': n, 'test': n}``.
     """
-    from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

@@ -7,279 +7,25 @@ Loading is weights-only, key matching strict, writing atomic.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from ..checkpoint import (CheckpointError, check_output_path, check_state_dict,
-                          extract_state_dict, is_deployed_state, load_checkpoint_file,
-                          load_state_dict_strict, save_checkpoint_atomic)
-from ..models import ARCH_ZOO, RepBlockBase, RepVGG, reparameterize
+from ..checkpoint import (check_state_dict, extract_state_dict, is_deployed_state,
+                          load_checkpoint_file, load_state_dict_strict, save_checkpoint_atomic)
+from ..models import ARCH_ZOO, RepVGG
+from ..utils.errors import CheckpointError, ConfigError
+from ..utils.fileio import check_output_path
 from ..version import __version__
+from .build import build_model, find_backbone, input_shape_from_config, with_data_preprocessor
 from .keymaps import SOURCES, convert_keys, detect_block_type, detect_source
+from .verify import DEFAULT_TOLERANCE, FoldReport, check_finite_state, fold_and_verify
 
-#: Default bound on the relative output difference (max |diff| / max |reference|) between
-#: the training-time and the folded model, in fp32. Exact folding measures 1e-6 - 2e-5 on
-#: deep models (tests/models/test_backbone.py); a real error (a BN in training mode, a
-#: wrong key) gives 1e-2 or more.
-DEFAULT_TOLERANCE = 1e-4
-
-
-@dataclasses.dataclass
-class FoldReport:
-    """What folding a model did and how close the outputs stayed.
-
-    Args:
-        folded: Blocks folded.
-        max_abs: Max absolute output difference (None if not verified).
-        max_rel: ``max_abs`` relative to the largest reference output.
-        input_shape: The shape of the verification input.
-    """
-
-    folded: int
-    max_abs: float | None = None
-    max_rel: float | None = None
-    input_shape: tuple[int, ...] | None = None
-
-    def summary(self) -> str:
-        text = f'folded {self.folded} RepVGG blocks'
-        if self.max_abs is not None:
-            text += (f'; outputs before vs after on input {self.input_shape}: max abs diff '
-                     f'{self.max_abs:.3g}, max rel diff {self.max_rel:.3g}')
-        return text
-
-
-# ------------------------------------------------------------------------------ models
-
-def find_backbone(model: nn.Module) -> RepVGG | None:
-    """The first :class:`RepVGG` inside ``model`` (None if there is none)."""
-    return next((m for m in model.modules() if isinstance(m, RepVGG)), None)
-
-
-def count_blocks(model: nn.Module, deployed: bool | None = None) -> int:
-    """How many RepVGG blocks (any type) ``model`` has (only folded or unfolded ones if given)."""
-    return sum(1 for m in model.modules() if isinstance(m, RepBlockBase)
-               and (deployed is None or m.deploy == deployed))
-
-
-def build_model(cfg: Config, deploy: bool = False) -> nn.Module:
-    """Build ``cfg.model`` on the CPU in eval mode, without loading pretrained weights.
-
-    SyncBN becomes BN (same parameters and buffers; no process group needed).
-
-    Args:
-        cfg: An mmseg or mmpretrain config whose model has an mmrepvgg RepVGG backbone.
-        deploy: Build the plain (folded) backbone directly.
-
-    Returns:
-        The model.
-
-    Raises:
-        ConfigError: If the model config does not build (an unknown arch or plan, ...).
-    """
-    from mmengine.registry import MODELS, init_default_scope
-
-    from ..apis.cli import error_message
-    from ..apis.config import ConfigError, is_config_error, replace_sync_bn
-    model_cfg = copy.deepcopy(cfg.model)
-    replace_sync_bn(model_cfg)
-    model_cfg.pop('pretrained', None)
-    backbone = model_cfg.get('backbone')
-    if isinstance(backbone, dict):
-        backbone['init_cfg'] = None
-        backbone.pop('pretrained', None)
-        if deploy:
-            backbone['deploy'] = True
-    init_default_scope(cfg.get('default_scope') or 'mmengine')
-    try:
-        model = MODELS.build(model_cfg)
-    except (KeyError, ValueError, TypeError) as err:
-        if not is_config_error(err):
-            raise
-        raise ConfigError(f'{cfg.filename or "the config"}: the model does not build: '
-                          f'{error_message(err)}') from err
-    return model.eval()
-
-
-def with_data_preprocessor(cfg: Config) -> Config:
-    """A copy of ``cfg`` whose ``model`` carries the top-level ``data_preprocessor``.
-
-    mmpretrain configs keep the preprocessor (mean/std) at the top level and mmengine's
-    Runner merges it into the model (``model.setdefault('data_preprocessor', ...)``); a model
-    built from ``cfg.model`` alone would not normalize.
-    """
-    cfg = copy.deepcopy(cfg)
-    top = cfg.get('data_preprocessor')
-    if top is not None and cfg.model.get('data_preprocessor') is None:
-        cfg.model['data_preprocessor'] = copy.deepcopy(top)
-    return cfg
-
-
-def input_shape_from_config(cfg: Config) -> tuple[int, int]:
-    """The ``(height, width)`` a config's model sees at test time (224 if nothing says).
-
-    In this order: ``crop_size``; ``model.data_preprocessor.size``; the last crop of the
-    test pipeline (``CenterCrop``, ...: what the model sees, e.g. 224 after ImageNet's
-    ``ResizeEdge(256)``); the last ``Resize``/``ResizeEdge`` of the test pipeline. The
-    pipeline is the test dataloader's (``test_pipeline`` / ``val_pipeline`` without one).
-    """
-    def pair(value: Any) -> tuple[int, int] | None:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value, value
-        if isinstance(value, Sequence) and len(value) == 2 and all(
-                isinstance(v, int) for v in value):
-            return int(value[0]), int(value[1])
-        return None
-
-    dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
-    pipeline = (dataset.get('pipeline') if isinstance(dataset, Mapping) else None) or \
-        cfg.get('test_pipeline') or cfg.get('val_pipeline') or []
-    crops, resizes = [], []
-    for step in pipeline:
-        kind = str(step.get('type', '')).split('.')[-1]
-        if 'Crop' in kind:
-            crops.append(pair(step.get('crop_size')))
-        elif kind in ('ResizeEdge', 'Resize') and 'scale' in step:
-            scale = pair(step['scale'])  # mmseg/mmcv Resize scale is (w, h)
-            resizes.append(scale[::-1] if scale else None)
-    candidates = [pair(cfg.get('crop_size')),
-                  pair((cfg.model.get('data_preprocessor') or {}).get('size')),
-                  *crops[::-1], *resizes[::-1]]
-    return next((value for value in candidates if value), (224, 224))
-
-
-def flatten_outputs(out: Any) -> list[Tensor]:
-    """The tensors in a model output (tensor, tuple/list or dict of them), in order."""
-    if isinstance(out, Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in flatten_outputs(v)]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in flatten_outputs(v)]
-    return []
-
-
-def tensor_forward(model: nn.Module, inputs: Tensor, data_samples: Any = None) -> list[Tensor]:
-    """Run ``model`` on a preprocessed batch: ``mode='tensor'`` for OpenMMLab models."""
-    with torch.no_grad():
-        try:
-            out = model(inputs, data_samples, mode='tensor')
-        except TypeError:  # a plain nn.Module (e.g. a bare backbone)
-            out = model(inputs)
-    outputs = flatten_outputs(out)
-    if not outputs:
-        raise RuntimeError(f'{type(model).__name__} returned no tensors in mode="tensor"')
-    return outputs
-
-
-class VerificationError(RuntimeError):
-    """The folded model is not right: non-finite outputs or weights, or outputs that differ."""
-
-
-def _count_nonfinite(tensors: Sequence[Tensor]) -> tuple[int, int]:
-    bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors if t.is_floating_point())
-    return bad, sum(t.numel() for t in tensors)
-
-
-#: Why a model's own outputs can be NaN or Inf (:func:`compare_outputs`' default).
-BROKEN_WEIGHTS = ("the model's weights or BN statistics are broken (a diverged run or a "
-                  'damaged checkpoint)')
-
-
-def compare_outputs(reference: Sequence[Tensor], outputs: Sequence[Tensor],
-                    labels: tuple[str, str] = ('before folding', 'after folding'),
-                    causes: tuple[str, str] = (BROKEN_WEIGHTS, BROKEN_WEIGHTS)
-                    ) -> tuple[float, float]:
-    """Max absolute difference and that relative to the largest reference magnitude.
-
-    Args:
-        reference: The reference outputs.
-        outputs: The outputs compared with them.
-        labels: What the two are, as the messages name them (default: the model before
-            and after folding; e.g. ``('of PyTorch', 'of ONNX Runtime (fp16)')``).
-        causes: Why each could hold NaN or Inf, for the message.
-
-    Raises:
-        VerificationError: If the outputs differ in number or shape, or if any output is
-            NaN or Inf (a NaN would otherwise vanish from the maximum and report a perfect
-            match).
-    """
-    if len(reference) != len(outputs):
-        raise VerificationError(f'{len(reference)} outputs {labels[0]}, {len(outputs)} '
-                                f'{labels[1]}')
-    for label, cause, tensors in zip(labels, causes, (reference, outputs)):
-        bad, total = _count_nonfinite(tensors)
-        if bad:
-            raise VerificationError(f'{bad} of {total} output values {label} are NaN or Inf: '
-                                    f'{cause}')
-    max_abs, scale = 0.0, 0.0
-    for ref, out in zip(reference, outputs):
-        if ref.shape != out.shape:
-            raise VerificationError(f'Output shapes differ: {tuple(ref.shape)} {labels[0]}, '
-                                    f'{tuple(out.shape)} {labels[1]}')
-        max_abs = max(max_abs, (out.double() - ref.double()).abs().max().item())
-        scale = max(scale, ref.double().abs().max().item())
-    return max_abs, max_abs / max(scale, 1e-12)
-
-
-def check_finite_state(state: Mapping[str, Tensor], what: str = 'The deployed state dict') -> None:
-    """Refuse a state dict holding NaN or Inf (a checkpoint that must never be written).
-
-    Raises:
-        VerificationError: Naming how many tensors are affected and the first ones.
-    """
-    bad = [k for k, v in state.items()
-           if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        shown = ', '.join(bad[:4]) + (', ...' if len(bad) > 4 else '')
-        raise VerificationError(f'{what} has {len(bad)} tensors with NaN or Inf ({shown}); '
-                                'nothing was written')
-
-
-def fold_and_verify(model: nn.Module, inputs: Tensor | None = None, data_samples: Any = None,
-                    tolerance: float | None = DEFAULT_TOLERANCE) -> FoldReport:
-    """Fold ``model`` in place (eval mode) and, given inputs, compare outputs before/after.
-
-    Args:
-        model: The training-time model; it is put in eval mode and folded in place.
-        inputs: A preprocessed batch (None: fold without verifying).
-        data_samples: Passed to the model with the inputs.
-        tolerance: Fail if the relative difference exceeds it (None: only report).
-
-    Returns:
-        A :class:`FoldReport`.
-
-    Raises:
-        VerificationError: If the outputs differ by more than ``tolerance`` or any is
-            NaN/Inf.
-        mmrepvgg.models.fusion.FoldError: If a block's weights or BN statistics are
-            non-finite or a variance is not positive (nothing is folded then).
-    """
-    model.eval()
-    reference = tensor_forward(model, inputs, data_samples) if inputs is not None else None
-    folded = count_blocks(model, deployed=False)
-    reparameterize(model)
-    report = FoldReport(folded)
-    if reference is not None:
-        report.max_abs, report.max_rel = compare_outputs(
-            reference, tensor_forward(model, inputs, data_samples))
-        report.input_shape = tuple(inputs.shape)
-        if tolerance is not None and not report.max_rel <= tolerance:
-            raise VerificationError(
-                f'The folded model does not reproduce the training-time one: max rel diff '
-                f'{report.max_rel:.3g} > {tolerance:g} (max abs {report.max_abs:.3g}). Are '
-                'all BN running statistics loaded?')
-    return report
-
-
-# ------------------------------------------------------------------------------ checkpoints
 
 def load_mapped_state(checkpoint: str | os.PathLike, source: str | None = None,
                       trust: bool = False) -> tuple[dict[str, Tensor], str, dict]:
@@ -308,7 +54,7 @@ def load_mapped_state(checkpoint: str | os.PathLike, source: str | None = None,
 def source_files(config: str | os.PathLike | Config,
                  checkpoint: str | os.PathLike) -> list[str | os.PathLike]:
     """The files a conversion or export is made from (the checkpoint and the config file): no
-    output of it may be one of them (:func:`mmrepvgg.checkpoint.check_output_path`'s
+    output of it may be one of them (:func:`mmrepvgg.utils.fileio.check_output_path`'s
     ``inputs``)."""
     if isinstance(config, Config):
         return [checkpoint] + ([config.filename] if config.filename else [])
@@ -326,7 +72,6 @@ def _build_and_load(cfg: Config, state: Mapping[str, Tensor], name: str,
     """
     model = build_model(cfg, deploy=deployed)
     if find_backbone(model) is None:
-        from ..apis.config import ConfigError
         raise ConfigError(f'The model of {cfg.filename or "the config"} has no RepVGG blocks '
                           '(no mmrepvgg RepVGG backbone): nothing to fold')
     check_block_type(model, state, name)
@@ -365,7 +110,7 @@ def load_model(cfg: Config, checkpoint: str | os.PathLike, source: str | None = 
     return model, deployed, meta
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """``value`` if it is made of plain Python types (loadable weights-only), else None."""
     if value is None:
         return None
@@ -373,11 +118,11 @@ def _plain(value: Any) -> Any:
         if isinstance(value, kind):
             return kind(value)
     if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
+        items = [plain_value(v) for v in value]
         return None if any(i is None for i, v in zip(items, value) if v is not None) else \
             type(value)(items)
     if isinstance(value, Mapping):
-        items = {str(k): _plain(v) for k, v in value.items()}
+        items = {str(k): plain_value(v) for k, v in value.items()}
         return None if any(items[str(k)] is None and v is not None
                            for k, v in value.items()) else items
     return None
@@ -393,7 +138,7 @@ def deploy_meta(model: nn.Module, cfg: Config | None, **extra: Any) -> dict:
     if cfg is not None:
         meta.update(config=cfg.pretty_text, config_file=cfg.filename)
     meta.update(extra)
-    return _plain(meta) or {}
+    return plain_value(meta) or {}
 
 
 def convert_checkpoint(config: str | Config,
@@ -459,8 +204,8 @@ def convert_checkpoint(config: str | Config,
     meta = deploy_meta(model, cfg, source=source, source_checkpoint=str(checkpoint),
                        max_abs_diff=report.max_abs, max_rel_diff=report.max_rel)
     for key in ('dataset_meta', 'CLASSES', 'PALETTE'):
-        if _plain(src_meta.get(key)) is not None:
-            meta[key] = _plain(src_meta[key])
+        if plain_value(src_meta.get(key)) is not None:
+            meta[key] = plain_value(src_meta[key])
     save_checkpoint_atomic({'state_dict': folded_state, 'meta': meta}, out, force=force,
                            inputs=sources)
     print_log(f'Wrote deployed checkpoint {out}', logger='current')
@@ -574,7 +319,7 @@ def convert_backbone_weights(checkpoint: str | os.PathLike,
     save_checkpoint_atomic(
         {'state_dict': {f'backbone.{k}': v.detach().clone().contiguous()
                         for k, v in backbone_state.items()},
-         'meta': _plain(meta)}, out, force=force, inputs=[checkpoint])
+         'meta': plain_value(meta)}, out, force=force, inputs=[checkpoint])
     print_log(f'Wrote {len(backbone_state)} backbone tensors (RepVGG-{backbone.arch_name}, '
               f'{block}) to {out}', logger='current')
     return meta

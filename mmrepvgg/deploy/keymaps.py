@@ -36,7 +36,7 @@ from typing import Mapping
 
 from torch import Tensor
 
-from ..checkpoint import CheckpointError
+from ..utils.errors import CheckpointError
 
 #: The layouts :func:`convert_keys` understands.
 SOURCES = ('mmrepvgg', 'official', 'mmpretrain', 'timm')

@@ -18,10 +18,19 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.evaluator import Evaluator
+from mmengine.registry import DATASETS, FUNCTIONS, init_default_scope
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from ..apis.config import ConfigError, DataNotFoundError
-from .onnx_export import InputSizeError, run_session, session_batch, task_of
+from ..utils.errors import ConfigError, DataNotFoundError, InputSizeError
+from ..utils.fileio import check_output_path
+from ..utils.timing import time_interleaved
+from .convert import load_model, source_files
+from .metadata import task_of
+from .onnx_export import export_onnx
+from .ort import create_session, run_session, session_batch
 
 #: The metric reported first, per task.
 MAIN_METRICS = ('accuracy/top1', 'mIoU')
@@ -54,7 +63,6 @@ def build_dataset(cfg: Config, split: str, test_pipeline: bool = True) -> Any:
     Returns:
         The dataset.
     """
-    from mmengine.registry import DATASETS, init_default_scope
     dataset_cfg = dict(_loader_cfg(cfg, split)['dataset'])
     if test_pipeline:
         test_ds = _innermost(dict(_loader_cfg(cfg, 'test')['dataset']))
@@ -69,8 +77,6 @@ def build_dataset(cfg: Config, split: str, test_pipeline: bool = True) -> Any:
 def make_loader(cfg: Config, dataset: Any, split: str, indices: Sequence[int] | None = None,
                 batch_size: int | None = None) -> torch.utils.data.DataLoader:
     """A single-process, unshuffled loader over ``dataset`` (or ``indices`` of it)."""
-    from mmengine.dataset import pseudo_collate
-    from mmengine.registry import FUNCTIONS
     loader = _loader_cfg(cfg, split)
     collate = pseudo_collate
     if loader.get('collate_fn'):
@@ -166,9 +172,6 @@ def evaluate(cfg: Config, predictor: Callable[[dict], list], split: str = 'test'
     Returns:
         The evaluator's metrics.
     """
-    from mmengine.evaluator import Evaluator
-    from mmengine.registry import init_default_scope
-    from tqdm import tqdm
     dataset = build_dataset(cfg, split)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     loader = make_loader(cfg, dataset, split, range(n))
@@ -202,7 +205,6 @@ def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split:
     Returns:
         Up to ``num`` arrays of the session's input shape (batch 1 if its batch is dynamic).
     """
-    from tqdm import tqdm
     dataset = build_dataset(cfg, split)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     rows = session_batch(session) or 1
@@ -233,7 +235,7 @@ def time_sessions(sessions: Mapping[str, Any], x: np.ndarray, warmup: int = 5,
                   round_seconds: float = 0.25) -> dict[str, dict]:
     """Milliseconds per ``session.run`` on ``x``, rounds interleaved over the sessions.
 
-    The benchmark's timing loop (:func:`mmrepvgg.analysis.benchmark.time_interleaved`):
+    The benchmark's timing loop (:func:`mmrepvgg.utils.timing.time_interleaved`):
     round 1 of every session, then round 2, ..., the order rotated each round, so a busy
     machine slows them alike. The speed is the median round.
 
@@ -248,7 +250,6 @@ def time_sessions(sessions: Mapping[str, Any], x: np.ndarray, warmup: int = 5,
     Returns:
         ``{name: dict(ms=median, ms_best=best, rounds=[...], iters=n)}``.
     """
-    from ..analysis.benchmark import time_interleaved
     runs = {}
     for name, s in sessions.items():
         inp = s.get_inputs()[0]
@@ -310,9 +311,6 @@ def evaluate_export(cfg: Config, checkpoint: str, out: str, shape: tuple[int, in
     Returns:
         ``dict(metric, pytorch, onnx, diff, shape, out)`` with both metric dicts.
     """
-    from ..checkpoint import check_output_path
-    from .convert import load_model, source_files
-    from .onnx_export import create_session, export_onnx
     check_output_path(out, force, source_files(cfg, checkpoint))  # before the evaluation
     loaded = load_model(cfg, checkpoint, source, trust)
     model = loaded[0]

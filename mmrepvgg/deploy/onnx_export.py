@@ -30,26 +30,28 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
-import importlib
 import io
-import json
 import os
 import warnings
 from collections import Counter
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from ..analysis.models import TensorForward
-from ..checkpoint import check_output_path, write_bytes_atomic
-from .convert import (BROKEN_WEIGHTS, DEFAULT_TOLERANCE, FoldReport, VerificationError,
-                      compare_outputs, deploy_meta, find_backbone, fold_and_verify,
-                      input_shape_from_config, load_model, source_files, tensor_forward)
+from ..utils.errors import ExportError, VerificationError
+from ..utils.fileio import check_output_path, write_bytes_atomic
+from ..utils.optional import require
+from .build import input_shape_from_config
+from .convert import deploy_meta, load_model, source_files
+from .forward import TensorForward, tensor_outputs
+from .metadata import backbone_blocks, class_names, preprocess_meta, set_metadata, task_of
+from .ort import create_session, run_session
+from .pools import check_adaptive_pools, probe
+from .verify import (BROKEN_WEIGHTS, DEFAULT_TOLERANCE, FoldReport, compare_outputs,
+                     fold_and_verify)
 
 #: The exporters :func:`export_module` knows.
 EXPORTERS = ('dynamo', 'torchscript')
@@ -60,330 +62,12 @@ DEFAULT_OPSET = 18
 ONNX_TOLERANCE = {'fp32': 1e-4, 'fp16': 1e-2}
 INPUT_NAME = 'input'
 OUTPUT_NAME = 'logits'
-#: Packages the ONNX path needs, with the version ``requirements/deploy.txt`` pins.
-_PACKAGES = {'onnx': 'onnx==1.23.2', 'onnxruntime': 'onnxruntime==1.31.1',
-             'onnxscript': 'onnxscript==0.7.2'}
 
 
-class MissingDependencyError(ImportError):
-    """An optional package of the ONNX path (``requirements/deploy.txt``) is not installed."""
 
 
-class ExportError(RuntimeError):
-    """The model cannot be exported as asked: the exporter fails on it, ``onnx.checker``
-    rejects the graph, or the input size does not suit the model or the data."""
 
 
-class InputSizeError(ExportError, ValueError):
-    """An input size the exported graph cannot take (or the data does not give it)."""
-
-
-def require(name: str) -> Any:
-    """Import an optional deploy package, or say in one line how to install it.
-
-    Only the package itself missing is reported so; an installed package that fails to
-    import (a broken install) raises its own error, with its traceback.
-
-    Args:
-        name: ``'onnx'``, ``'onnxruntime'`` or ``'onnxscript'``.
-
-    Returns:
-        The module.
-
-    Raises:
-        MissingDependencyError: If the package is not installed.
-    """
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name != name:
-            raise
-        raise MissingDependencyError(
-            f'{name} is not installed: pip install {_PACKAGES.get(name, name)} '
-            '(requirements/deploy.txt; make env installs it)') from None
-
-
-# ------------------------------------------------------------------------------ sessions
-
-def create_session(model: str | os.PathLike | bytes | Any, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session for a model file, serialized bytes or ``ModelProto``.
-
-    Args:
-        model: The model.
-        threads: Intra-op threads (None: ONNX Runtime's default, one per physical core).
-
-    Returns:
-        An ``onnxruntime.InferenceSession`` on ``CPUExecutionProvider``.
-    """
-    ort = require('onnxruntime')
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    if not isinstance(model, (str, os.PathLike, bytes)):
-        model = model.SerializeToString()
-    return ort.InferenceSession(str(model) if isinstance(model, os.PathLike) else model, opts,
-                                providers=['CPUExecutionProvider'])
-
-
-def session_batch(session: Any) -> int | None:
-    """The static batch size of a session's input (None if the batch axis is dynamic)."""
-    dim = session.get_inputs()[0].shape[0]
-    return dim if isinstance(dim, int) else None
-
-
-def run_session(session: Any, x: Tensor | np.ndarray) -> Tensor:
-    """Run a one-input session on a batch of any size; returns the first output (float32).
-
-    A batch larger than a static batch axis is run in chunks (the last one padded).
-    """
-    arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
-    inp = session.get_inputs()[0]
-    if inp.type == 'tensor(float16)':
-        arr = arr.astype(np.float16)
-    elif arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
-    static = session_batch(session)
-    if static is None or static == len(arr):
-        return torch.from_numpy(np.asarray(session.run(None, {inp.name: arr})[0],
-                                           dtype=np.float32))
-    outs = []
-    for start in range(0, len(arr), static):
-        chunk = arr[start:start + static]
-        n = len(chunk)
-        if n < static:
-            chunk = np.concatenate([chunk, np.zeros((static - n, *chunk.shape[1:]), chunk.dtype)])
-        outs.append(np.asarray(session.run(None, {inp.name: chunk})[0], dtype=np.float32)[:n])
-    return torch.from_numpy(np.concatenate(outs))
-
-
-# ------------------------------------------------------------------------------ configs
-
-def task_of(model: nn.Module) -> str:
-    """``'segmentation'`` for an mmseg segmentor, else ``'classification'``."""
-    return 'segmentation' if hasattr(model, 'decode_head') else 'classification'
-
-
-def preprocess_meta(cfg: Config) -> dict:
-    """Mean, std and channel order of the model's input, from the config's data preprocessor."""
-    pre = dict(cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {})
-    bgr_to_rgb = bool(pre.get('bgr_to_rgb', pre.get('to_rgb', False)))
-    return dict(mean=_floats(pre.get('mean')), std=_floats(pre.get('std')),
-                bgr_to_rgb=bgr_to_rgb)
-
-
-def _floats(value: Any) -> list[float] | None:
-    return None if value is None else [float(v) for v in value]
-
-
-def class_names(cfg: Config, checkpoint_meta: Mapping | None = None) -> list[str] | None:
-    """The class names: from the checkpoint's ``dataset_meta``, the config or the dataset class.
-
-    Returns:
-        The names, or None if neither says (e.g. a ``CustomDataset`` image folder).
-    """
-    meta = dict(checkpoint_meta or {})
-    for source in (meta.get('dataset_meta') or {}, meta):
-        for key in ('classes', 'CLASSES'):
-            if source.get(key):
-                return [str(c) for c in source[key]]
-    loader = cfg.get('test_dataloader') or cfg.get('val_dataloader') or {}
-    dataset = dict(loader.get('dataset') or {})
-    while 'dataset' in dataset and 'metainfo' not in dataset:
-        dataset = dict(dataset['dataset'])
-    if (dataset.get('metainfo') or {}).get('classes'):
-        return [str(c) for c in dataset['metainfo']['classes']]
-    try:
-        from mmengine.registry import DATASETS
-        with DATASETS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
-            cls = registry.get(dataset.get('type'))
-        classes = (getattr(cls, 'METAINFO', None) or {}).get('classes')
-    except Exception:  # an unknown dataset type: no names
-        classes = None
-    return [str(c) for c in classes] if classes else None
-
-
-# ------------------------------------------------------------------------------ models
-
-def backbone_blocks(model: nn.Module) -> int:
-    """Blocks of the RepVGG backbone: the stem plus every layer of every stage."""
-    backbone = find_backbone(model)
-    if backbone is None:
-        return 0
-    return 1 + sum(len(getattr(backbone, name)) for name in backbone.stage_names)
-
-
-@dataclasses.dataclass
-class PoolUse:
-    """One call of an adaptive pool: its module name, output size and input size."""
-
-    name: str
-    output_size: tuple[int, int]
-    input_size: tuple[int, int]
-
-    def divides(self, dim: int) -> bool:
-        return self.input_size[dim] % self.output_size[dim] == 0
-
-
-@dataclasses.dataclass
-class Probe:
-    """What a shape-only forward pass saw: adaptive pools and conv calls."""
-
-    pools: list[PoolUse]
-    convs: int
-    backbone_convs: int
-
-
-def _pair(size: Any, fallback: tuple[int, int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    return tuple(fb if s is None else int(s) for s, fb in zip(size, fallback))
-
-
-def _on_meta(model: nn.Module) -> nn.Module:
-    """``model`` if it is on the meta device, else a copy there that copies no data."""
-    param = next(model.parameters(), None)
-    if param is not None and param.device.type == 'meta':
-        return model
-    memo: dict[int, Any] = {}
-    for p in model.parameters():
-        memo[id(p)] = nn.Parameter(torch.empty_like(p, device='meta'), p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = torch.empty_like(b, device='meta')
-    return copy.deepcopy(model, memo)
-
-
-def probe(model: nn.Module, shape: tuple[int, int]) -> Probe:
-    """Run ``model`` on a ``(1, 3, H, W)`` input on the meta device (no compute, no memory).
-
-    Records every adaptive average/max pool's input and output size and counts the conv
-    calls (all, and inside the RepVGG backbone). A model not on the meta device is copied
-    there first.
-    """
-    meta = _on_meta(model)
-    backbone = find_backbone(meta)
-    in_backbone = {id(m) for m in backbone.modules()} if backbone is not None else set()
-    names = {m: n for n, m in meta.named_modules()}
-    pools: list[PoolUse] = []
-    convs = [0, 0]
-
-    def pool_hook(module: nn.Module, args: tuple) -> None:
-        size = tuple(int(s) for s in args[0].shape[-2:])
-        pools.append(PoolUse(names[module], _pair(module.output_size, size), size))
-
-    def conv_hook(module: nn.Module, args: tuple) -> None:
-        convs[0] += 1
-        convs[1] += id(module) in in_backbone
-
-    handles = []
-    for m in meta.modules():
-        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            handles.append(m.register_forward_pre_hook(pool_hook))
-        elif isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_pre_hook(conv_hook))
-    try:
-        with torch.no_grad():
-            TensorForward(meta)(torch.empty(1, 3, *shape, device='meta'))
-    finally:
-        for h in handles:
-            h.remove()
-    return Probe(pools, convs[0], convs[1])
-
-
-def _ranges(values: Sequence[int]) -> str:
-    out, run = [], [values[0]] if values else []
-    for v in values[1:]:
-        if v == run[-1] + 1:
-            run.append(v)
-        else:
-            out.append(run)
-            run = [v]
-    if run:
-        out.append(run)
-    return ', '.join(f'{r[0]}-{r[-1]}' if len(r) > 1 else str(r[0]) for r in out)
-
-
-def pool_friendly_sizes(model: nn.Module, shape: tuple[int, int], span: int = 64) -> dict:
-    """Input heights and widths near ``shape`` at which every adaptive pool divides its input.
-
-    Height and width are independent (each depends only on the convs' strides along it),
-    so each is searched with the other one fixed, by :func:`probe`.
-
-    Args:
-        model: The model.
-        shape: The requested ``(H, W)``.
-        span: How far to search on each side.
-
-    Returns:
-        ``{'height': [...], 'width': [...]}``: the nearest run of working sizes below and
-        above the requested one (each may be empty).
-    """
-    model = _on_meta(model)
-    out = {}
-    for dim, key in ((0, 'height'), (1, 'width')):
-        def ok(n: int) -> bool:
-            size = list(shape)
-            size[dim] = n
-            return all(p.divides(dim) for p in probe(model, tuple(size)).pools)
-
-        found = []
-        for step in (-1, 1):
-            n = shape[dim] + step
-            while 8 <= n and abs(n - shape[dim]) <= span and not ok(n):
-                n += step
-            if n < 8 or abs(n - shape[dim]) > span:
-                continue
-            run = [n]
-            while len(run) < 16 and ok(run[-1] + step):
-                run.append(run[-1] + step)
-            found += run
-        out[key] = sorted(set(found))
-    return out
-
-
-class PoolShapeError(InputSizeError):
-    """The adaptive pools cannot be exported at the requested input size."""
-
-
-def check_adaptive_pools(model: nn.Module, shape: tuple[int, int], exporter: str,
-                         seen: Probe | None = None) -> str | None:
-    """Check that the adaptive pools can be exported at ``shape`` by ``exporter``.
-
-    Args:
-        model: The model.
-        shape: Input ``(H, W)``.
-        exporter: ``'torchscript'`` (refuses) or ``'dynamo'`` (exports them exactly as gathers).
-        seen: A :func:`probe` at ``shape`` (made here if None).
-
-    Returns:
-        None if every pool divides its input; else (dynamo) a one-line note.
-
-    Raises:
-        PoolShapeError: For the TorchScript exporter, with the sizes that work.
-    """
-    seen = seen or probe(model, shape)
-    bad = [p for p in seen.pools if not (p.divides(0) and p.divides(1))]
-    if not bad:
-        return None
-    owners = sorted({p.name.rsplit('.', 2)[0] for p in bad})
-    outs = sorted({p.output_size for p in seen.pools})
-    sizes = pool_friendly_sizes(model, shape)
-    where = (f'input heights {_ranges(sizes["height"]) or "none nearby"} and widths '
-             f'{_ranges(sizes["width"]) or "none nearby"}')
-    what = (f'the adaptive pools of {", ".join(owners)} (output sizes '
-            f'{", ".join("x".join(map(str, o)) for o in outs)}) get a '
-            f'{bad[0].input_size[0]}x{bad[0].input_size[1]} map at {shape[0]}x{shape[1]}, '
-            'not a multiple of their output sizes')
-    if exporter == 'torchscript':
-        raise PoolShapeError(f'Cannot export at {shape[0]}x{shape[1]} with the TorchScript '
-                             f'exporter: {what}. Sizes that work: {where} (--shape H W), or '
-                             'use --exporter dynamo, which exports them exactly as gathers')
-    return (f'{what}: exported exactly as gathers and means (slower than AveragePool); '
-            f'sizes where they are plain AveragePool: {where}')
-
-
-# ------------------------------------------------------------------------------ export
 
 def export_module(module: nn.Module, example: Tensor, exporter: str = 'dynamo',
                   opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Any:
@@ -463,38 +147,6 @@ def graph_summary(proto: Any) -> dict[str, int]:
     """Node counts per op type, most frequent first."""
     return dict(Counter(n.op_type for n in proto.graph.node).most_common())
 
-
-def set_metadata(proto: Any, meta: Mapping[str, Any]) -> None:
-    """Write ``meta`` into the model's ``metadata_props``, every value JSON-encoded."""
-    existing = {p.key: p for p in proto.metadata_props}
-    for key, value in meta.items():
-        text = json.dumps(value)
-        if key in existing:
-            existing[key].value = text
-        else:
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, text
-
-
-def input_name(model: str | os.PathLike | Any) -> str:
-    """The name of an ONNX model's (first) input, read from the graph (no session made)."""
-    if isinstance(model, (str, os.PathLike)):
-        model = require('onnx').load(str(model), load_external_data=False)
-    weights = {i.name for i in model.graph.initializer}
-    return next(i.name for i in model.graph.input if i.name not in weights)
-
-
-def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
-    """The ``metadata_props`` of an ONNX file (or ``ModelProto``), JSON values decoded."""
-    if isinstance(model, (str, os.PathLike)):
-        model = require('onnx').load(str(model), load_external_data=False)
-    out = {}
-    for p in model.metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except ValueError:
-            out[p.key] = p.value
-    return out
 
 
 @dataclasses.dataclass
@@ -618,7 +270,7 @@ def export_onnx(config: str | Config,
     exports ``model(x, mode='tensor')``, checks the graph (``onnx.checker``; no
     BatchNormalization; as many Conv nodes as the folded model calls convs), runs ONNX
     Runtime on the same random input as PyTorch and compares with the model the checkpoint
-    holds, then writes the file atomically (:func:`mmrepvgg.checkpoint.write_atomic`, the one
+    holds, then writes the file atomically (:func:`mmrepvgg.utils.fileio.write_atomic`, the one
     writer of every output) with the preprocessing and class names in its metadata.
 
     Args:
@@ -675,7 +327,7 @@ def export_onnx(config: str | Config,
         print_log(f'note: {note}', logger='current')
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, *shape, generator=gen)
-    reference = tensor_forward(model, x)
+    reference = tensor_outputs(model, x)
     fold = None
     if not deployed:
         fold = fold_and_verify(model, x, tolerance=fold_tolerance)

@@ -35,14 +35,19 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
+from tqdm import tqdm
 
-from ..analysis.quant_error import tensor_sqnr_db
-from ..checkpoint import check_output_paths, write_bytes_atomic, write_json_atomic
-from .onnx_eval import (OnnxPredictor, capture_inputs, evaluate, main_metric, time_sessions)
+from ..utils.device import device_info
+from ..utils.errors import QuantizationError
+from ..utils.fileio import check_output_paths, write_bytes_atomic
+from ..utils.metrics import tensor_sqnr_db
+from ..utils.optional import require
 from .convert import source_files
-from .onnx_export import (DEFAULT_OPSET, create_session, export_onnx, graph_summary,
-                          input_name, node_module, read_metadata, require, run_session,
-                          set_metadata)
+from .metadata import set_metadata
+from .onnx_eval import OnnxPredictor, capture_inputs, evaluate, main_metric, time_sessions
+from .onnx_export import DEFAULT_OPSET, export_onnx, graph_summary, node_module
+from .ort import create_session, input_name, read_metadata, run_session
+from .quant_report import write_report
 
 #: Calibration methods (ONNX Runtime's ``CalibrationMethod`` names).
 CALIBRATORS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percentile'}
@@ -51,10 +56,6 @@ ACTIVATION_TYPES = {'int8': 'QInt8', 'uint8': 'QUInt8'}
 #: Ops whose weights are quantized; each is a "layer" of the sensitivity ranking.
 WEIGHTED_OPS = ('Conv', 'ConvTranspose', 'Gemm', 'MatMul')
 
-
-class QuantizationError(ValueError):
-    """A quantization request the graph cannot meet: a layer to keep in float that it does
-    not have, or ``keep_float`` without the sensitivity ranking that picks the layers."""
 
 
 def _q() -> Any:
@@ -127,7 +128,6 @@ def calibrate(model: str | os.PathLike, inputs: Sequence[np.ndarray], method: st
         progress: Show a progress bar.
     """
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-    from tqdm import tqdm
     q = _q()
     name = input_name(model)
     ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # as quantize_static does
@@ -179,7 +179,6 @@ def layer_sensitivity(model: str | os.PathLike, cache: str | os.PathLike,
     Returns:
         ``[dict(node, module, op, sqnr_db, rank)]``, most sensitive (lowest SQNR) first.
     """
-    from tqdm import tqdm
     if reference is None:
         fp32 = create_session(model, threads)
         reference = [run_session(fp32, x) for x in inputs]
@@ -411,7 +410,6 @@ def quantize_checkpoint(config: str | Config,
         if run_eval:
             result['eval'] = _eval_and_time(cfg, model, fp32, int8, calib[0], max_eval_images,
                                             threads, speed_iters, speed_rounds, progress)
-    from ..analysis.benchmark import device_info
     result.update(device=dict(cpu=device_info('cpu')['cpu'], cpu_count=os.cpu_count(),
                               ort_threads=threads), versions=_versions())
     write_report(result, report_json, force=force, inputs=sources)
@@ -440,96 +438,6 @@ def _eval_and_time(cfg: Config, model: Any, fp32: Any, int8: Any, example: np.nd
                            fp32_rounds=speed['fp32']['rounds'],
                            int8_rounds=speed['int8']['rounds']))
 
-
-#: Short names of the headline metrics.
-METRIC_NAMES = {'accuracy/top1': 'top-1', 'mIoU': 'mIoU'}
-
-
-def summary_lines(result: dict, top: int = 3) -> list[str]:
-    """A few lines for the console: both models' metric and speed, the int8 file, the ratio,
-    the most sensitive layers."""
-    lines = []
-    ev = result.get('eval')
-    if ev:
-        name, sp = METRIC_NAMES.get(ev['metric'], ev['metric']), ev['speed']
-        lines += [f'fp32 ONNX  {name} {ev["fp32"][ev["metric"]]:.2f}  '
-                  f'({sp["fp32_ms"]:.3f} ms/run)',
-                  f'int8 ONNX  {name} {ev["int8"][ev["metric"]]:.2f}  '
-                  f'({sp["int8_ms"]:.3f} ms/run)  {result["int8_onnx"]}',
-                  f'fp32/int8 CPU time ratio {sp["fp32_over_int8"]:.2f}x '
-                  f'({sp["rounds"]} interleaved rounds, ONNX Runtime threads: '
-                  f'{sp["threads"] or "default"})']
-    else:
-        lines.append(f'int8 ONNX  {result["int8_onnx"]}')
-    sens = result.get('sensitivity')
-    if sens:
-        lines.append(f'most sensitive layers (output SQNR, one layer int8): ' + ', '.join(
-            f'{r["module"]} {r["sqnr_db"]:.1f} dB' for r in sens['layers'][:top]))
-    kept = result['quantization']['kept_float']
-    lines.append('kept in float: ' + (', '.join(k['module'] for k in kept) or 'none'))
-    return lines
-
-
-def report_markdown(result: dict, top: int = 10) -> str:
-    """The report as markdown: setup, accuracy and speed, kept layers, sensitivity."""
-    q = result['quantization']
-    lines = ['# int8 quantization report', '']
-    if result.get('command'):
-        lines += [f'Generated by `{result["command"]}`.', '']
-    calib = q['calibration']
-    lines += [f'- model: `{result["config"]}`, checkpoint `{result["checkpoint"]}`',
-              f'- int8 model: `{result["int8_onnx"]}`',
-              f'- quantization: {q["format"]}, weights {q["weights"]}, activations '
-              f'{q["activations"]}; {calib["method"]} calibration on {calib["inputs"]} '
-              f'{calib["split"]} inputs',
-              f'- kept in float: ' + (', '.join(f'`{k["module"]}` ({k["reason"]})'
-                                                for k in q['kept_float']) or 'none'),
-              f'- layers quantized: {len(result["graph"]["quantized_layers"])}, float: '
-              f'{len(result["graph"]["float_layers"])}; {result["graph"]["QuantizeLinear"]} '
-              f'QuantizeLinear / {result["graph"]["DequantizeLinear"]} DequantizeLinear; size '
-              f'{result["graph"]["fp32_mb"]:.2f} MB fp32 -> {result["graph"]["int8_mb"]:.2f} '
-              'MB int8',
-              f'- output SQNR int8 vs fp32: {result["output_sqnr_db"]:.1f} dB',
-              f'- device: {result["device"]["cpu"]}, ONNX Runtime threads: '
-              f'{result["device"]["ort_threads"] or "default"}; versions: '
-              + ', '.join(f'{k} {v}' for k, v in result['versions'].items()), '']
-    ev = result.get('eval')
-    if ev:
-        sp = ev['speed']
-        lines += [f'## Accuracy ({ev["split"]} split) and CPU speed', '',
-                  f'| model | {ev["metric"]} | ms / run (median of {sp["rounds"]} interleaved '
-                  'rounds) |', '|---|---|---|',
-                  f'| fp32 ONNX | {ev["fp32"][ev["metric"]]:.2f} | {sp["fp32_ms"]:.3f} |',
-                  f'| int8 ONNX | {ev["int8"][ev["metric"]]:.2f} | {sp["int8_ms"]:.3f} |', '',
-                  f'int8 - fp32: {ev["delta"]:+.2f}; fp32/int8 time ratio: '
-                  f'{sp["fp32_over_int8"]:.2f}x (input {"x".join(map(str, sp["input"]))})', '']
-    sens = result.get('sensitivity')
-    if sens:
-        lines += [f'## Most sensitive layers (top {min(top, len(sens["layers"]))} of '
-                  f'{len(sens["layers"])})', '', sens['method'] + f', {sens["inputs"]} '
-                  f'{sens["split"]} inputs.', '', '| rank | layer | op | SQNR (dB) |',
-                  '|---|---|---|---|']
-        lines += [f'| {r["rank"]} | `{r["module"]}` | {r["op"]} | {r["sqnr_db"]:.1f} |'
-                  for r in sens['layers'][:top]]
-    return '\n'.join(lines) + '\n'
-
-
-def write_report(result: dict, path: str | os.PathLike, force: bool = False,
-                 inputs: Sequence[str | os.PathLike] = ()) -> None:
-    """Write the report as json and as markdown beside it (``.md``), atomically.
-
-    Args:
-        result: The report.
-        path: The json file; the markdown goes to the same name with ``.md``.
-        force: Overwrite existing files.
-        inputs: Files the report is about (the checkpoint, the config): never overwritten.
-    """
-    path = Path(path)
-    check_output_paths([path, path.with_suffix('.md')], force, inputs)
-    write_json_atomic(path, result, force=force, inputs=inputs)
-    write_bytes_atomic(path.with_suffix('.md'), report_markdown(result), force=force,
-                       inputs=inputs)
-    print_log(f'Wrote {path} and {path.with_suffix(".md")}', logger='current')
 
 
 def quantize_for_timing(proto: Any, example: np.ndarray, batches: int = 4) -> Any:

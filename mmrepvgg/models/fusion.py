@@ -20,12 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..utils.errors import FoldError
 
-class FoldError(ValueError):
-    """A conv and BN cannot be folded: no running statistics, non-finite values, var + eps <= 0.
-
-    Folding such a layer would write NaN or Inf into the plain kernel.
-    """
 
 
 def nonfinite_problem(tensor: Tensor | None, what: str) -> str | None:

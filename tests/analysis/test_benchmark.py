@@ -12,8 +12,9 @@ import torch
 
 from mmrepvgg.analysis import benchmark_markdown, run_benchmark
 from mmrepvgg.analysis.benchmark import compute_ratios
-from mmrepvgg.analysis.precision import backend_supported
-from tests.helpers import one_error_line, run_script
+from mmrepvgg.analysis.metafile import load_metafile
+from mmrepvgg.utils.device import backend_supported
+from tests.helpers import METAFILE, one_error_line, run_script
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -64,10 +65,10 @@ def test_plot_from_the_json(report, tmp_path):
     mine = plt.figure()  # a caller's figure: the plot closes only its own
     before = plt.get_fignums()
     try:
-        points = plot_speed_accuracy(report, str(tmp_path / 'plot.png'), table=4)
+        points = plot_speed_accuracy(report, str(tmp_path / 'plot.png'), METAFILE, table=4)
         assert plt.get_fignums() == before
         with pytest.raises(ValueError, match='give a figure file'):
-            plot_speed_accuracy(report, str(tmp_path / 'plot.txt'))
+            plot_speed_accuracy(report, str(tmp_path / 'plot.txt'), METAFILE)
         assert plt.get_fignums() == before
     finally:
         plt.close(mine)
@@ -117,7 +118,7 @@ def _proto(**kw):
 
 
 def test_paper_protocol_flag_exactly_for_the_papers_protocol():
-    from mmrepvgg.analysis.benchmark import is_paper_protocol, protocol_differences
+    from mmrepvgg.analysis.report import is_paper_protocol, protocol_differences
     assert is_paper_protocol(_proto())
     assert is_paper_protocol(_proto(task='seg', batch=16, shape=[713, 713], rounds=1))
     for changed in (dict(batch=64), dict(shape=[256, 256]), dict(warmup=20), dict(iters=10),
@@ -146,7 +147,7 @@ def test_paper_protocol_flag_computed_by_the_run(monkeypatch):
 
 
 def test_precision_is_set_recorded_and_restored():
-    from mmrepvgg.analysis.precision import float32_precision, precision_label, tf32_state
+    from mmrepvgg.utils.precision import float32_precision, precision_label, tf32_state
     before = tf32_state()
     with float32_precision(False) as state:
         assert state['cudnn_conv_tf32'] is False and state['matmul_tf32'] is False
@@ -165,7 +166,7 @@ def test_precision_is_set_recorded_and_restored():
 def test_precision_with_the_legacy_allow_tf32_api():
     """torch without the fp32_precision API: the allow_tf32 flags are set and restored."""
     code = '\n'.join([
-        'from mmrepvgg.analysis import precision as p',
+        'from mmrepvgg.utils import precision as p',
         'p._new_api = lambda: False',
         'before = p.tf32_state()',
         'assert before["api"] == "allow_tf32", before',
@@ -189,9 +190,9 @@ def test_tf32_is_refused_on_the_cpu():
 
 def test_a_device_that_is_not_there_is_refused_by_every_entry_point(monkeypatch):
     """Library callers get the same check as the tools: a ValueError before any build."""
-    from mmrepvgg.analysis.precision import resolve_device
-    from mmrepvgg.analysis.weight_swap import weight_swap_benchmark
-    from mmrepvgg.deploy.exactness import checkpoint_precision_errors, precision_errors
+    from mmrepvgg.utils.device import resolve_device
+    from projects.exactness.exactness import checkpoint_precision_errors, precision_errors
+    from projects.weight_swap.weight_swap import weight_swap_benchmark
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     assert resolve_device(None) == torch.device('cpu')
     assert resolve_device('cpu') == torch.device('cpu')
@@ -207,7 +208,7 @@ def test_a_device_that_is_not_there_is_refused_by_every_entry_point(monkeypatch)
 
 
 def test_cudnn_benchmark_context_restores():
-    from mmrepvgg.analysis.precision import cudnn_benchmark
+    from mmrepvgg.utils.precision import cudnn_benchmark
     before = torch.backends.cudnn.benchmark
     with cudnn_benchmark(not before):
         assert torch.backends.cudnn.benchmark is (not before)
@@ -216,7 +217,9 @@ def test_cudnn_benchmark_context_restores():
 
 def test_achieved_tflops_and_fraction_of_peak(report):
     from mmrepvgg.analysis.complexity import count_complexity
-    from mmrepvgg.analysis.models import TensorForward, build_model, example_input
+    from mmrepvgg.analysis.models import build_from_spec as build_model
+    from mmrepvgg.analysis.models import example_input
+    from mmrepvgg.deploy.forward import TensorForward
     r = next(r for r in report['results'] if r['variant'] == 'train')
     macs = count_complexity(TensorForward(build_model('A0').model), example_input((32, 32))).flops
     assert r['gmacs_per_example'] == pytest.approx(macs / 1e9)
@@ -230,13 +233,14 @@ def test_achieved_tflops_and_fraction_of_peak(report):
 
 
 def test_measured_matmul_peak():
-    from mmrepvgg.analysis.precision import measure_matmul_peak
+    from mmrepvgg.utils.precision import measure_matmul_peak
     peak = measure_matmul_peak('cpu', 'fp32', size=128, iters=2, warmup=1)
     assert peak['tflops'] > 0 and peak['size'] == 128
 
 
 def test_interleaved_order_rotates():
-    from mmrepvgg.analysis.benchmark import device_sync, time_interleaved
+    from mmrepvgg.utils.device import device_sync
+    from mmrepvgg.utils.timing import time_interleaved
     calls, syncs = [], []
     runs = [(f'm{i}', lambda i=i: calls.append(i)) for i in range(3)]
     rates = time_interleaved(runs, iters=2, rounds=3, warmup=0, examples=4,
@@ -257,7 +261,7 @@ def test_the_benchmark_and_the_weight_swap_time_with_the_one_loop(monkeypatch):
     import statistics
 
     from mmrepvgg.analysis import benchmark as bm
-    from mmrepvgg.analysis import weight_swap as ws
+    from projects.weight_swap import weight_swap as ws
     seen = []
 
     def fake(runs, iters, rounds, warmup, examples, sync, log='benchmark'):
@@ -284,8 +288,8 @@ def test_the_benchmark_and_the_weight_swap_time_with_the_one_loop(monkeypatch):
 # ---------------------------------------------------------------- peers
 
 def test_peer_specs():
-    from mmrepvgg.analysis.benchmark import with_peers
     from mmrepvgg.analysis.peers import parse_peer
+    from mmrepvgg.analysis.variants import with_peers
     assert parse_peer('timm:repvgg_b1g4') == ('timm', 'B1g4')
     assert parse_peer('mmpretrain:RepVGG-B2g2') == ('mmpretrain', 'B2g2')
     assert parse_peer('A0') is None and parse_peer('configs/x.py') is None
@@ -300,7 +304,7 @@ def test_peer_specs():
 
 
 def test_peers_in_the_same_run():
-    from mmrepvgg.analysis.benchmark import with_peers
+    from mmrepvgg.analysis.variants import with_peers
     report = run_benchmark(with_peers(['A0']), batch=1, shape=(32, 32), warmup=1, iters=1,
                            rounds=2, variants=('deploy', ), memory=True)
     got = {(r['model'], r['source']): r for r in report['results']}
@@ -329,8 +333,9 @@ def test_peers_in_the_same_run():
 
 
 def _deployed_pair(arch, spec, num_classes=10):
-    from mmrepvgg.analysis.models import TensorForward, build_model
+    from mmrepvgg.analysis.models import build_from_spec as build_model
     from mmrepvgg.analysis.peers import build_peer
+    from mmrepvgg.deploy.forward import TensorForward
     from mmrepvgg.models import reparameterize
     ours = TensorForward(reparameterize(build_model(arch, num_classes=num_classes).model)).eval()
     return ours, TensorForward(build_peer(spec, num_classes).model).eval()
@@ -403,8 +408,8 @@ def _swap_two_convs(src, dst, src_layout, dst_layout):
 def test_a_wrong_copy_stops_the_benchmark(monkeypatch, copy):
     """The output check, not the copy, is what guarantees equal weights: it catches a copy
     that leaves a peer's own weights or puts ours on the wrong layers."""
-    from mmrepvgg.analysis import benchmark as bm
-    monkeypatch.setattr(bm, 'copy_weights',
+    from mmrepvgg.analysis import variants
+    monkeypatch.setattr(variants, 'copy_weights',
                         (lambda *args: 0) if copy == 'none' else _swap_two_convs)
     with pytest.raises(ValueError, match=r'RepVGG-A0 \[timm\]: with our weights its output '
                        'differs from ours by'):
@@ -444,14 +449,16 @@ def test_cli_peer_weights(monkeypatch, tmp_path):
 def test_peer_d2se_timm_matches_and_mmpretrain_is_another_network():
     """timm's deployed D2se is ours (SE keys mapped); mmpretrain's drops the SE layer once
     deployed, which the output check catches (hence no mmpretrain:D2se peer)."""
-    from mmrepvgg.analysis.models import TensorForward, _build, _classifier_cfg
+    from mmrepvgg.analysis.models import classifier_cfg
     from mmrepvgg.analysis.peers import check_same_outputs, copy_weights
+    from mmrepvgg.deploy.build import build_model_cfg
+    from mmrepvgg.deploy.forward import TensorForward
     ours, timm_peer = _deployed_pair('D2se', 'timm:D2se')
     assert copy_weights(ours, timm_peer, 'mmrepvgg', 'timm') == 290
     assert check_same_outputs(ours, timm_peer, (32, 32)) <= 1e-5
     del timm_peer
-    mmpre = _build(_classifier_cfg(dict(type='RepVGG', arch='D2se'), 2560, 10),
-                   'mmpretrain').eval()
+    mmpre = build_model_cfg(classifier_cfg(dict(type='RepVGG', arch='D2se'), 2560, 10),
+                            'mmpretrain').eval()
     mmpre.backbone.switch_to_deploy()
     mmpre = TensorForward(mmpre)
     assert copy_weights(ours, mmpre, 'mmrepvgg', 'mmpretrain') == 290
@@ -473,7 +480,8 @@ def test_peer_outputs_are_deployed_plain_convs():
 # ---------------------------------------------------------------- fold time, CLI, render
 
 def test_fold_time():
-    from mmrepvgg.analysis.benchmark import fold_time, fold_time_line
+    from mmrepvgg.analysis.benchmark import fold_time
+    from mmrepvgg.analysis.report import fold_time_line
     res = fold_time('A0', repeats=2)
     assert res['blocks'] == 22 and len(res['seconds']) == 2 and res['median_s'] > 0
     assert 'fold RepVGG-A0 backbone (22 blocks): median' in fold_time_line(res)
@@ -526,7 +534,7 @@ def test_cli_render_fold_time_and_peak(monkeypatch, tmp_path, capsys, report):
     saved = tmp_path / 'r.json'
     saved.write_text(json.dumps(dict(report, command='python tools/benchmark.py A0 ...')))
     _cli(monkeypatch, '--render', str(saved), '--markdown', str(tmp_path / 'r.md'))
-    assert capsys.readouterr().out.strip() == benchmark_markdown(report)
+    assert capsys.readouterr().out.strip() == benchmark_markdown(report, load_metafile(METAFILE))
     assert (tmp_path / 'r.md').read_text().startswith('Generated by `python tools/benchmark.py')
     before = saved.read_text()  # the rendered json is an input: never its own markdown
     _cli(monkeypatch, '--render', str(saved), '--markdown', str(saved), '--force', code=1)
@@ -539,7 +547,7 @@ def test_cli_render_fold_time_and_peak(monkeypatch, tmp_path, capsys, report):
 
 
 #: The json in docs/ that other tools wrote (each rendered by its own test).
-OTHER_REPORTS = {'docs/qa_digits_cpu.json'}  # tests/apis/test_qa_compare.py
+OTHER_REPORTS = {'docs/qa_digits_cpu.json'}  # tests/projects/test_qa_compare.py
 
 
 @pytest.mark.parametrize('path', sorted(p for p in glob.glob(osp.join(ROOT, 'docs/**/*.json'),
@@ -568,14 +576,15 @@ def test_saved_reports_render(path):
 
 
 def test_paper_pairs_in_the_markdown(report):
-    text = benchmark_markdown(report)
+    assert '1080Ti' not in benchmark_markdown(report)  # without the metafile: no paper rows
+    text = benchmark_markdown(report, load_metafile(METAFILE))
     speed = {r['model']: r['examples_per_s'] for r in report['results'] if r['variant'] != 'train'}
     measured = speed['RepVGG-A0'] / speed['ResNet-18']
     assert f'| RepVGG-A0 / ResNet-18 | {measured:.2f}x | 1.33x |' in text  # 3256 / 2442
 
 
 def test_update_marked_tables(tmp_path, report):
-    from mmrepvgg.analysis.benchmark import update_marked_tables
+    from mmrepvgg.analysis.report import update_marked_tables
     (tmp_path / 'r.json').write_text(json.dumps(dict(report, command='python tools/x.py A0')))
     text = 'intro\n<!-- benchmark: r.json -->\nold table\n<!-- /benchmark -->\nend\n'
     new, paths = update_marked_tables(text, str(tmp_path))
@@ -589,16 +598,16 @@ def test_update_marked_tables(tmp_path, report):
 
 def test_docs_tables_are_renders_of_their_json():
     """docs/benchmark.md's marked tables are what `--update-docs` makes from the json files."""
-    from mmrepvgg.analysis.benchmark import update_marked_tables
+    from mmrepvgg.analysis.report import update_marked_tables
     with open(osp.join(ROOT, 'docs', 'benchmark.md')) as f:
         text = f.read()
-    new, paths = update_marked_tables(text, ROOT)
+    new, paths = update_marked_tables(text, ROOT, load_metafile(METAFILE))
     assert 'docs/bench_cpu.json' in paths
     assert new == text, 'run: python tools/benchmark.py --update-docs docs/benchmark.md'
 
 
 def test_qarepvgg_variants():
-    from mmrepvgg.analysis.benchmark import prepare_variants
+    from mmrepvgg.analysis.variants import prepare_variants
     qa = prepare_variants('QARepVGG-A0', ('train', 'deploy'), num_classes=10)
     plain = prepare_variants('A0', ('deploy', ), num_classes=10)
     assert [(v.model, v.variant) for v in qa] == [('QARepVGG-A0', 'train'),

@@ -13,12 +13,13 @@ from tests.helpers import one_error_line, run_script
 @pytest.mark.usefixtures('one_thread')
 @pytest.mark.parametrize('backend', ['onnxruntime', 'onnxruntime-int8'])
 def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
-    from mmrepvgg.deploy import onnx_export, quantize
+    from mmrepvgg.analysis import runners
+    from mmrepvgg.deploy import onnx_export
     made = []  # the sessions the benchmark times, and whether they were quantized
-    create, quant = onnx_export.create_session, quantize.quantize_for_timing
+    create, quant = onnx_export.create_session, runners.quantize_for_timing
     monkeypatch.setattr(onnx_export, 'create_session',
                         lambda *a, **k: made.append('session') or create(*a, **k))
-    monkeypatch.setattr(quantize, 'quantize_for_timing',
+    monkeypatch.setattr(runners, 'quantize_for_timing',
                         lambda *a, **k: made.append('int8') or quant(*a, **k))
     # batch 2: the exported graph must take more than its example's batch of 1
     report = run_benchmark(['A0'], batch=2, shape=(32, 32), warmup=1, iters=2, backend=backend,

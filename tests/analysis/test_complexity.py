@@ -87,7 +87,7 @@ def test_repvgg_with_strided_and_grouped_layers(deploy):
 
 def test_qarepvgg_names_build_and_count_as_the_plain_repvgg():
     """``QARepVGG-A0`` in complexity/benchmark: deployed, the same model as RepVGG-A0."""
-    from mmrepvgg.analysis import build_model
+    from mmrepvgg.analysis import build_from_spec as build_model
     from mmrepvgg.analysis.complexity import model_complexity
     from mmrepvgg.analysis.models import resolve_name
     assert resolve_name('QARepVGG-A0') == ('qarepvgg', 'A0')

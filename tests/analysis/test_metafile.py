@@ -5,13 +5,14 @@ from torch import nn
 from mmrepvgg import RepVGG
 from mmrepvgg.analysis import BASELINES, load_metafile
 from mmrepvgg.models.arch import ARCH_ZOO
+from tests.helpers import METAFILE
 
 TABLE4_REPVGG = ['A0', 'A1', 'B0', 'A2', 'B1g4', 'B1g2', 'B1', 'B2g4', 'B2']
 TABLE5_REPVGG = ['B2g4', 'B3g4', 'B3']
 
 
 def test_tables_and_specs():
-    models = load_metafile()
+    models = load_metafile(METAFILE)
     t4 = [m.spec for m in models.values() if 4 in m.results and m.role == 'ours']
     t5 = [m.spec for m in models.values() if 5 in m.results and m.role == 'ours']
     assert t4 == TABLE4_REPVGG and t5 == TABLE5_REPVGG
@@ -25,7 +26,7 @@ def test_tables_and_specs():
 
 
 def test_qarepvgg_rows_are_configs_not_yet_trained():
-    qa = [m for m in load_metafile().values() if m.collection == 'QARepVGG']
+    qa = [m for m in load_metafile(METAFILE).values() if m.collection == 'QARepVGG']
     assert [m.name for m in qa] == ['QARepVGG-A0', 'QARepVGG-B0', 'QARepVGG-B1g2',
                                     'QARepVGG-B1g4', 'QARepVGG-B2', 'PSPNet-QARepVGG-B1g2-fast']
     for m in qa:
@@ -37,7 +38,7 @@ def test_qarepvgg_rows_are_configs_not_yet_trained():
 @pytest.mark.parametrize('arch', sorted(set(TABLE4_REPVGG + TABLE5_REPVGG)))
 def test_paper_params_match_the_deployed_model(arch):
     """Exact by construction: the paper truncates the parameter count to 2 decimals."""
-    paper = next(m for m in load_metafile().values() if m.spec == arch).paper
+    paper = next(m for m in load_metafile(METAFILE).values() if m.spec == arch).paper
     backbone = RepVGG(arch, deploy=True)
     fc = nn.Linear(backbone.out_channels[0], 1000)
     n = sum(p.numel() for m in (backbone, fc) for p in m.parameters())
@@ -48,7 +49,7 @@ def test_configs_exist_and_name_their_model():
     import os.path as osp
 
     from mmrepvgg.analysis import find_paper_model
-    models = load_metafile()
+    models = load_metafile(METAFILE)
     with_config = [m for m in models.values() if m.config]
     assert len(with_config) >= 12
     for m in with_config:

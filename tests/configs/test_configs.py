@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmrepvgg  # noqa: F401
-from mmrepvgg.apis import check_pretrained, prepare_train_config
 from mmrepvgg.models import RepVGG, get_arch
+from mmrepvgg.runner import check_pretrained, prepare_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / 'configs'
@@ -254,7 +254,7 @@ def test_missing_pretrained_file_is_a_clear_error():
 
 
 def test_deploy_hook_writes_after_training_and_folds_only_with_deploy(tmp_path):
-    from mmrepvgg.apis import prepare_test_config
+    from mmrepvgg.runner import prepare_test_config
     ckpt = tmp_path / 'x.pth'
     ckpt.write_bytes(b'0')
     for name in ('pspnet_repvgg-b2_cityscapes.py', 'repvgg-a0_in1k.py'):

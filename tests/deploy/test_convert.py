@@ -16,10 +16,17 @@ import torch
 from mmengine.config import Config
 
 import mmrepvgg  # noqa: F401
-from mmrepvgg.checkpoint import CheckpointError, load_checkpoint_file
-from mmrepvgg.deploy import (build_model, convert_backbone_weights, convert_checkpoint,
-                             convert_keys, detect_block_type, detect_source)
+from mmrepvgg.checkpoint import load_checkpoint_file
+from mmrepvgg.deploy import (
+    build_model,
+    convert_backbone_weights,
+    convert_checkpoint,
+    convert_keys,
+    detect_block_type,
+    detect_source,
+)
 from mmrepvgg.models import RepVGG
+from mmrepvgg.utils.errors import CheckpointError
 from tests.helpers import load_tool, one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -361,7 +368,7 @@ def test_nan_is_never_a_match():
     from mmrepvgg.deploy import compare_outputs
     with pytest.raises(RuntimeError, match='1 of 2 output values after folding') as info:
         compare_outputs([torch.tensor([1., 2.])], [torch.tensor([1., float('nan')])])
-    from mmrepvgg.deploy import VerificationError
+    from mmrepvgg.utils.errors import VerificationError
     assert isinstance(info.value, VerificationError)
     with pytest.raises(VerificationError, match='before folding'):
         compare_outputs([torch.tensor([float('inf'), 2.])], [torch.tensor([1., 2.])])

@@ -10,10 +10,15 @@ from mmengine.config import Config
 
 from mmrepvgg.datasets import make_tiny_cityscapes, prepare_cityscapes
 from mmrepvgg.deploy import build_model
-from mmrepvgg.deploy.onnx_eval import (OnnxPredictor, TorchPredictor, build_dataset,
-                                       evaluate_export, make_loader)
 from mmrepvgg.deploy.convert import load_model
-from mmrepvgg.deploy.onnx_export import create_session
+from mmrepvgg.deploy.onnx_eval import (
+    OnnxPredictor,
+    TorchPredictor,
+    build_dataset,
+    evaluate_export,
+    make_loader,
+)
+from mmrepvgg.deploy.ort import create_session
 from tests.helpers import randomize_bn_
 
 ROOT = Path(__file__).resolve().parents[2]

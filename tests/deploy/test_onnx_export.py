@@ -18,11 +18,16 @@ from mmengine.config import Config
 
 import mmrepvgg  # noqa: F401
 from mmrepvgg.deploy import build_model, convert_checkpoint, input_shape_from_config
-from mmrepvgg.checkpoint import SameFileError
-from mmrepvgg.deploy.convert import VerificationError
-from mmrepvgg.deploy.onnx_export import (MissingDependencyError, PoolShapeError,
-                                         check_against_pytorch, create_session, export_onnx,
-                                         pool_friendly_sizes, probe, read_metadata, require)
+from mmrepvgg.deploy.onnx_export import check_against_pytorch, export_onnx
+from mmrepvgg.deploy.ort import create_session, read_metadata
+from mmrepvgg.deploy.pools import pool_friendly_sizes, probe
+from mmrepvgg.utils.errors import (
+    MissingDependencyError,
+    PoolShapeError,
+    SameFileError,
+    VerificationError,
+)
+from mmrepvgg.utils.optional import require
 from tests.helpers import load_tool, never_called, one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]

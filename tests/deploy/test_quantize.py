@@ -11,12 +11,19 @@ import onnx
 import pytest
 import torch
 
-from mmrepvgg.deploy.onnx_eval import build_dataset, capture_inputs
-from mmrepvgg.deploy.onnx_export import create_session, export_onnx, read_metadata
+from mmrepvgg.analysis.quant_error import quantize_symmetric
 from mmrepvgg.analysis.quant_error import sqnr_db as weight_sqnr_db
-from mmrepvgg.analysis.quant_error import quantize_symmetric, tensor_sqnr_db
-from mmrepvgg.deploy.quantize import (QuantSettings, qdq_summary, quantize_checkpoint,
-                                      report_markdown, weighted_layers)
+from mmrepvgg.deploy.onnx_eval import build_dataset, capture_inputs
+from mmrepvgg.deploy.onnx_export import export_onnx
+from mmrepvgg.deploy.ort import create_session, read_metadata
+from mmrepvgg.deploy.quant_report import report_markdown
+from mmrepvgg.deploy.quantize import (
+    QuantSettings,
+    qdq_summary,
+    quantize_checkpoint,
+    weighted_layers,
+)
+from mmrepvgg.utils.metrics import tensor_sqnr_db
 from tests.helpers import load_tool, never_called, one_error_line
 
 quantize_tool = load_tool('quantize')

@@ -194,7 +194,7 @@ def test_a_diverged_run_writes_no_deploy_checkpoint(tmp_path):
                      optim_wrapper=dict(optimizer=dict(type='SGD', lr=1e8, momentum=0.9)))
     with pytest.raises(RuntimeError, match='iter_3_deploy.pth not written: .*non-finite') as info:
         runner.train()
-    from mmrepvgg.deploy import VerificationError
+    from mmrepvgg.utils.errors import VerificationError
     assert isinstance(info.value, VerificationError)
     state = torch.load(tmp_path / 'iter_3.pth', weights_only=False)['state_dict']
     assert any(not torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

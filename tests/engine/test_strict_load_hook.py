@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrepvgg.checkpoint import CheckpointError, install_mmengine_loader
+from mmrepvgg.checkpoint import install_mmengine_loader
 from mmrepvgg.engine import StrictLoadHook
+from mmrepvgg.utils.errors import CheckpointError
 from tests.engine.test_deploy_hook import TinyClassifier, _loader, _runner
 
 

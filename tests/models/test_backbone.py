@@ -3,11 +3,11 @@ import torch
 from torch import nn
 
 from mmrepvgg import QARepVGGBlock, RepVGG, RepVGGBlock, reparameterize
-from mmrepvgg.checkpoint import CheckpointError
 from mmrepvgg.models import RepBlockBase
 from mmrepvgg.models.arch import ARCH_ZOO, get_arch, layer_specs, resolve_dilation_plan
-from mmrepvgg.deploy.exactness import fold_errors
-from tests.helpers import randomize_bn_, rel_err
+from mmrepvgg.utils.errors import CheckpointError
+from projects.exactness.exactness import fold_errors
+from tests.helpers import randomize_bn_
 
 PLANS = [None, 'full', 'fast']
 

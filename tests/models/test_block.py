@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mmrepvgg import QARepVGGBlock, RepVGGBlock, reparameterize
-from mmrepvgg.models.fusion import FoldError
+from mmrepvgg.utils.errors import FoldError
 from tests.helpers import randomize_bn_, rel_err
 
 

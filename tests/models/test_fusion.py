@@ -3,8 +3,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrepvgg.models.fusion import (FoldError, fold_problem, fuse_branches, fuse_conv_bn,
-                                    identity_kernel, pad_to_3x3)
+from mmrepvgg.models.fusion import (
+    fold_problem,
+    fuse_branches,
+    fuse_conv_bn,
+    identity_kernel,
+    pad_to_3x3,
+)
+from mmrepvgg.utils.errors import FoldError
 from tests.helpers import randomize_bn_
 
 

@@ -1,13 +1,13 @@
-"""tools/check_exactness.py is argparse and print over mmrepvgg.deploy.exactness: its tables
+"""tools/check_exactness.py is argparse and print over projects.exactness.exactness: its tables
 are made by fold_error_table / fold_errors_markdown and precision_report /
 precision_markdown, tested here directly (the measurements themselves: tests/models and
-tests/deploy/test_precision.py)."""
+tests/projects/test_exactness_precision.py)."""
 from __future__ import annotations
 
 import pytest
 
-from mmrepvgg.deploy import exactness as ex
-from mmrepvgg.deploy.exactness import FoldErrors, PrecisionErrors
+from projects.exactness import exactness as ex
+from projects.exactness.exactness import FoldErrors, PrecisionErrors
 
 
 def test_fold_errors_markdown_has_every_row_and_the_worst():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mmrepvgg.apis.cli import run_tool
-from mmrepvgg.checkpoint import CheckpointError
+from mmrepvgg.cli import run_tool
+from mmrepvgg.utils.errors import CheckpointError
 from tests.helpers import one_error_line, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +73,7 @@ def test_a_device_that_is_not_there_is_refused_before_any_model_is_built(
     import torch
 
     import mmrepvgg.analysis.models as models
+    import mmrepvgg.analysis.peers as peers
     import mmrepvgg.deploy.onnx_export as onnx_export
     from mmrepvgg.models.backbone import RepVGG
 
@@ -80,7 +81,9 @@ def test_a_device_that_is_not_there_is_refused_before_any_model_is_built(
         raise AssertionError('a model was built before the device was checked')
 
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    monkeypatch.setattr(models, '_build', built)  # every classifier, baseline and peer
+    monkeypatch.setattr(models, 'build_model_cfg', built)  # every classifier and baseline
+    monkeypatch.setattr(models, 'build_model', built)  # every config
+    monkeypatch.setattr(peers, 'build_model_cfg', built)  # every mmpretrain peer
     monkeypatch.setattr(RepVGG, '__init__', built)  # every backbone
     monkeypatch.setattr(onnx_export, 'load_model', built)  # a checkpoint
     monkeypatch.chdir(ROOT)

@@ -181,16 +181,16 @@ def test_demo_at_a_very_small_scale(tmp_path):
     """`make demo` end to end: data, train, test trained/deployed (same mIoU), images,
     tools/deploy_convert.py, summary."""
     # started outside the repo with a relative --work-dir: everything lands there
-    proc = subprocess.run([PY, str(ROOT / 'tools' / 'demo.py'), '--work-dir', 'demo',
+    proc = subprocess.run([PY, str(ROOT / 'tools' / 'demo.py'), '--work-dir', 'demo_run',
                            '--max-iters', '2', '--num-train', '2', '--num-val', '2',
                            '--threads', '1'], cwd=tmp_path, env=env(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = proc.stdout
     assert 'Demo summary' in out and 'same score             yes' in out
-    assert len(list((tmp_path / 'demo' / 'test_trained' / 'vis').rglob('*.png'))) == 2
-    assert (tmp_path / 'demo' / 'deploy' / 'pspnet_repvgg_deploy.pth').is_file()
-    assert not (ROOT / 'demo').exists()
+    assert len(list((tmp_path / 'demo_run' / 'test_trained' / 'vis').rglob('*.png'))) == 2
+    assert (tmp_path / 'demo_run' / 'deploy' / 'pspnet_repvgg_deploy.pth').is_file()
+    assert not (ROOT / 'demo_run').exists()
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ Does a speed gap between two implementations of the same network follow the code
 weight values? Four models per arch, timed interleaved (order rotated each round), median
 round: ours, the peer (each with its own random initialization), ours with the peer's
 weights, the peer with ours (each swap checked on the CPU in fp32 against the model whose
-weights it took). Library: :mod:`mmrepvgg.analysis.weight_swap`.
+weights it took). Library: :mod:`projects.weight_swap.weight_swap`.
 
 Examples:
     # the H200 diagnostic of docs/gpu/h200-2026-11-26-run2/README.md: backbones, batch 128,
@@ -24,8 +24,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mmrepvgg.apis.cli import (non_negative_int, positive_int, run_tool,  # noqa: E402
-                               user_errors)
+from mmrepvgg.cli import non_negative_int, positive_int, run_tool
+from mmrepvgg.utils.errors import user_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,10 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> None:
     import torch
-    from mmrepvgg.analysis.benchmark import save_report
-    from mmrepvgg.analysis.precision import resolve_device
-    from mmrepvgg.analysis.weight_swap import weight_swap_benchmark, weight_swap_markdown
-    from mmrepvgg.checkpoint import check_output_paths
+
+    from mmrepvgg.analysis.report import save_report
+    from mmrepvgg.utils.device import resolve_device
+    from mmrepvgg.utils.fileio import check_output_paths
+    from projects.weight_swap.weight_swap import weight_swap_benchmark, weight_swap_markdown
     device = resolve_device(args.device, '--device')  # before any model is built
     check_output_paths([args.out, args.markdown], args.force)  # before the work
     if args.threads:

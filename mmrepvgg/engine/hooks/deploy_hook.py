@@ -14,11 +14,12 @@ from mmengine.model import is_model_wrapper
 from torch import nn
 
 from ...checkpoint import save_checkpoint_atomic
-from ...deploy.convert import (DEFAULT_TOLERANCE, FoldReport, VerificationError, _plain,
-                               check_finite_state, count_blocks, deploy_meta, fold_and_verify)
+from ...deploy.build import count_blocks
+from ...deploy.convert import deploy_meta, plain_value
+from ...deploy.verify import DEFAULT_TOLERANCE, FoldReport, check_finite_state, fold_and_verify
 from ...models import reparameterize
-from ...models.fusion import FoldError
 from ...registry import HOOKS, register_alias
+from ...utils.errors import FoldError, VerificationError
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -123,8 +124,8 @@ class RepVGGDeployHook(Hook):
         dataset_meta = getattr(model, 'dataset_meta', None)
         if dataset_meta is None and runner.train_dataloader is not None:
             dataset_meta = getattr(runner.train_dataloader.dataset, 'metainfo', None)
-        if _plain(dataset_meta):
-            meta['dataset_meta'] = _plain(dataset_meta)
+        if plain_value(dataset_meta):
+            meta['dataset_meta'] = plain_value(dataset_meta)
         save_checkpoint_atomic({'state_dict': state, 'meta': meta}, path, force=self.force)
         self.deploy_checkpoint = path
         print_log(f'RepVGGDeployHook: wrote deployed checkpoint {path}', logger='current')

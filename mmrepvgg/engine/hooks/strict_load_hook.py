@@ -6,10 +6,10 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch import nn
 
-from ...checkpoint import (CheckpointError, check_state_dict, extract_state_dict,
-                           is_deployed_state)
+from ...checkpoint import check_state_dict, extract_state_dict, is_deployed_state
 from ...models import RepBlockBase, reparameterize
 from ...registry import HOOKS
+from ...utils.errors import CheckpointError
 
 #: What the hook may do with a deployed checkpoint for a training-time model.
 DEPLOYED_ACTIONS = ('fold', 'error')
