@@ -55,12 +55,7 @@ def load_checkpoint_file(path: str | os.PathLike, *, trust: bool = False,
             folder, a FIFO or another non-regular file, or needs full unpickling and
             ``trust`` is False.
     """
-    path = Path(os.path.expanduser(str(path)))
-    if path.exists() and not path.is_file():
-        what = 'a folder' if path.is_dir() else 'not a regular file (a FIFO, socket or device)'
-        raise CheckpointError(f'Checkpoint {path} is {what}; give a checkpoint file')
-    if not path.is_file():
-        raise FileNotFoundError(f'Checkpoint not found: {path}')
+    path = check_checkpoint_path(path)
     if path.stat().st_size == 0:
         raise CheckpointError(f'Checkpoint {path} is empty')
     kind = _file_kind(path)
@@ -108,6 +103,22 @@ def load_checkpoint_file(path: str | os.PathLike, *, trust: bool = False,
         return torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise CheckpointError(f'Checkpoint {path} is truncated or corrupt: {err}') from err
+
+
+def check_checkpoint_path(path: str | os.PathLike) -> Path:
+    """``path`` if it is a regular file, else the error that says what it is.
+
+    Raises:
+        FileNotFoundError: If nothing is there (or a link points nowhere).
+        CheckpointError: If it is a folder, a FIFO, a socket or a device.
+    """
+    path = Path(os.path.expanduser(str(path)))
+    if path.exists() and not path.is_file():
+        what = 'a folder' if path.is_dir() else 'not a regular file (a FIFO, socket or device)'
+        raise CheckpointError(f'Checkpoint {path} is {what}; give a checkpoint file')
+    if not path.is_file():
+        raise FileNotFoundError(f'Checkpoint not found: {path}')
+    return path
 
 
 def check_zip_crc(path: str | os.PathLike) -> None:

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
         save_report,
         update_docs,
     )
-    from mmrepvgg.analysis.variants import validate_benchmark_specs, with_peers
+    from mmrepvgg.analysis.variants import spec_files, validate_benchmark_specs, with_peers
     paper = load_metafile(METAFILE)
     command = 'python tools/benchmark.py ' + ' '.join(sys.argv[1:])
     if args.render:
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> None:
     if args.peers is not None:
         specs = with_peers(specs, args.peers or PEER_SOURCES)  # a config spec: an error
     validate_benchmark_specs(specs)
-    _check_outputs(args)
+    _check_outputs(args, tuple(spec_files(specs)))  # never over a config (its _base_ chain)
     report = run_benchmark(
         specs, batch=args.batch, shape=tuple(args.shape) if args.shape else None,
         warmup=args.warmup, iters=args.iters, rounds=args.rounds, device=str(device),

@@ -67,13 +67,13 @@ def test_check_exactness_qarepvgg_with_an_se_arch(capsys):
     assert status == 1 and 'D2se' in line and 'QARepVGGBlock' in line
 
 
-def test_prepare_cityscapes_on_a_corrupt_polygon_file(tmp_path, capsys):
+def test_prepare_cityscapes_on_a_corrupt_polygon_file(tmp_path):
     bad = tmp_path / 'gtFine' / 'val' / 'frankfurt' / 'x_gtFine_polygons.json'
     bad.parent.mkdir(parents=True)
     bad.write_text('{"imgHeight": 4, "imgWid')
-    status = load_tool('prepare_cityscapes').main([str(tmp_path)])
-    line = one_error_line(capsys)
-    assert status == 1 and str(bad) in line
+    proc = subprocess.run([PY, 'tools/prepare_cityscapes.py', str(tmp_path)], cwd=ROOT,
+                          env=env(), capture_output=True, text=True, timeout=300)
+    refused(proc, str(bad))  # was a JSONDecodeError traceback
 
 
 def test_cfg_options_into_a_string_plan(tmp_path, capsys):
@@ -135,7 +135,7 @@ def test_benchmark_peers_for_a_config_is_refused(capsys):
     assert status == 1 and '--peers' in line and 'configs/repvgg-a0_in1k.py' in line
 
 
-def test_convert_weights_takes_the_dict_arch_it_suggests(tmp_path, capsys):
+def test_convert_weights_takes_the_dict_arch_it_suggests(tmp_path):
     """The error suggests a dict --arch; the command line now takes one (as JSON)."""
     from mmrepvgg.models import RepVGG
     spec = {'num_blocks': [1, 1, 1, 1], 'width_factors': [0.25, 0.25, 0.25, 0.25]}
@@ -143,13 +143,15 @@ def test_convert_weights_takes_the_dict_arch_it_suggests(tmp_path, capsys):
     backbone = RepVGG(spec, out_indices=(0, 1, 2, 3))
     torch.save({'state_dict': {f'backbone.{k}': v for k, v in backbone.state_dict().items()}},
                tmp_path / 'custom.pth')
-    tool = load_tool('convert_weights')
-    assert tool.main([str(tmp_path / 'custom.pth'), str(tmp_path / 'a.pth')]) == 1
-    line = one_error_line(capsys)
-    assert '--arch' in line and '"num_blocks"' in line, line  # the JSON form is suggested
-    status = tool.main([str(tmp_path / 'custom.pth'), str(tmp_path / 'b.pth'), '--arch',
-                        json.dumps(spec)])
-    assert status == 0, capsys.readouterr().err
+
+    def convert(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PY, 'tools/convert_weights.py', str(tmp_path / 'custom.pth'),
+                               *args], cwd=ROOT, env=env(), capture_output=True, text=True,
+                              timeout=300)
+    line = refused(convert(str(tmp_path / 'a.pth')), '--arch')
+    assert '"num_blocks"' in line, line  # the JSON form is suggested
+    proc = convert(str(tmp_path / 'b.pth'), '--arch', json.dumps(spec))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / 'b.pth').is_file()
 
 
@@ -164,3 +166,33 @@ def test_torch_jit_script_is_documented_as_unsupported():
     except Exception:  # noqa: BLE001  (TorchScript's frontend errors have no common type)
         text = (ROOT / 'docs' / 'export.md').read_text()
         assert 'torch.jit.script' in text and 'not supported' in text
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_calibration_progress_counts_what_the_split_has(tmp_path, monkeypatch):
+    """``--calib-images 100000`` showed a bar of 100000 for a split of 1347 images."""
+    from types import SimpleNamespace
+
+    from mmengine.config import Config
+
+    from mmrepvgg.datasets import make_digits_folder
+    from mmrepvgg.deploy import build_model
+    from mmrepvgg.deploy import onnx_eval
+    counts = make_digits_folder(tmp_path / 'digits')
+    cfg = Config.fromfile(str(ROOT / 'configs/demo/repvgg-small_digits.py'))
+    cfg.merge_from_dict({f'{k}_dataloader.dataset.data_root': str(tmp_path / 'digits')
+                         for k in ('train', 'val', 'test')})
+    session = SimpleNamespace(get_inputs=lambda: [SimpleNamespace(shape=[1, 3, 32, 32])])
+    totals = []
+
+    def bar(*args, total=None, **kwargs):
+        totals.append(total)
+        raise _Stop  # the total is what this test is about: no need to calibrate
+
+    monkeypatch.setattr(onnx_eval, 'tqdm', bar)
+    with pytest.raises(_Stop):
+        onnx_eval.capture_inputs(cfg, build_model(cfg), session, 100000)
+    assert totals == [counts['train']]

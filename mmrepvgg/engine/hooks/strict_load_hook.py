@@ -4,9 +4,11 @@ from __future__ import annotations
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+from mmengine.runner import find_latest_checkpoint
 from torch import nn
 
 from ...checkpoint import check_state_dict, extract_state_dict, is_deployed_state
+from ...deploy.convert import check_block_type
 from ...models import RepBlockBase, reparameterize
 from ...registry import HOOKS
 from ...utils.errors import CheckpointError
@@ -52,7 +54,10 @@ class StrictLoadHook(Hook):
     ``model.backbone.deploy=True``, and says so in the log; ``deployed='error'``
     (``tools/train.py``'s ``load_from``) stops: RepVGG trains the multi-branch model.
 
-    Resuming (``--resume``) is left to mmengine.
+    Resuming (``--resume``) is strict too, and refuses in one line what mmengine would
+    half-load: a deployed checkpoint, a checkpoint without the training state (``meta``'s
+    iteration, ``message_hub``), one of the other block type (QARepVGG into a RepVGG config
+    or the other way round) and any missing, unexpected or mis-shaped key.
 
     Args:
         deployed: ``'fold'`` or ``'error'``.
@@ -67,6 +72,7 @@ class StrictLoadHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if getattr(runner, '_resume', False):
+            self._check_resume(runner, checkpoint)
             return
         source = getattr(runner, '_load_from', None) or 'the checkpoint'
         state = extract_state_dict(checkpoint)
@@ -86,3 +92,33 @@ class StrictLoadHook(Hook):
                       'model is what runs (as with --cfg-options model.backbone.deploy=True)',
                       logger='current')
         check_state_dict(model, state, source=str(source))
+
+    @staticmethod
+    def _check_resume(runner, checkpoint: dict) -> None:
+        """Refuse, in one line, a checkpoint that ``--resume`` would half-load."""
+        source = (getattr(runner, '_load_from', None)
+                  or find_latest_checkpoint(runner.work_dir) or 'the checkpoint')
+        state = extract_state_dict(checkpoint)
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if is_deployed_state(state) and _unfolded_blocks(model):
+            raise CheckpointError(
+                f'--resume {source} holds a deployed (folded) model (branch_reparam keys): '
+                'training resumes the multi-branch model; resume from the training-time '
+                'checkpoint (iter_N.pth, not iter_N_deploy.pth)')
+        meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+        missing = [name for name, ok in (
+            ("meta['iter']", isinstance(meta, dict) and 'iter' in meta),
+            ("meta['epoch']", isinstance(meta, dict) and 'epoch' in meta),
+            ('message_hub', isinstance(checkpoint, dict) and 'message_hub' in checkpoint))
+            if not ok]
+        if missing:
+            raise CheckpointError(
+                f'--resume {source} is not a checkpoint of a training run (no '
+                f'{", ".join(missing)}): resume from an iter_N.pth / epoch_N.pth that '
+                'tools/train.py wrote; to start from weights only, use load_from')
+        try:
+            check_block_type(model, state, str(source))
+            check_state_dict(model, state, source=str(source))
+        except CheckpointError as err:  # one line: a resume is all or nothing
+            raise CheckpointError('--resume: ' + '; '.join(
+                line.strip() for line in str(err).splitlines() if line.strip())) from err

@@ -1,4 +1,4 @@
-"""``SyncBNBuffersHook``: two CPU processes end with the same, averaged BN statistics (issue 19,
+"""``CPUDistributedHook``: two CPU processes end with the same, averaged BN statistics (issue 19,
 item 8), before ``CheckpointHook`` saves."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=2)
     try:
-        from mmrepvgg.engine.hooks.sync_bn_buffers_hook import SyncBNBuffersHook
+        from mmrepvgg.engine.hooks.cpu_distributed_hook import CPUDistributedHook
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.BatchNorm1d(2))
         model[1].running_mean.fill_(rank + 1.0)  # rank 0: 1, rank 1: 2
@@ -32,7 +32,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             pass
         runner = Runner()
         runner.model = model
-        SyncBNBuffersHook().after_train_iter(runner, 0)
+        CPUDistributedHook().after_train_iter(runner, 0)
         torch.save({k: v.clone() for k, v in model.state_dict().items()}, f'{out}/{rank}.pth')
     finally:
         dist.destroy_process_group()
@@ -54,12 +54,12 @@ def test_hook_runs_before_the_checkpoint_is_saved():
     from mmengine.hooks import CheckpointHook
     from mmengine.runner import get_priority
 
-    from mmrepvgg.engine.hooks.sync_bn_buffers_hook import SyncBNBuffersHook
-    assert get_priority(SyncBNBuffersHook.priority) < get_priority(CheckpointHook.priority)
+    from mmrepvgg.engine.hooks.cpu_distributed_hook import CPUDistributedHook
+    assert get_priority(CPUDistributedHook.priority) < get_priority(CheckpointHook.priority)
 
 
 def test_one_process_is_left_alone():
-    from mmrepvgg.engine.hooks.sync_bn_buffers_hook import average_bn_buffers
+    from mmrepvgg.engine.hooks.cpu_distributed_hook import average_bn_buffers
     model = nn.BatchNorm2d(3)
     model.running_mean.fill_(3.0)
     assert average_bn_buffers(model) == 0
