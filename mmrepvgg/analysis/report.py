@@ -8,7 +8,7 @@ import os.path as osp
 import re
 from typing import Mapping, Sequence
 
-from ..utils.fileio import write_bytes_atomic, write_json_atomic
+from ..utils.fileio import check_output_path, write_bytes_atomic, write_json_atomic
 from ..utils.markdown import fmt
 from .metafile import PaperModel, find_paper_model
 from .peers import PEER_SOURCES, PEER_TOLERANCE
@@ -394,7 +394,6 @@ def update_docs(files: Sequence[str], paper: Mapping[str, PaperModel] | None = N
         ReportError: If a marked json is not a benchmark report.
         FileNotFoundError: A file, or a json a marker names, does not exist.
     """
-    from ..utils.fileio import check_output_path
     pending = []
     for md in files:
         target = osp.realpath(md)  # through a link, to the document itself

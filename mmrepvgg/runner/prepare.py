@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from mmengine.config import Config
+from mmengine.device import get_device
 from mmengine.logging import print_log
 
 from ..checkpoint import check_checkpoint_path
@@ -214,7 +215,6 @@ def prepare_train_config(config: str | Config,
 def amp_device() -> bool:
     """Whether mmengine's ``AmpOptimWrapper`` can run here (a CUDA, NPU, MLU or MUSA
     device; not the CPU)."""
-    from mmengine.device import get_device
     return get_device() not in ('cpu', 'mps')
 
 

@@ -9,6 +9,8 @@ from typing import Any, Iterator, Mapping
 
 from mmengine.config import Config
 
+from .errors import ConfigError, error_message
+
 #: Norm layer types that synchronize statistics across processes.
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
 
@@ -60,7 +62,6 @@ def merge_options(cfg: Config, cfg_options: Mapping | None) -> Config:
     try:
         cfg.merge_from_dict(dict(cfg_options))
     except (TypeError, KeyError, ValueError, AttributeError) as err:
-        from .errors import ConfigError, error_message
         keys = ', '.join(str(k) for k in cfg_options)
         raise ConfigError(f'--cfg-options {keys} do not fit {cfg.filename or "the config"}: '
                           f'{error_message(err)} (an option can only go below a dict; set '
