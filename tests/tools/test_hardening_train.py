@@ -135,7 +135,8 @@ def _test_miou(text: str) -> float:
 
 def test_two_cpu_processes_log_what_the_checkpoint_scores(data, tmp_path):
     """The validation logged at the end is the saved checkpoint's (BN buffers averaged over
-    the processes before it), the log says so, and no ``.dist_test/`` is left in the cwd."""
+    the processes before it), the log says so, and neither dist_train.sh nor dist_test.sh
+    leaves a ``.dist_test/`` in the cwd."""
     if torch.cuda.is_available():
         pytest.skip('CPU processes only')
     cwd = tmp_path / 'cwd'
@@ -153,6 +154,15 @@ def test_two_cpu_processes_log_what_the_checkpoint_scores(data, tmp_path):
                      *(f'{k}_dataloader.dataset.data_root={data}/' for k in ('val', 'test'))]))
     assert _test_miou(tested) == logged
     assert not (cwd / '.dist_test').exists()
+    # tools/dist_test.sh on two CPU processes: the same number, nothing left in the cwd
+    dist_tested = ok(subprocess.run(
+        ['bash', str(ROOT / 'tools/dist_test.sh'), str(ROOT / SEG), str(work / 'iter_4.pth'),
+         '2', '--work-dir', str(tmp_path / 'dt'), '--cfg-options',
+         *(f'{k}_dataloader.dataset.data_root={data}/' for k in ('val', 'test'))], cwd=cwd,
+        env=dict(env(), PORT=str(int(port) + 1), PYTHON=PY), capture_output=True, text=True,
+        timeout=600))
+    assert _test_miou(dist_tested) == logged
+    assert not (cwd / '.dist_test').exists() and not list(cwd.iterdir())
 
 
 def test_dist_test_leftovers_are_ignored_by_git():
