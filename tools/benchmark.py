@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> None:
         save_report,
         update_docs,
     )
-    from mmrepvgg.analysis.variants import spec_files, validate_benchmark_specs, with_peers
+    from mmrepvgg.analysis.models import spec_files
+    from mmrepvgg.analysis.variants import validate_benchmark_specs, with_peers
     paper = load_metafile(METAFILE)
     command = 'python tools/benchmark.py ' + ' '.join(sys.argv[1:])
     if args.render:

@@ -30,7 +30,7 @@ from mmengine.model import revert_sync_batchnorm
 from ..deploy.build import build_model, build_model_cfg
 from ..models import RepBlockBase, reparameterize
 from ..models.arch import ARCH_ZOO, arch_name, get_arch
-from ..utils.config import merge_options, scope_of
+from ..utils.config import config_files, merge_options, scope_of
 
 #: Baseline classifiers (paper Table 4) buildable from mmpretrain: name -> (backbone cfg,
 #: width of the last stage). ``VGG-16`` is built with BN (as the paper trains its baselines
@@ -86,6 +86,17 @@ def _has_repvgg(model: nn.Module) -> bool:
 
 #: ``QARepVGG-<arch>``: a RepVGG classifier built with QARepVGG blocks.
 _QA_PREFIX = re.compile(r'^qa[-_]?repvgg[-_]?', re.IGNORECASE)
+
+
+def spec_files(specs: Sequence[str]) -> list[str]:
+    """The files of the config specs, their ``_base_`` chains included
+    (:func:`mmrepvgg.utils.config.config_files`): inputs of the benchmark and complexity
+    tools, which their outputs may never be."""
+    files: list[str] = []
+    for spec in specs:
+        if spec.endswith('.py') or osp.isfile(spec):  # a config, as resolve_name says
+            files += [f for f in config_files(spec) if f not in files]
+    return files
 
 
 def resolve_name(spec: str) -> tuple[str, str]:

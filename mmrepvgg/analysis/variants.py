@@ -11,7 +11,6 @@ from torch import nn
 
 from ..deploy.forward import TensorForward
 from ..models import reparameterize
-from ..utils.config import config_files
 from .conv_bn import fuse_conv_bn_pairs
 from .models import build_from_spec, example_input, resolve_name, validate_specs
 from .peers import (PEER_SOURCES, PEER_TOLERANCE, build_peer, check_same_outputs, copy_weights,
@@ -83,16 +82,6 @@ def with_peers(specs: Sequence[str], sources: Sequence[str] = PEER_SOURCES) -> l
             if kind == 'repvgg':
                 out += [p for p in peer_specs(name, tuple(sources)) if p not in specs]
     return out
-
-
-def spec_files(specs: Sequence[str]) -> list[str]:
-    """The files of the config specs, ``_base_`` chains included: inputs of the benchmark,
-    which ``--out`` / ``--markdown`` may never be."""
-    files: list[str] = []
-    for spec in specs:
-        if parse_peer(spec) is None and resolve_name(spec)[0] == 'config':
-            files += [f for f in config_files(spec) if f not in files]
-    return files
 
 
 def prepare_variants(spec: str, variants: Sequence[str] = ('train', 'deploy', 'fused'),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import load_tool, one_error_line
+from tests.helpers import load_tool, one_error_line, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -101,6 +101,16 @@ def test_benchmark_never_writes_over_a_config(chain, flag, capsys):
         line = one_error_line(capsys)
         assert status == 1 and 'is the input' in line, line
         assert target.read_bytes() == before
+
+
+def test_complexity_json_never_writes_over_a_config(chain, capsys, monkeypatch):
+    target = chain['base']
+    before = target.read_bytes()
+    status = run_script(monkeypatch, 'tools/complexity.py', str(chain['leaf']), '--json',
+                        str(target), '--force')
+    line = one_error_line(capsys)
+    assert status == 1 and 'is the input' in line, line
+    assert target.read_bytes() == before
 
 
 # -- item 1: tools/test.py --out ------------------------------------------------------------
