@@ -121,9 +121,9 @@ def test_test_out_never_replaces_the_checkpoint_or_a_config(chain, tmp_path):
     link = tmp_path / 'res.pkl'
     link.symlink_to(ckpt)
     common = ['tools/test.py', str(chain['leaf']), str(ckpt), '--work-dir', str(tmp_path / 'w')]
-    for out in (link, ckpt.with_suffix('.pkl')):
-        if out != link:
-            os.link(ckpt, out)  # a hard link: the same file under another name
+    hard = ckpt.with_suffix('.pkl')
+    os.link(ckpt, hard)  # a hard link: the same file under another name
+    for out in (ckpt, link, hard):
         refused(run_tool(common + ['--out', str(out), '--force']), 'is the input')
     refused(run_tool(common + ['--out', str(chain['base']), '--force']), 'is the input')
     assert ckpt.read_bytes() == before
