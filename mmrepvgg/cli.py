@@ -16,6 +16,7 @@ from typing import Any, Callable, NoReturn
 from mmengine.config import Config, DictAction
 
 from .deploy.keymaps import SOURCES
+from .utils.config import merge_options
 from .utils.errors import error_message, user_errors
 
 
@@ -86,9 +87,7 @@ def non_negative_int(text: str) -> int:
 def load_tool_config(args: argparse.Namespace) -> Config:
     """``args.config`` loaded, with ``args.cfg_options`` merged."""
     cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    return cfg
+    return merge_options(cfg, args.cfg_options)
 
 
 def parse_runner_args(parser: argparse.ArgumentParser,

@@ -137,9 +137,12 @@ def run(args: argparse.Namespace) -> None:
     from mmrepvgg.analysis.report import (
         benchmark_markdown,
         fold_time_line,
+        load_report,
+        render_report,
         save_report,
-        update_marked_tables,
+        update_docs,
     )
+    from mmrepvgg.analysis.models import spec_files
     from mmrepvgg.analysis.variants import validate_benchmark_specs, with_peers
     paper = load_metafile(METAFILE)
     command = 'python tools/benchmark.py ' + ' '.join(sys.argv[1:])
@@ -147,22 +150,16 @@ def run(args: argparse.Namespace) -> None:
         if args.out:
             raise ValueError('--render writes --markdown only')
         _check_outputs(args, (args.render, ))
-        with open(args.render) as f:
-            report = json.load(f)
-        table = benchmark_markdown(report, paper)
+        report = load_report(args.render)
+        table = render_report(report, args.render, paper)
         print(table)
         save_report(report, table, markdown=args.markdown, force=args.force,
                        inputs=(args.render, ))
         return
     if args.update_docs:
-        from mmrepvgg.utils.fileio import write_bytes_atomic
-        for md in args.update_docs:
-            with open(md) as f:
-                text = f.read()
-            new, paths = update_marked_tables(text, paper=paper)
-            if new != text:
-                write_bytes_atomic(md, new, force=True, inputs=paths)
-            print(f"{md}: {len(paths)} table(s) rendered from {', '.join(paths) or '-'}")
+        for md, target, paths in update_docs(args.update_docs, paper):
+            link = f' (a link to {target})' if osp.islink(md) else ''
+            print(f"{md}{link}: {len(paths)} table(s) rendered from {', '.join(paths) or '-'}")
         return
     if args.fold_time:
         from mmrepvgg.models.arch import get_arch
@@ -182,9 +179,9 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device, '--device')  # before any model is built
     specs = list(args.models)
     if args.peers is not None:
-        specs = with_peers(specs, args.peers or PEER_SOURCES)
+        specs = with_peers(specs, args.peers or PEER_SOURCES)  # a config spec: an error
     validate_benchmark_specs(specs)
-    _check_outputs(args)
+    _check_outputs(args, tuple(spec_files(specs)))  # never over a config (its _base_ chain)
     report = run_benchmark(
         specs, batch=args.batch, shape=tuple(args.shape) if args.shape else None,
         warmup=args.warmup, iters=args.iters, rounds=args.rounds, device=str(device),

@@ -26,7 +26,7 @@ import sys
 # the checkout's demo/ and projects/ (and this mmrepvgg) come first
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmrepvgg.cli import fail, positive_int, run_tool
+from mmrepvgg.cli import fail, positive_int, print_error, run_tool
 from mmrepvgg.models import BLOCK_TYPES
 from mmrepvgg.models.arch import get_arch
 from mmrepvgg.utils.device import resolve_device
@@ -34,6 +34,7 @@ from mmrepvgg.utils.errors import user_errors
 from projects.exactness.exactness import (
     PLANS,
     PRECISIONS,
+    block_archs,
     fold_error_table,
     fold_errors_markdown,
     precision_markdown,
@@ -71,16 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for arch in args.arch or []:  # every name before any work: an unknown one is a one-line error
         try:
-            get_arch(arch)
+            spec = get_arch(arch)
         except KeyError as err:
             fail(err.args[0])
+        if not args.dtype and args.block != 'RepVGGBlock' and spec.use_se:
+            print_error(f'--arch {arch}: {args.block} does not take an SE arch; the archs it '
+                        f'takes: {" ".join(block_archs(args.block))}')
+            return 1
     if args.dtype:
         # a missing or unsafe checkpoint, a device that is not there: one error line
         return run_tool(lambda: _precision_table(args), user_errors() + (ValueError, ))
-    rows = fold_error_table(args.arch, args.plan, tuple(args.shape or (40, 48)), args.seed,
-                            args.block)
-    print('\n\n' + fold_errors_markdown(rows, args.block))
-    return 0
+
+    def fold_table() -> None:
+        rows = fold_error_table(args.arch, args.plan, tuple(args.shape or (40, 48)), args.seed,
+                                args.block)
+        print('\n\n' + fold_errors_markdown(rows, args.block))
+
+    # a block / arch pair the models refuse (FoldError, ValueError): one error line
+    return run_tool(fold_table, user_errors() + (ValueError, ))
 
 
 if __name__ == '__main__':

@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
                         help='ONNX Runtime calibrators of the int8 step; the first one gives '
                         'the headline int8 columns (default: minmax entropy percentile)')
     args = parser.parse_args(argv)
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:
+        from mmrepvgg.cli import print_error
+        print_error(f'--seeds: seed {", ".join(map(str, repeated))} given more than once; each '
+                    'seed trains one pair of models into its own folder')
+        return 1
 
     def work() -> None:
         int8 = functools.partial(int8_top1, calibrators=tuple(args.calibrators))

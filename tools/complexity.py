@@ -64,11 +64,12 @@ def main() -> int:
 def _run(args: argparse.Namespace, specs: list[str]) -> None:
     from mmrepvgg.analysis.complexity import complexity_markdown, model_complexity
     from mmrepvgg.analysis.metafile import load_metafile
-    from mmrepvgg.analysis.models import validate_specs
+    from mmrepvgg.analysis.models import spec_files, validate_specs
     from mmrepvgg.utils.fileio import check_output_path
     validate_specs(specs)  # every name before any work
+    inputs = spec_files(specs)  # the configs and their _base_ chains
     if args.json:  # before the work: an output that may not be written fails at once
-        check_output_path(args.json, args.force, [s for s in specs if osp.isfile(s)])
+        check_output_path(args.json, args.force, inputs)
     rows = []
     bar = ProgressBar(len(specs), file=sys.stderr) if len(specs) > 1 else None
     for spec in specs:
@@ -94,8 +95,7 @@ def _run(args: argparse.Namespace, specs: list[str]) -> None:
                       f"{r['input_shape'][0]}x{r['input_shape'][1]}")
     if args.json:
         from mmrepvgg.utils.fileio import write_json_atomic
-        write_json_atomic(args.json, rows, force=args.force,
-                          inputs=[s for s in specs if osp.isfile(s)])
+        write_json_atomic(args.json, rows, force=args.force, inputs=inputs)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import mmrepvgg  # noqa: F401
@@ -21,11 +22,27 @@ from mmrepvgg.deploy import convert_backbone_weights
 from mmrepvgg.utils.errors import user_errors
 
 
+def arch_arg(text: str) -> str | dict:
+    """An ``argparse`` type: an arch name, or a JSON object of :class:`RepVGGArch` fields."""
+    if not text.lstrip().startswith('{'):
+        return text
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f'not a JSON object: {err}') from None
+    if not isinstance(spec, dict):
+        raise argparse.ArgumentTypeError('give a JSON object')
+    return spec
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('checkpoint', help='ImageNet weights (training-time)')
     parser.add_argument('out', help='backbone checkpoint to write')
-    parser.add_argument('--arch', help='RepVGG arch, e.g. B2 (default: inferred from shapes)')
+    parser.add_argument('--arch', type=arch_arg,
+                        help='RepVGG arch: a name, e.g. B2, or a JSON object for another '
+                        'layout, e.g. \'{"num_blocks": [2, 4, 14, 1], "width_factors": [1, 1, '
+                        '1, 2.5]}\' (default: inferred from the shapes)')
     add_checkpoint_args(parser, force_help='overwrite OUT', cfg_options=False)
     return parser.parse_args(argv)
 

@@ -31,7 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='fold every RepVGG block (RepVGGDeployHook) after loading the '
                         'checkpoint and test the plain model')
     parser.add_argument('--out', help='segmentation: folder for the predicted label maps; '
-                        'classification: pickle file of the results')
+                        'classification: pickle file (.pkl) of the results; under the work '
+                        'dir when relative, like --show-dir')
+    parser.add_argument('--force', action='store_true',
+                        help='let --out replace an existing results file or label maps')
     parser.add_argument('--show', action='store_true', help='show prediction images')
     parser.add_argument('--show-dir', help='write prediction images under this folder (under '
                         'the work dir when relative); the log names the exact folder')
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                                   deploy=args.deploy, show_dir=args.show_dir, show=args.show,
                                   show_interval=args.show_interval,
                                   out=args.out, cfg_options=args.cfg_options,
-                                  launcher=args.launcher)
+                                  launcher=args.launcher, force=args.force)
         test(cfg)
         close_distributed()
 

@@ -20,6 +20,6 @@ log_level = 'INFO'
 load_from = None
 resume = False
 randomness = dict(seed=None, deterministic=False)
-# After training, write the folded model as <last checkpoint>_deploy.pth, verified against
+# After training, write the folded model as iter_N/epoch_N_deploy.pth, verified against
 # the trained one. Testing folds only with tools/test.py --deploy (which sets fold_on_test).
 custom_hooks = [dict(type='RepVGGDeployHook', fold_on_test=False)]

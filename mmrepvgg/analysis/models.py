@@ -30,7 +30,7 @@ from mmengine.model import revert_sync_batchnorm
 from ..deploy.build import build_model, build_model_cfg
 from ..models import RepBlockBase, reparameterize
 from ..models.arch import ARCH_ZOO, arch_name, get_arch
-from ..utils.config import scope_of
+from ..utils.config import config_files, merge_options, scope_of
 
 #: Baseline classifiers (paper Table 4) buildable from mmpretrain: name -> (backbone cfg,
 #: width of the last stage). ``VGG-16`` is built with BN (as the paper trains its baselines
@@ -86,6 +86,17 @@ def _has_repvgg(model: nn.Module) -> bool:
 
 #: ``QARepVGG-<arch>``: a RepVGG classifier built with QARepVGG blocks.
 _QA_PREFIX = re.compile(r'^qa[-_]?repvgg[-_]?', re.IGNORECASE)
+
+
+def spec_files(specs: Sequence[str]) -> list[str]:
+    """The files of the config specs, their ``_base_`` chains included
+    (:func:`mmrepvgg.utils.config.config_files`): inputs of the benchmark and complexity
+    tools, which their outputs may never be."""
+    files: list[str] = []
+    for spec in specs:
+        if spec.endswith('.py') or osp.isfile(spec):  # a config, as resolve_name says
+            files += [f for f in config_files(spec) if f not in files]
+    return files
 
 
 def resolve_name(spec: str) -> tuple[str, str]:
@@ -166,9 +177,7 @@ def build_from_spec(spec: str, num_classes: int = 1000, deploy: bool = False,
         backbone, width = BASELINES[name]
         model = build_model_cfg(classifier_cfg(backbone, width, num_classes), 'mmpretrain')
         return BuiltModel(name, model.eval(), 'cls', 'baseline')
-    cfg = Config.fromfile(name)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = merge_options(Config.fromfile(name), cfg_options)
     scope = scope_of(cfg)
     # measuring random weights: never download or load a checkpoint (build_model drops
     # init_cfg); one device: SyncBN as BN

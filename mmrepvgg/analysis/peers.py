@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import is_optional_key
 from ..deploy.build import build_model_cfg
 from ..deploy.forward import TensorForward
 from ..deploy.keymaps import SOURCES, convert_key
@@ -135,6 +136,8 @@ def _unwrap_forward(model: nn.Module) -> nn.Module:
 def _mapped_state(model: nn.Module, layout: str) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in _unwrap_forward(model).state_dict(keep_vars=True).items():
+        if is_optional_key(key):  # our blocks' geometry record: not a weight
+            continue
         new = convert_key(key, layout)
         if new in out:
             raise ValueError(f'{layout} keys collide after mapping: {new}')

@@ -62,7 +62,18 @@ def validate_benchmark_specs(specs: Sequence[str]) -> None:
 
 
 def with_peers(specs: Sequence[str], sources: Sequence[str] = PEER_SOURCES) -> list[str]:
-    """``specs`` with each RepVGG arch followed by its peers (``A0`` -> ``A0 timm:A0 ...``)."""
+    """``specs`` with each RepVGG arch followed by its peers (``A0`` -> ``A0 timm:A0 ...``).
+
+    Baselines get none; a config is refused (its model is not one the peers libraries have).
+
+    Raises:
+        ValueError: If a spec is a config.
+    """
+    configs = [s for s in specs if parse_peer(s) is None and resolve_name(s)[0] == 'config']
+    if configs:
+        raise ValueError(f'--peers times timm / mmpretrain RepVGG next to an arch name (A0, B2, '
+                         f'...), not next to a config: {", ".join(configs)}; give the arch '
+                         'name, or leave out --peers')
     out = []
     for spec in specs:
         out.append(spec)

@@ -21,6 +21,7 @@ from mmengine.logging import print_log
 from mmengine.utils import track_parallel_progress, track_progress
 from PIL import Image
 
+from ..utils.errors import DataError
 from ..utils.fileio import fresh_work_dir
 
 #: The 19 classes of Cityscapes' train ids, in train-id order.
@@ -32,7 +33,13 @@ TRAIN_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traff
 def _json_to_train_ids(json_file: str) -> str:
     from cityscapesscripts.preparation.json2labelImg import json2labelImg
     out = json_file.replace('_polygons.json', '_labelTrainIds.png')
-    json2labelImg(json_file, out, 'trainIds')
+    try:
+        json2labelImg(json_file, out, 'trainIds')
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        # json.JSONDecodeError, or a JSON without imgHeight / objects / polygon lists
+        what = f'missing {err}' if isinstance(err, KeyError) else f'{type(err).__name__}: {err}'
+        raise DataError(f'{json_file} is not a Cityscapes polygon file ({what}); '
+                        're-extract it from gtFine_trainvaltest.zip') from None
     return out
 
 
@@ -53,6 +60,7 @@ def prepare_cityscapes(root: str | os.PathLike, gt_dir: str = 'gtFine', nproc: i
 
     Raises:
         FileNotFoundError: If ``root/gt_dir`` has no polygon files.
+        DataError: If a polygon file is not one (not JSON, fields missing).
     """
     gt_root = Path(root) / gt_dir
     polys = sorted(str(p) for p in gt_root.rglob('*_gtFine_polygons.json')) \

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from ..checkpoint import (check_state_dict, extract_state_dict, is_deployed_state,
                           load_checkpoint_file, load_state_dict_strict, save_checkpoint_atomic)
-from ..models import ARCH_ZOO, RepVGG
+from ..models import ARCH_ZOO, RepVGG, prepare_state_dict
+from ..utils.config import config_files
 from ..utils.errors import CheckpointError, ConfigError
 from ..utils.fileio import check_output_path
 from ..version import __version__
@@ -53,12 +54,12 @@ def load_mapped_state(checkpoint: str | os.PathLike, source: str | None = None,
 
 def source_files(config: str | os.PathLike | Config,
                  checkpoint: str | os.PathLike) -> list[str | os.PathLike]:
-    """The files a conversion or export is made from (the checkpoint and the config file): no
-    output of it may be one of them (:func:`mmrepvgg.utils.fileio.check_output_path`'s
+    """The files a conversion or export is made from: the checkpoint, the config file and
+    every file of its ``_base_`` chain (:func:`mmrepvgg.utils.config.config_files`). No
+    output may be one of them (:func:`mmrepvgg.utils.fileio.check_output_path`'s
     ``inputs``)."""
-    if isinstance(config, Config):
-        return [checkpoint] + ([config.filename] if config.filename else [])
-    return [checkpoint, config]
+    filename = config.filename if isinstance(config, Config) else config
+    return [checkpoint] + (config_files(filename) if filename else [])
 
 
 def _build_and_load(cfg: Config, state: Mapping[str, Tensor], name: str,
@@ -68,13 +69,19 @@ def _build_and_load(cfg: Config, state: Mapping[str, Tensor], name: str,
     Raises:
         ConfigError: If the model has no RepVGG backbone (or does not build).
         CheckpointError: If ``state`` holds the other block type's weights
-            (:func:`check_block_type`) or does not fit key for key.
+            (:func:`check_block_type`), does not fit key for key, or was trained or folded
+            under another geometry (stride, dilation per layer: :mod:`mmrepvgg.models.loading`).
     """
     model = build_model(cfg, deploy=deployed)
     if find_backbone(model) is None:
         raise ConfigError(f'The model of {cfg.filename or "the config"} has no RepVGG blocks '
                           '(no mmrepvgg RepVGG backbone): nothing to fold')
     check_block_type(model, state, name)
+    try:
+        state = prepare_state_dict(model, state)  # (eval mode: another geometry is refused)
+    except CheckpointError:
+        check_state_dict(model, state, source=name)  # another model altogether: its keys
+        raise                                        # say more than its geometry
     load_state_dict_strict(model, state, source=name)
     return model.eval()
 
@@ -261,8 +268,10 @@ def infer_arch(backbone_state: Mapping[str, Tensor], block: str | None = None) -
     if len(fits) != 1:
         found = (f'several fit: {", ".join(fits)}' if fits else
                  f'none of {", ".join(ARCH_ZOO)} fits')
-        raise CheckpointError(f'Cannot tell the {block} arch from the weights ({found}); '
-                              'pass --arch')
+        raise CheckpointError(
+            f'Cannot tell the {block} arch from the weights ({found}); pass --arch NAME, or '
+            'for another layout --arch \'{"num_blocks": [n1, n2, n3, n4], "width_factors": '
+            '[a, a, a, b]}\' (JSON; arch=dict(...) in Python)')
     return fits[0]
 
 

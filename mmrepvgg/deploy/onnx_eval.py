@@ -216,12 +216,13 @@ def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split:
                 captured.append(chunk.numpy().astype(np.float32))
 
     predictor = OnnxPredictor(model, session, record)
-    bar = tqdm(total=num, desc=f'calibration inputs ({split})', unit='input',
-               disable=not progress, leave=False)
+    # images read, out of those that can be needed (one input or more per image: a
+    # segmentor's slide windows), never more than the split has
+    bar = tqdm(total=min(num, len(dataset)), desc=f'calibration images ({split})',
+               unit='image', disable=not progress, leave=False)
     for data in make_loader(cfg, dataset, split, order, batch_size=1):
-        before = len(captured)
         predictor(data)
-        bar.update(len(captured) - before)
+        bar.update(1)
         if len(captured) >= num:
             break
     bar.close()

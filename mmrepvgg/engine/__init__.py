@@ -1,4 +1,5 @@
-"""Training-loop extensions: :class:`RepVGGDeployHook`, :class:`StrictLoadHook`."""
-from .hooks import RepVGGDeployHook, StrictLoadHook
+"""Training-loop extensions: :class:`RepVGGDeployHook`, :class:`StrictLoadHook`,
+:class:`CPUDistributedHook`."""
+from .hooks import CPUDistributedHook, RepVGGDeployHook, StrictLoadHook
 
-__all__ = ['RepVGGDeployHook', 'StrictLoadHook']
+__all__ = ['CPUDistributedHook', 'RepVGGDeployHook', 'StrictLoadHook']

@@ -1,7 +1,9 @@
 """The RepVGG and QARepVGG blocks (paper Sect. 3.2-3.3) and model-wide re-parameterization."""
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from typing import Mapping
 
 import torch
 import torch.utils.checkpoint as cp
@@ -10,8 +12,11 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ..checkpoint import GEOMETRY_KEY
 from ..registry import MODELS
+from ..utils.errors import CheckpointError
 from .fusion import FoldError, fold_problem, fuse_branches, nonfinite_problem
+from .loading import BLOCK_CODES, adapt_blocks_to_state, deployed_training_message
 
 
 def _conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: int,
@@ -122,6 +127,10 @@ class RepBlockBase(BaseModule):
         self.stride, self.dilation, self.groups = stride, dilation, groups
         self.deploy = deploy
         self.with_cp = with_cp
+        self.norm_cfg = dict(norm_cfg)  # (a training-time state loaded later folds with it)
+        #: Whether loading a deployed state switched this block to the deployed form (it
+        #: then refuses training mode: there are no branches left to train).
+        self.deployed_by_load = False
         if deploy:
             self.branch_reparam = nn.Conv2d(in_channels, out_channels, 3, stride, dilation,
                                             dilation, groups, bias=True)
@@ -129,6 +138,13 @@ class RepBlockBase(BaseModule):
             self._build_branches(norm_cfg)
         self.se = SEModule(out_channels) if use_se else None
         self.act = _build_act(act_cfg)
+
+    @property
+    def geometry(self) -> tuple[int, int, int, int]:
+        """``(block type code, stride, dilation, groups)``: what a state dict records under
+        :data:`~mmrepvgg.checkpoint.GEOMETRY_KEY` (see :func:`adapt_blocks_to_state`)."""
+        return (BLOCK_CODES.get(type(self).__name__, 0), self.stride, self.dilation,
+                self.groups)
 
     @property
     def has_identity(self) -> bool:
@@ -165,6 +181,95 @@ class RepBlockBase(BaseModule):
         else:
             out = self._branches(x)
         return self.act(out)
+
+    def train(self, mode: bool = True) -> 'RepBlockBase':
+        if mode and self.deployed_by_load:
+            raise CheckpointError(deployed_training_message(type(self).__name__))
+        return super().train(mode)
+
+    # ------------------------------------------------------- state dicts: both forms load
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + GEOMETRY_KEY] = torch.tensor(self.geometry, dtype=torch.int64)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict,
+                              strict: bool, missing_keys: list, unexpected_keys: list,
+                              error_msgs: list) -> None:
+        # A block inside a RepVGG backbone was adapted by it already (no geometry key and
+        # the form of the block left); a block on its own adapts here.
+        who = f'{type(self).__name__} {prefix[:-1]}'.strip()
+        summary = adapt_blocks_to_state({'': self}, state_dict, prefix,
+                                        purpose='train' if self.training else 'eval',
+                                        owner=who)
+        if summary.geometry_changed:
+            print_log(summary.geometry_line(who), logger='current', level=logging.WARNING)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+    def _incoming_state(self, state_dict: Mapping[str, Tensor],
+                        key_prefix: str) -> dict[str, Tensor]:
+        """The entries of ``state_dict`` under ``key_prefix`` that belong to the branches of
+        either form of any block type (keys relative to the block; SE and the geometry
+        key are not among them)."""
+        names = {'branch_reparam'}.union(*(cls._branch_names for cls in _block_classes()))
+        rel = {}
+        for key, value in state_dict.items():
+            if key.startswith(key_prefix):
+                sub = key[len(key_prefix):]
+                if sub.split('.', 1)[0] in names:
+                    rel[sub] = value
+        return rel
+
+    def _incoming_training_class(self, rel: Mapping[str, Tensor]) -> type | None:
+        """The block type whose training-time keys (and shapes) ``rel`` holds, if any."""
+        for cls in dict.fromkeys((type(self), *_block_classes())):
+            with torch.device('meta'):
+                probe = cls(self.in_channels, self.out_channels, self.stride, self.dilation,
+                            self.groups, norm_cfg=self.norm_cfg, act_cfg=None)
+            expected = {k: v for k, v in probe.state_dict().items()
+                        if k.split('.', 1)[0] in cls._branch_names}
+            required = {k for k in expected if not k.endswith('num_batches_tracked')}
+            if (set(rel) <= set(expected) and required <= set(rel)
+                    and all(rel[k].shape == expected[k].shape for k in rel)):
+                return cls
+        return None
+
+    def _fold_incoming(self, cls: type, rel: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The folded kernel and bias of a training-time state of block type ``cls``."""
+        with torch.device('meta'):  # the state's tensors replace every value that folds
+            branches = cls(self.in_channels, self.out_channels, self.stride, self.dilation,
+                           self.groups, norm_cfg=self.norm_cfg, act_cfg=None)
+        branches.load_state_dict(dict(rel), strict=False, assign=True)
+        with torch.no_grad():
+            return branches.eval()._fuse()
+
+    def _reparam_fits(self, rel: Mapping[str, Tensor]) -> bool:
+        weight, bias = rel.get('branch_reparam.weight'), rel.get('branch_reparam.bias')
+        return (set(rel) == {'branch_reparam.weight', 'branch_reparam.bias'}
+                and tuple(weight.shape) == (self.out_channels,
+                                            self.in_channels // self.groups, 3, 3)
+                and tuple(bias.shape) == (self.out_channels, ))
+
+    def _switch_to_deployed_form(self) -> None:
+        """Replace the branches by an (all-zero) ``branch_reparam`` that a deployed state is
+        about to fill; the block then refuses training mode."""
+        weight = self.branch_3x3.conv.weight
+        with torch.device('meta'):
+            reparam = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride,
+                                self.dilation, self.dilation, self.groups, bias=True)
+        reparam.weight = nn.Parameter(
+            torch.zeros(reparam.weight.shape, dtype=weight.dtype, device=weight.device),
+            requires_grad=weight.requires_grad)
+        reparam.bias = nn.Parameter(
+            torch.zeros(self.out_channels, dtype=weight.dtype, device=weight.device),
+            requires_grad=weight.requires_grad)
+        reparam.train(self.training)
+        for name in self._branch_names:
+            delattr(self, name)
+        self.branch_reparam = reparam
+        self.deploy = True
+        self.deployed_by_load = True
 
     def norms(self) -> list[nn.Module]:
         """The BN layers that folding would consume (empty once deployed)."""
@@ -290,6 +395,11 @@ class QARepVGGBlock(RepBlockBase):
 
 #: The block types ``RepVGG(block_cfg=...)`` accepts, by registered name.
 BLOCK_TYPES = ('RepVGGBlock', 'QARepVGGBlock')
+
+
+def _block_classes() -> tuple[type[RepBlockBase], ...]:
+    """The block types whose training-time state a deployed block folds on loading."""
+    return (RepVGGBlock, QARepVGGBlock)
 
 
 def build_block(block_cfg: dict | None, **kwargs) -> RepBlockBase:

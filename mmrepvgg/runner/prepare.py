@@ -13,10 +13,14 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from mmengine.config import Config
+from mmengine.device import get_device
 from mmengine.logging import print_log
 
-from ..utils.config import SYNC_BN_TYPES, load_config, replace_sync_bn, scope_of, walk_dicts
-from ..utils.errors import ConfigError, DataNotFoundError, PretrainedNotFoundError
+from ..checkpoint import check_checkpoint_path
+from ..utils.config import (SYNC_BN_TYPES, config_files, load_config, replace_sync_bn, scope_of,
+                            walk_dicts)
+from ..utils.errors import ConfigError, DataNotFoundError, PretrainedNotFoundError, SameFileError
+from ..utils.fileio import check_output_path
 
 
 def use_cuda() -> bool:
@@ -31,8 +35,10 @@ def adapt_to_machine(cfg: Config) -> Config:
       every SyncBN layer into a plain BN layer before training or testing (its
       ``wrap_model``), so a SyncBN config trains on one GPU or the CPU as it is.
     - Several processes on CPUs (``torchrun`` without a GPU): SyncBN only runs on GPUs, so
-      the model config gets plain BN (statistics per process); the process group uses
-      ``gloo`` instead of ``nccl`` and DDP gets no ``device_ids``.
+      the model config gets plain BN; the process group uses ``gloo`` instead of ``nccl``
+      and DDP gets no ``device_ids``; :class:`~mmrepvgg.engine.CPUDistributedHook` averages
+      the BN statistics over the processes after every iteration (so the validation logged
+      is what the saved checkpoint scores) and collects results under the work dir.
 
     Args:
         cfg: The config (changed in place).
@@ -57,8 +63,13 @@ def adapt_to_machine(cfg: Config) -> Config:
                                                     broadcast_buffers=False)
     wrapper['device_ids'] = None  # CPU modules take no device ids
     cfg.model_wrapper_cfg = wrapper
+    hooks = [dict(h) for h in (cfg.get('custom_hooks') or [])
+             if str(h.get('type', '')).split('.')[-1] != 'CPUDistributedHook']
+    cfg.custom_hooks = hooks + [dict(type='mmrepvgg.CPUDistributedHook')]
     print_log('Distributed on CPU: gloo backend, DDP without device ids'
-              + (f', {n} SyncBN configs replaced by BN (SyncBN needs GPUs)' if n else ''),
+              + (f', {n} SyncBN configs replaced by BN (SyncBN needs GPUs)' if n else '')
+              + '; BN statistics averaged over the processes after every iteration, results '
+              'collected under the work dir (CPUDistributedHook)',
               logger='current', level=logging.WARNING)
     return cfg
 
@@ -156,20 +167,25 @@ def prepare_train_config(config: str | Config,
                          launcher: str = 'none') -> Config:
     """The config for ``tools/train.py``.
 
-    A ``load_from`` (from the config or ``cfg_options``) is loaded strictly, and a deployed
-    checkpoint there is refused (:class:`~mmrepvgg.engine.StrictLoadHook`); resuming is
-    mmengine's.
+    A ``load_from`` (from the config or ``cfg_options``) and a ``--resume`` checkpoint are
+    loaded strictly, and a deployed checkpoint there is refused
+    (:class:`~mmrepvgg.engine.StrictLoadHook`). ``--amp`` needs a GPU (mmengine's
+    ``AmpOptimWrapper``); on the CPU it is a :class:`ConfigError`.
 
     Args:
         config: Config file.
         work_dir: Output folder.
         resume: True: resume from the latest checkpoint in the work dir; a path: from it.
-        amp: Automatic mixed precision (the paper trains in fp32: off by default).
+        amp: Automatic mixed precision (the paper trains in fp32: off by default); needs a
+            GPU.
         cfg_options: ``--cfg-options`` overrides.
         launcher: Job launcher.
 
     Returns:
         The config.
+
+    Raises:
+        ConfigError: ``amp`` (or an ``AmpOptimWrapper`` in the config) without a GPU.
     """
     cfg = load_config(config, cfg_options, work_dir, launcher)
     if amp:
@@ -182,13 +198,24 @@ def prepare_train_config(config: str | Config,
         else:
             wrapper.type = 'AmpOptimWrapper'
             wrapper.loss_scale = 'dynamic'
+    if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper' and not amp_device():
+        raise ConfigError(
+            f'{"--amp" if amp else "optim_wrapper AmpOptimWrapper (mixed precision)"} needs a '
+            'GPU: mmengine\'s AmpOptimWrapper runs on CUDA (or NPU, MLU, MUSA) only, and '
+            'none is visible; train in fp32 on the CPU (as the paper does)')
     if isinstance(resume, str):
         cfg.resume, cfg.load_from = True, resume
     else:
         cfg.resume = bool(resume)
-    if cfg.get('load_from'):  # strict load_from; resuming is left to mmengine
+    if cfg.get('load_from') or cfg.resume:  # strict load_from and resume
         add_strict_load_hook(cfg, deployed='error')
     return adapt_to_machine(cfg)
+
+
+def amp_device() -> bool:
+    """Whether mmengine's ``AmpOptimWrapper`` can run here (a CUDA, NPU, MLU or MUSA
+    device; not the CPU)."""
+    return get_device() not in ('cpu', 'mps')
 
 
 def add_deploy_hook(cfg: Config) -> Config:
@@ -282,7 +309,8 @@ def prepare_test_config(config: str | Config,
                         show_interval: int = 1,
                         out: str | None = None,
                         cfg_options: Mapping | None = None,
-                        launcher: str = 'none') -> Config:
+                        launcher: str = 'none',
+                        force: bool = False) -> Config:
     """The config for ``tools/test.py``.
 
     The checkpoint is loaded strictly; a deployed one (``branch_reparam`` keys) gets the
@@ -297,16 +325,20 @@ def prepare_test_config(config: str | Config,
         show: Show prediction images in a window.
         show_interval: Draw every n-th test image.
         out: Segmentation: folder for the raw predictions (``IoUMetric`` output_dir);
-            classification: a pickle of the results (``DumpResults``).
+            classification: a pickle of the results (``DumpResults``). Under the work dir
+            when relative; checked before the test (:func:`check_test_out`).
         cfg_options: ``--cfg-options`` overrides.
         launcher: Job launcher.
+        force: Let ``out`` replace an existing results file or label maps.
 
     Returns:
         The config.
     """
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'Checkpoint not found: {checkpoint}')
+    check_checkpoint_path(checkpoint)
     cfg = load_config(config, cfg_options, work_dir, launcher)
+    if out:
+        files = config_files(cfg.filename) if cfg.filename else []
+        out = check_test_out(cfg, out, [checkpoint, *files], force)
     cfg.load_from = checkpoint
     cfg.resume = False
     add_strict_load_hook(cfg, deployed='fold')
@@ -324,6 +356,74 @@ def prepare_test_config(config: str | Config,
             evaluators.append(dict(type='DumpResults', out_file_path=out))
             cfg.test_evaluator = evaluators
     return adapt_to_machine(cfg)
+
+
+def dataset_folders(cfg: Config) -> list[str]:
+    """The ``data_root`` of every dataset of the train, val and test loaders."""
+    folders: list[str] = []
+    for loader in ('train', 'val', 'test'):
+        loader_cfg = cfg.get(f'{loader}_dataloader')
+        if isinstance(loader_cfg, Mapping):
+            for dataset in _datasets(loader_cfg.get('dataset')):
+                root = dataset.get('data_root')
+                if isinstance(root, str) and root and '://' not in root and root not in folders:
+                    folders.append(root)
+    return folders
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = osp.realpath(path), osp.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_test_out(cfg: Config, out: str, inputs: list[str], force: bool = False) -> str:
+    """Where ``tools/test.py --out`` writes, checked before anything runs.
+
+    A relative ``out`` is taken under the work dir (as ``--show-dir``). A segmentor writes a
+    folder of label maps named after the test images: it may not be (or be inside) a
+    dataset folder of the config, and a folder that already holds label maps (``*.png``)
+    needs ``force``. A classifier writes one pickle (``.pkl``), which may never be one of
+    ``inputs`` (the checkpoint, the config and its ``_base_`` chain; also through a link)
+    and needs ``force`` to replace a file.
+
+    Args:
+        cfg: The config (its work dir, scope and datasets).
+        out: ``--out``.
+        inputs: Files the test reads.
+        force: Replace existing results.
+
+    Returns:
+        The path to write, logged.
+
+    Raises:
+        SameFileError: ``out`` is an input, or inside a dataset folder.
+        FileExistsError: Results exist there and ``force`` is False.
+        ConfigError: A classifier's ``out`` that is not a ``.pkl`` / ``.pickle`` file.
+        NotADirectoryError, IsADirectoryError: ``out`` is a file where a folder goes, or
+            the other way round.
+    """
+    if not osp.isabs(out):
+        out = osp.join(cfg.work_dir, out)
+    if scope_of(cfg) == 'mmseg':
+        if osp.exists(out) and not osp.isdir(out):
+            raise NotADirectoryError(f'--out {out} is a file; a segmentor writes a folder of '
+                                     'label maps')
+        for folder in dataset_folders(cfg):
+            if _inside(out, folder):
+                raise SameFileError(f'--out {out} is inside the dataset folder {folder}: the '
+                                    'label maps would overwrite the data (--force does not '
+                                    'change this); choose a folder outside it')
+        if osp.isdir(out) and not force and any(p.endswith('.png') for p in os.listdir(out)):
+            raise FileExistsError(f'--out {out} already holds label maps (*.png); pass '
+                                  '--force to overwrite them')
+        print_log(f'Label maps will be written to {out}', logger='current')
+        return out
+    check_output_path(out, force, inputs)
+    if not out.endswith(('.pkl', '.pickle')):
+        raise ConfigError(f'--out {out}: a classifier writes its results as a pickle; give a '
+                          'file name ending in .pkl')
+    print_log(f'Results will be written to {out}', logger='current')
+    return out
 
 
 def local_rank_env(local_rank: int) -> None:

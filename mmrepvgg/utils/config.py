@@ -2,11 +2,14 @@
 raised while building from a config mean a bad config (not a bug)."""
 from __future__ import annotations
 
+import os
 import os.path as osp
 import re
 from typing import Any, Iterator, Mapping
 
 from mmengine.config import Config
+
+from .errors import ConfigError, error_message
 
 #: Norm layer types that synchronize statistics across processes.
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
@@ -27,8 +30,7 @@ def load_config(config: str | Config, cfg_options: Mapping | None = None,
         The config.
     """
     cfg = config.copy() if isinstance(config, Config) else Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
+    merge_options(cfg, cfg_options)
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -36,6 +38,71 @@ def load_config(config: str | Config, cfg_options: Mapping | None = None,
         name = osp.splitext(osp.basename(cfg.filename or 'config.py'))[0]
         cfg.work_dir = osp.join('./work_dirs', name)
     return cfg
+
+
+def merge_options(cfg: Config, cfg_options: Mapping | None) -> Config:
+    """Merge ``--cfg-options`` into ``cfg`` (in place); one that does not fit is an error.
+
+    mmengine raises a ``TypeError`` (or ``KeyError`` / ``ValueError``) when an option goes
+    below a value that is not a dict, e.g. ``model.backbone.dilation_plan.strides=...`` on
+    ``dilation_plan='full'``.
+
+    Args:
+        cfg: The config.
+        cfg_options: ``key=value`` overrides (None or empty: nothing).
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: Naming the options and what mmengine said.
+    """
+    if not cfg_options:
+        return cfg
+    try:
+        cfg.merge_from_dict(dict(cfg_options))
+    except (TypeError, KeyError, ValueError, AttributeError) as err:
+        keys = ', '.join(str(k) for k in cfg_options)
+        raise ConfigError(f'--cfg-options {keys} do not fit {cfg.filename or "the config"}: '
+                          f'{error_message(err)} (an option can only go below a dict; set '
+                          'the whole value instead, e.g. key=dict(...))') from err
+    return cfg
+
+
+def config_files(config: str | os.PathLike) -> list[str]:
+    """A config file and every file its ``_base_`` chain pulls in, as absolute paths.
+
+    These are all inputs of whatever is made from the config: no tool may write over one of
+    them (``check_output_path``'s ``inputs``). A base that cannot be read is left out
+    (loading the config reports it).
+
+    Args:
+        config: The config file.
+
+    Returns:
+        The config first, then its bases, depth first, each once.
+    """
+    files: list[str] = []
+
+    def visit(path: str) -> None:
+        path = osp.abspath(path)
+        if path in files:
+            return
+        files.append(path)
+        try:
+            bases = Config._get_base_files(path)
+        except Exception:  # noqa: BLE001  (a config mmengine cannot parse: it says why)
+            return
+        for base in bases:
+            try:
+                base_path, _ = Config._get_cfg_path(base, path)
+            except Exception:  # noqa: BLE001  (e.g. a package that is not installed)
+                continue
+            if osp.isfile(base_path):
+                visit(base_path)
+
+    visit(os.fspath(config))
+    return files
 
 
 def scope_of(cfg: Config) -> str:

@@ -68,18 +68,24 @@ class DataNotFoundError(FileNotFoundError):
     """A dataset folder named by the config does not exist."""
 
 
+class DataError(ValueError):
+    """A dataset file is corrupt or malformed (e.g. a Cityscapes polygon file that is not
+    JSON)."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean bad input rather than a bug: reported as one line.
 
     Files (missing, unsafe, corrupt, not fitting the model, an output that exists, is a
     directory or is the input), weights that cannot be folded or verified, a model that
     cannot be exported or quantized as asked, a missing optional package (onnx,
-    onnxruntime), and :class:`ConfigError` (a config or ``--cfg-options`` that builds no
-    valid model, dataset or runner).
+    onnxruntime), :class:`ConfigError` (a config or ``--cfg-options`` that builds no
+    valid model, dataset or runner) and :class:`DataError` (a malformed dataset file).
     """
     return (CheckpointError, FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError, SameFileError, FoldError, ConfigError,
-            VerificationError, ExportError, MissingDependencyError, QuantizationError)
+            VerificationError, ExportError, MissingDependencyError, QuantizationError,
+            DataError)
 
 
 def error_message(err: BaseException) -> str:

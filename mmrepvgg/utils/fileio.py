@@ -103,16 +103,25 @@ def check_output_path(path: str | os.PathLike, force: bool = False,
     Raises:
         IsADirectoryError: If ``path`` is a directory.
         NotADirectoryError: If a parent of ``path`` is a file.
+        PermissionError: If the folder it goes into (the nearest one that exists) is not
+            writable.
         SameFileError: If ``path`` is one of ``inputs``.
-        FileExistsError: If ``path`` exists and ``force`` is False.
+        FileExistsError: If ``path`` exists and ``force`` is False, or is a link to a file
+            that does not exist (a dangling link).
     """
     path = Path(os.path.expanduser(str(path)))
     if path.is_dir():
         raise IsADirectoryError(f'Output {path} is a directory; give a file name')
+    if path.is_symlink() and not path.exists():
+        raise FileExistsError(f'Output {path} is a link to {os.readlink(path)}, which does not '
+                              'exist: writing would replace the link, not make its target; '
+                              'remove the link or choose another output file')
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise NotADirectoryError(f'Output {path}: {parent} is a file, not a directory')
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f'Output {path}: the folder {parent} is not writable')
             break
     if path.exists():
         for source in inputs:
@@ -390,6 +399,7 @@ def fresh_work_dir(work_dir: str | Path, what: str = 'a demo') -> Path:
     A folder is cleared only if it holds the marker file a previous run left; an existing,
     non-empty folder without it is an error, so ``--work-dir`` (or a dataset folder) never
     wipes or overwrites data. The demos and ``tools/make_tiny_cityscapes.py`` use this rule.
+    A folder given through a symbolic link is emptied where the link points (the link stays).
 
     Args:
         work_dir: The output folder.
@@ -409,7 +419,11 @@ def fresh_work_dir(work_dir: str | Path, what: str = 'a demo') -> Path:
         if not (work_dir / DEMO_MARKER).is_file():
             raise FileExistsError(f'{work_dir} exists and was not made by {what}; choose '
                                   'another folder or remove it yourself')
-        shutil.rmtree(work_dir)
+        for child in work_dir.iterdir():  # the contents: work_dir may be a link to a folder
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / DEMO_MARKER).touch()
     return work_dir

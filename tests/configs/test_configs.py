@@ -14,6 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import mmrepvgg  # noqa: F401
 from mmrepvgg.models import RepVGG, get_arch
 from mmrepvgg.runner import check_pretrained, prepare_train_config
+from mmrepvgg.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / 'configs'
@@ -235,11 +236,17 @@ def test_cpu_distributed_uses_gloo_and_bn(monkeypatch):
         assert norm.type == 'BN'
 
 
-def test_amp_and_resume_options(tmp_path):
+def test_amp_and_resume_options(tmp_path, monkeypatch):
+    import mmrepvgg.runner.prepare as prepare
+    monkeypatch.setattr(prepare, 'amp_device', lambda: True)  # as on a GPU machine
     cfg = prepare_train_config(str(CONFIGS / 'repvgg-a0_in1k.py'), work_dir=str(tmp_path),
                                amp=True, resume='x.pth')
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.work_dir == str(tmp_path)
     assert cfg.resume and cfg.load_from == 'x.pth'
+    monkeypatch.setattr(prepare, 'amp_device', lambda: False)  # the CPU: refused (issue 19)
+    with pytest.raises(ConfigError, match='--amp needs a GPU'):
+        prepare_train_config(str(CONFIGS / 'repvgg-a0_in1k.py'), work_dir=str(tmp_path),
+                             amp=True)
 
 
 def test_missing_pretrained_file_is_a_clear_error():

@@ -25,9 +25,10 @@ ARCH = dict(num_blocks=(1, 1, 1, 1), width_factors=(0.25, 0.25, 0.25, 0.5))
 class TinyClassifier(BaseModel):
 
     def __init__(self, with_repvgg: bool = True, deploy: bool = False,
-                 block: str = 'RepVGGBlock') -> None:
+                 block: str = 'RepVGGBlock', plan: str | None = None) -> None:
         super().__init__()
-        self.backbone = (RepVGG(ARCH, deploy=deploy, block_cfg=dict(type=block))
+        self.backbone = (RepVGG(ARCH, deploy=deploy, block_cfg=dict(type=block),
+                                dilation_plan=plan)
                          if with_repvgg else
                          nn.Sequential(nn.Conv2d(3, 256, 3, 2, 1), nn.BatchNorm2d(256)))
         self.fc = nn.Linear(256, 3)
@@ -81,7 +82,8 @@ def _runner(work_dir: Path, *, ema: bool, val: bool, model=None, **kwargs) -> Ru
         optim_wrapper=kwargs.pop('optim_wrapper',
                                  dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9))),
         train_cfg=kwargs.pop('train_cfg', dict(by_epoch=False, max_iters=3, val_interval=3)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=3, by_epoch=False)),
+        default_hooks=dict(checkpoint=kwargs.pop(
+            'checkpoint', dict(type='CheckpointHook', interval=3, by_epoch=False))),
         custom_hooks=hooks, randomness=dict(seed=0), **evaluation, **kwargs)
 
 
@@ -192,7 +194,9 @@ def test_a_diverged_run_writes_no_deploy_checkpoint(tmp_path):
     old.write_bytes(b'an earlier deployed checkpoint')
     runner = _runner(tmp_path, ema=False, val=False,
                      optim_wrapper=dict(optimizer=dict(type='SGD', lr=1e8, momentum=0.9)))
-    with pytest.raises(RuntimeError, match='iter_3_deploy.pth not written: .*non-finite') as info:
+    # (the earlier file is another run's: this run's would get the run's timestamp)
+    with pytest.raises(RuntimeError,
+                       match=r'iter_3_\d{8}_\d{6}_deploy.pth not written: .*non-finite') as info:
         runner.train()
     from mmrepvgg.utils.errors import VerificationError
     assert isinstance(info.value, VerificationError)
@@ -200,3 +204,59 @@ def test_a_diverged_run_writes_no_deploy_checkpoint(tmp_path):
     assert any(not torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert old.read_bytes() == b'an earlier deployed checkpoint'
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_3.pth', 'iter_3_deploy.pth']
+
+
+def _saved_outputs(path: Path, model: nn.Module, x: torch.Tensor) -> tuple:
+    saved = torch.load(path, weights_only=True)
+    plain = TinyClassifier(deploy=True).eval()
+    plain.load_state_dict(saved['state_dict'], strict=True)
+    with torch.no_grad():
+        return saved['meta'], plain(x), model.eval()(x)
+
+
+def test_the_file_is_named_after_the_iteration_it_holds(tmp_path):
+    """interval 2, save_last=False, 3 iterations: the last regular checkpoint is iter_2.pth;
+    the deployed file holds iteration 3 and is named so."""
+    runner = _runner(tmp_path, ema=False, val=False, checkpoint=dict(
+        type='CheckpointHook', interval=2, by_epoch=False, save_last=False))
+    runner.train()
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_2.pth', 'iter_3_deploy.pth']
+    hook = next(h for h in runner.hooks if isinstance(h, RepVGGDeployHook))
+    assert hook.deploy_checkpoint == tmp_path / 'iter_3_deploy.pth'
+    meta, out, live = _saved_outputs(tmp_path / 'iter_3_deploy.pth', runner.model,
+                                     torch.randn(2, 3, 24, 32))
+    assert meta['iter'] == 3 and meta['run'] == runner.timestamp
+    assert rel_err(out, live) <= 1e-5  # the live model at iteration 3
+
+
+def test_an_iteration_based_run_without_checkpoints_is_named_by_iteration(tmp_path):
+    runner = _runner(tmp_path, ema=False, val=False, checkpoint=dict(
+        type='CheckpointHook', interval=100, by_epoch=False, save_last=False))
+    runner.train()
+    assert [p.name for p in tmp_path.glob('*.pth')] == ['iter_3_deploy.pth']  # not epoch_0
+
+
+def test_an_epoch_based_run_is_named_by_epoch(tmp_path):
+    runner = _runner(tmp_path, ema=False, val=False, train_cfg=dict(by_epoch=True, max_epochs=2),
+                     checkpoint=dict(type='CheckpointHook', interval=5, save_last=False))
+    runner.train()
+    assert [p.name for p in tmp_path.glob('*.pth')] == ['epoch_2_deploy.pth']
+    assert torch.load(tmp_path / 'epoch_2_deploy.pth', weights_only=True)['meta']['epoch'] == 2
+
+
+def test_a_second_run_never_replaces_the_first_runs_file(tmp_path, caplog):
+    first = _runner(tmp_path, ema=False, val=False)
+    first.train()
+    before = (tmp_path / 'iter_3_deploy.pth').read_bytes()
+    import time
+    time.sleep(1.1)  # another run: another timestamp
+    second = _runner(tmp_path, ema=False, val=False,
+                     optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05)))
+    second.train()
+    assert (tmp_path / 'iter_3_deploy.pth').read_bytes() == before
+    hook = next(h for h in second.hooks if isinstance(h, RepVGGDeployHook))
+    assert hook.deploy_checkpoint == tmp_path / f'iter_3_{second.timestamp}_deploy.pth'
+    assert hook.deploy_checkpoint.is_file()
+    meta, out, live = _saved_outputs(hook.deploy_checkpoint, second.model,
+                                     torch.randn(2, 3, 24, 32))
+    assert meta['run'] == second.timestamp and rel_err(out, live) <= 1e-5

@@ -43,8 +43,11 @@ def test_block_with_se_folds_and_handles_non_square():
 
 
 def test_deploy_block_has_the_folded_keys():
-    block = RepVGGBlock(4, 4, deploy=True)
-    assert set(block.state_dict()) == {'branch_reparam.weight', 'branch_reparam.bias'}
+    block = RepVGGBlock(4, 4, stride=1, dilation=2, deploy=True)
+    state = block.state_dict()
+    assert set(state) == {'branch_reparam.weight', 'branch_reparam.bias', 'rep_geometry'}
+    assert state['rep_geometry'].tolist() == [1, 1, 2, 1]  # RepVGGBlock, stride, dilation, groups
+    assert 'rep_geometry' not in dict(block.named_buffers())  # a record, not a buffer
 
 
 def test_training_mode_is_refused_and_model_untouched():
@@ -162,7 +165,8 @@ def test_qa_block_deploys_as_the_repvgg_block():
     qa = reparameterize(randomize_bn_(QARepVGGBlock(8, 8, dilation=2, groups=2)).eval())
     plain = RepVGGBlock(8, 8, dilation=2, groups=2, deploy=True)
     plain.load_state_dict(qa.state_dict(), strict=True)
-    assert set(qa.state_dict()) == {'branch_reparam.weight', 'branch_reparam.bias'}
+    assert set(qa.state_dict()) == {'branch_reparam.weight', 'branch_reparam.bias',
+                                    'rep_geometry'}
     assert set(QARepVGGBlock(4, 4, deploy=True).state_dict()) == set(plain.state_dict())
 
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 from mmengine.dist import is_main_process
-from mmengine.hooks import EMAHook, Hook
+from mmengine.hooks import CheckpointHook, EMAHook, Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+from mmengine.runner import EpochBasedTrainLoop
 from torch import nn
 
 from ...checkpoint import save_checkpoint_atomic
@@ -46,9 +47,17 @@ class RepVGGDeployHook(Hook):
       present: they are what mmengine saves and evaluates), folds the copy, checks it
       against the unfolded copy on the first ``num_samples`` samples of a val/test batch
       (a random input if there is no such loader), logs the max abs/rel difference and
-      writes ``{'state_dict', 'meta'}`` to ``<last checkpoint stem>_deploy.pth`` beside the
-      last checkpoint (``<work_dir>/iter_N_deploy.pth`` / ``epoch_N_deploy.pth`` if there
-      is none). The live model is never folded during training or validation.
+      writes ``{'state_dict', 'meta'}``. The live model is never folded during training
+      or validation.
+
+    The file is named after what it holds: the iteration (iteration-based loops) or epoch
+    (epoch-based loops) of the model when it is folded, ``iter_N_deploy.pth`` /
+    ``epoch_N_deploy.pth``, also when the last regular checkpoint is older (``interval``
+    not dividing the run) or there is none; ``meta`` records the same ``iter`` and
+    ``epoch``. It goes where the ``CheckpointHook`` writes (its local ``out_dir``), else
+    into the work dir. A file of that name from another run is never replaced: this run's
+    is then written as ``iter_N_<run timestamp>_deploy.pth`` (the log names the file)
+    unless ``force=True``.
 
     A model without RepVGG blocks is left alone with a warning. After a diverged run (NaN or
     Inf weights, BN statistics or outputs) ``after_train`` raises
@@ -61,7 +70,8 @@ class RepVGGDeployHook(Hook):
         num_samples: Samples of the verification batch.
         tolerance: Max relative output difference allowed (None: only log it).
         input_shape: ``(H, W)`` of the random input used without a val/test loader.
-        force: Overwrite an existing deployed checkpoint.
+        force: Replace an existing deployed checkpoint of the same name (default: keep it
+            and write this run's under a name with the run's timestamp).
     """
 
     priority = 'LOW'  # after the checkpoint hook's saving in after_train
@@ -72,7 +82,7 @@ class RepVGGDeployHook(Hook):
                  num_samples: int = 1,
                  tolerance: float | None = DEFAULT_TOLERANCE,
                  input_shape: tuple[int, int] = (224, 224),
-                 force: bool = True) -> None:
+                 force: bool = False) -> None:
         self.fold_on_test = fold_on_test
         self.save_after_train = save_after_train
         self.num_samples = num_samples
@@ -108,9 +118,11 @@ class RepVGGDeployHook(Hook):
             print_log('RepVGGDeployHook: the model has no unfolded RepVGG blocks; no deployed '
                       'checkpoint written', logger='current', level=logging.WARNING)
             return
-        model = copy.deepcopy(source).float()
+        # (train(): the copy is the trained model: weights loaded under another geometry
+        # for fine-tuning are this run's weights now)
+        model = copy.deepcopy(source).float().train()
         inputs, data_samples = self._verification_batch(runner, model)
-        path = self._deploy_path(runner)
+        path = self._deploy_path(runner, self.force)
         try:
             self.report = fold_and_verify(model, inputs, data_samples, tolerance=self.tolerance)
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -120,7 +132,7 @@ class RepVGGDeployHook(Hook):
         print_log(f'RepVGGDeployHook: {self.report.summary()}', logger='current')
         meta = deploy_meta(model, runner.cfg, iter=runner.iter, epoch=runner.epoch,
                            ema=bool(self._ema_hooks(runner)), max_abs_diff=self.report.max_abs,
-                           max_rel_diff=self.report.max_rel)
+                           max_rel_diff=self.report.max_rel, run=runner.timestamp)
         dataset_meta = getattr(model, 'dataset_meta', None)
         if dataset_meta is None and runner.train_dataloader is not None:
             dataset_meta = getattr(runner.train_dataloader.dataset, 'metainfo', None)
@@ -164,16 +176,33 @@ class RepVGGDeployHook(Hook):
         return torch.randn(self.num_samples, 3, *self.input_shape, generator=gen).to(device), None
 
     @staticmethod
-    def _deploy_path(runner) -> Path:
-        work_dir = Path(runner.work_dir)
-        last_file = work_dir / 'last_checkpoint'
-        if last_file.is_file():
-            last = Path(last_file.read_text().strip())
-            if last.name:
-                return last.with_name(f'{last.stem}_deploy.pth')
-        unit = f'iter_{runner.iter}' if runner.train_loop is not None and not getattr(
-            runner.train_loop, '_max_epochs', None) else f'epoch_{runner.epoch}'
-        return work_dir / f'{unit}_deploy.pth'
+    def _deploy_path(runner, force: bool = False) -> Path:
+        """``<dir>/iter_N_deploy.pth`` (``epoch_N``) for the live model's iteration (epoch).
+
+        ``<dir>``: the ``CheckpointHook``'s local ``out_dir``, else the work dir. An
+        existing file (another run's) is kept unless ``force``: the name then gets this
+        run's timestamp.
+        """
+        folder = Path(runner.work_dir)
+        for hook in runner.hooks:
+            out_dir = getattr(hook, 'out_dir', None)
+            if isinstance(hook, CheckpointHook) and isinstance(out_dir, str) \
+                    and '://' not in out_dir and Path(out_dir).is_dir():
+                folder = Path(out_dir)
+        unit = (f'epoch_{runner.epoch}' if isinstance(runner.train_loop, EpochBasedTrainLoop)
+                else f'iter_{runner.iter}')
+        path = folder / f'{unit}_deploy.pth'
+        if path.exists() and not force:
+            taken = path
+            path = folder / f'{unit}_{runner.timestamp}_deploy.pth'
+            n = 1
+            while path.exists():
+                n += 1
+                path = folder / f'{unit}_{runner.timestamp}-{n}_deploy.pth'
+            print_log(f'RepVGGDeployHook: {taken} exists (another run\'s); it is kept and this '
+                      f'run\'s deployed checkpoint is written as {path.name}', logger='current',
+                      level=logging.WARNING)
+        return path
 
 
 register_alias('mmseg', 'HOOKS', RepVGGDeployHook)
