@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -63,3 +64,12 @@ def load_tool(name: str) -> ModuleType:
 def never_called(*args, **kwargs):
     """A stand-in for a step that must not run (a check before it has to refuse first)."""
     raise AssertionError('a step ran that the checks before it must have refused')
+
+
+def refused(proc: subprocess.CompletedProcess, match: str) -> str:
+    """The one ``error:`` line of a tool that exited with status 1 (no traceback)."""
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and match in errors[0], proc.stderr[-3000:]
+    return errors[0]

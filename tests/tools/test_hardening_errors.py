@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import load_tool, one_error_line
+from tests.helpers import load_tool, one_error_line, refused
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -25,13 +25,6 @@ def env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
                 PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
 
-
-def refused(proc: subprocess.CompletedProcess, match: str) -> str:
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
-    assert len(errors) == 1 and match in errors[0], proc.stderr[-3000:]
-    return errors[0]
 
 
 # -- a work dir / root that is a link to a folder the tool made ----------------------------

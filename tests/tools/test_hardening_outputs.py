@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import load_tool, one_error_line, run_script
+from tests.helpers import load_tool, one_error_line, refused, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -35,14 +35,6 @@ def run_tool(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([PY, *args], cwd=cwd, env=env(), capture_output=True, text=True,
                           timeout=300)
 
-
-def refused(proc: subprocess.CompletedProcess, match: str) -> str:
-    """The one ``error:`` line of a tool that exited with status 1 (no traceback)."""
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
-    assert len(errors) == 1 and match in errors[0], proc.stderr[-3000:]
-    return errors[0]
 
 
 def save_model(config: Path, path: Path) -> Path:
