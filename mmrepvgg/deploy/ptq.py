@@ -17,14 +17,11 @@ Library behind ``tools/quantize.py`` and ``make demo-int8`` (the steps are in
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-import signal
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +32,7 @@ from mmrepvgg_runtime import RUNTIME_KEY
 
 from ..utils.device import device_info
 from ..utils.errors import QuantizationError
-from ..utils.fileio import check_output_paths, write_bytes_atomic
+from ..utils.fileio import check_output_paths, sigterm_unwinds, write_bytes_atomic
 from ..utils.metrics import tensor_sqnr_db
 from ..utils.optional import require
 from .calib import calib_images as folder_images_of, capture_inputs_from_dir
@@ -49,23 +46,6 @@ from .quant_report import write_report
 from .quantize import (QuantSettings, calibrate, layer_sensitivity, prepare_fp32, qdq_summary,
                        quantize_file, resolve_layers, weighted_layers)
 
-
-@contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """Inside, SIGTERM raises ``SystemExit(143)``: ``with`` blocks unwind and remove their
-    temporary files, as after Ctrl-C. Only in the main thread (elsewhere: no change)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _versions() -> dict:

@@ -427,3 +427,21 @@ def fresh_work_dir(work_dir: str | Path, what: str = 'a demo') -> Path:
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / DEMO_MARKER).touch()
     return work_dir
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Inside, SIGTERM raises ``SystemExit(143)``: ``with`` blocks unwind and remove their
+    temporary files, as after Ctrl-C. Only in the main thread (elsewhere: no change)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
