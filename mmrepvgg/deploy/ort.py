@@ -18,6 +18,14 @@ from ..utils.optional import require
 def create_session(model: str | os.PathLike | bytes | Any, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session for a model file, serialized bytes or ``ModelProto``.
 
+    Its worker threads stop spinning when a run ends (``session.force_spinning_stop``).
+    ONNX Runtime's default keeps them spinning for the next run, which is right for one
+    session alone but makes sessions of one process steal each other's cores: timed in
+    turns (the benchmark's fp32 and int8 backends, ``tools/quantize.py --eval``), the idle
+    session's spinning pool slowed the running one, the short int8 runs most (RepVGG-A0,
+    batch 1, 2 threads: int8 2.1x fp32 with the default, 2.8x with this, 2.9x with each
+    session alone in its own process: projects/int8_settings/thread_pools.py).
+
     Args:
         model: The model.
         threads: Intra-op threads (None: ONNX Runtime's default, one per physical core).
@@ -28,6 +36,7 @@ def create_session(model: str | os.PathLike | bytes | Any, threads: int | None =
     ort = require('onnxruntime')
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only
+    opts.add_session_config_entry('session.force_spinning_stop', '1')
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
