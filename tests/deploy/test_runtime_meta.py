@@ -117,11 +117,12 @@ def test_classifier_runtime_equals_the_inferencer(tmp_path):
                                    rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize('precision', ['fp32', 'fp16'])
 def test_trained_digits_runtime_equals_the_inferencer(trained_digits, tmp_path,
-                                                      pristine_loader):
+                                                      pristine_loader, precision):
     """The ``make demo-cls`` model: its test pipeline keeps the image size, so the export
     needs --shape (refused without, in one line); then top-1 equals mmpretrain's on the
-    test digits, with torch blocked."""
+    test digits, with torch blocked; an fp16 export (float16 input and output) too."""
     from mmpretrain import ImageClassificationInferencer
     cfg, ckpt = trained_digits
     cfg_file = tmp_path / 'digits.py'
@@ -130,7 +131,9 @@ def test_trained_digits_runtime_equals_the_inferencer(trained_digits, tmp_path,
         export_onnx(cfg, ckpt, tmp_path / 'x.onnx')
     assert not (tmp_path / 'x.onnx').exists()
     out = tmp_path / 'digits.onnx'
-    export_onnx(cfg, ckpt, out, shape=(32, 32))
+    export_onnx(cfg, ckpt, out, shape=(32, 32), fp16=precision == 'fp16')
+    assert onnx.load(str(out)).graph.input[0].type.tensor_type.elem_type == (
+        onnx.TensorProto.FLOAT16 if precision == 'fp16' else onnx.TensorProto.FLOAT)
     folder = Path(cfg.test_dataloader.dataset.data_root) / 'test'
     images = sorted(folder.rglob('*.png'))[:40]
     (tmp_path / 'imgs').mkdir()
@@ -139,7 +142,9 @@ def test_trained_digits_runtime_equals_the_inferencer(trained_digits, tmp_path,
     proc = run_blocked(out, tmp_path / 'imgs', '--out-dir', tmp_path / 'pred', '--quiet')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_torch_free(proc)
-    preds = json.loads((tmp_path / 'pred' / 'predictions.json').read_text())['predictions']
+    result = json.loads((tmp_path / 'pred' / 'predictions.json').read_text())
+    assert result['precision'] == precision
+    preds = result['predictions']
     from mmrepvgg.checkpoint import install_mmengine_loader
     install_mmengine_loader()  # mmengine's checkpoint loads weights-only (torch >= 2.6)
     inferencer = ImageClassificationInferencer(str(cfg_file), pretrained=ckpt, device='cpu')
