@@ -23,7 +23,7 @@ def create_session(model: str | os.PathLike | bytes | Any, threads: int | None =
     session alone but makes sessions of one process steal each other's cores: timed in
     turns (the benchmark's fp32 and int8 backends, ``tools/quantize.py --eval``), the idle
     session's spinning pool slowed the running one, the short int8 runs most (RepVGG-A0,
-    batch 1, 2 threads: int8 2.1x fp32 with the default, 2.8x with this, 2.9x with each
+    batch 1, 2 threads: int8 2.08x fp32 with the default, 2.87x with this, 3.02x with each
     session alone in its own process: projects/int8_settings/thread_pools.py).
 
     Args:
