@@ -23,6 +23,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _loggers_write_to_open_streams():
+    """mmengine's loggers keep the stream they were created with; one created in a test that
+    used ``capsys`` writes to that test's closed buffer afterwards ("--- Logging error ---"
+    in the next test's stderr, and a "one-line error" check fails depending on the order the
+    tests run in). Point such handlers at the current ``sys.stdout`` before each test."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    for logger in list(MMLogger._instance_dict.values()):
+        for handler in logger.handlers:
+            if (type(handler) is logging.StreamHandler
+                    and getattr(handler.stream, 'closed', False)):
+                with handler.lock:  # not setStream: it flushes the closed stream first
+                    handler.stream = sys.stdout
+    yield
+
+
 @pytest.fixture
 def pristine_loader():
     """Undo :func:`mmrepvgg.checkpoint.install_mmengine_loader` (mmengine's local loader) and

@@ -38,7 +38,8 @@ class _OrtModule:
     def __init__(self, module: nn.Module, example: Tensor, threads: int,
                  int8: bool = False) -> None:
         proto = export_module(module.eval(), example, 'dynamo', dynamic_batch=True)
-        self.info: dict = dict(exporter='dynamo')
+        # recorded in the report: how the session's threads wait between runs (create_session)
+        self.info: dict = dict(exporter='dynamo', threads_between_runs='stop spinning')
         if int8:
             proto = quantize_for_timing(proto, example.numpy())
             execution = executed_convs(proto, threads)

@@ -16,8 +16,13 @@ def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
     from mmrepvgg.analysis import runners
     made = []  # the sessions the benchmark times, and whether they were quantized
     create, quant = runners.create_session, runners.quantize_for_timing
-    monkeypatch.setattr(runners, 'create_session',
-                        lambda *a, **k: made.append('session') or create(*a, **k))
+    sessions = []
+
+    def create_and_keep(*a, **k):
+        made.append('session')
+        sessions.append(create(*a, **k))
+        return sessions[-1]
+    monkeypatch.setattr(runners, 'create_session', create_and_keep)
     monkeypatch.setattr(runners, 'quantize_for_timing',
                         lambda *a, **k: made.append('int8') or quant(*a, **k))
     # batch 2: the exported graph must take more than its example's batch of 1
@@ -27,7 +32,10 @@ def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
     assert report['results'][0]['examples_per_s'] > 0
     assert made == (['int8', 'session'] if backend.endswith('int8') else ['session'])
     info = report['results'][0]['onnxruntime']
-    assert info['exporter'] == 'dynamo'
+    assert info['exporter'] == 'dynamo' and info['threads_between_runs'] == 'stop spinning'
+    # the timed session does what the report says (sessions timed in turns share the cores)
+    opts = sessions[-1].get_session_options()
+    assert opts.get_session_config_entry('session.force_spinning_stop') == '1'
     if backend.endswith('int8'):  # the optimized graph was checked: all 22 convs integer
         assert (info['integer_convs'], info['float_convs']) == (22, 0)
 
