@@ -38,8 +38,7 @@ class _OrtModule:
     def __init__(self, module: nn.Module, example: Tensor, threads: int,
                  int8: bool = False) -> None:
         proto = export_module(module.eval(), example, 'dynamo', dynamic_batch=True)
-        # recorded in the report: how the session's threads wait between runs (create_session)
-        self.info: dict = dict(exporter='dynamo', threads_between_runs='stop spinning')
+        self.info: dict = dict(exporter='dynamo')
         if int8:
             proto = quantize_for_timing(proto, example.numpy())
             execution = executed_convs(proto, threads)
@@ -48,6 +47,10 @@ class _OrtModule:
             self.info.update(integer_convs=execution.integer, float_convs=execution.float,
                              quantization='QDQ U8S8 per-channel, quant_pre_process')
         self.session = create_session(proto, threads)
+        # read back from the session (create_session decides it): how its threads wait
+        stop = self.session.get_session_options().get_session_config_entry(
+            'session.force_spinning_stop') == '1'
+        self.info['threads_between_runs'] = 'stop spinning' if stop else 'spin'
         self.name = self.session.get_inputs()[0].name
 
     def __call__(self, x: Tensor) -> Any:
