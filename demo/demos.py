@@ -19,7 +19,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from mmrepvgg.checkpoint import install_mmengine_loader
-from mmrepvgg.datasets import make_digits_folder, make_tiny_cityscapes, prepare_cityscapes
+from demo.datasets import make_digits_folder, make_tiny_cityscapes, prepare_cityscapes
 from mmrepvgg.runner import prepare_test_config, prepare_train_config, test, train
 from mmrepvgg.utils.fileio import fresh_work_dir
 

@@ -90,7 +90,7 @@ def qa_digits_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     import torch
 
     from demo.demos import load_demo_config
-    from mmrepvgg.datasets import make_digits_folder
+    from demo.datasets import make_digits_folder
     from mmrepvgg.deploy import build_model
     from projects.qa_digits.qa_compare import QA_DEMO_CONFIG
     from tests.helpers import randomize_bn_

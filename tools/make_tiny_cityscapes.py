@@ -8,10 +8,14 @@ a folder holding anything else is refused and left as it is.
 from __future__ import annotations
 
 import argparse
+import os.path as osp
 import sys
 
-from mmrepvgg.cli import positive_int, run_tool
-from mmrepvgg.datasets import make_tiny_cityscapes, prepare_cityscapes
+# the checkout's demo/ (the data makers) and this mmrepvgg come first
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from demo.datasets import make_tiny_cityscapes, prepare_cityscapes  # noqa: E402
+from mmrepvgg.cli import positive_int, run_tool  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

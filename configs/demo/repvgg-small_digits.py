@@ -1,7 +1,7 @@
 # `make demo-cls`: the ImageNet recipe of configs/repvgg-a0_in1k.py (SGD 0.9, cosine,
 # no weight decay on BN and biases) on real data that scikit-learn ships: its 1797
 # handwritten 8x8 digits, upscaled to 32x32 and written as an image folder by
-# mmrepvgg.datasets.make_digits_folder (1347 train / 450 test). A small RepVGG
+# demo.datasets.make_digits_folder (1347 train / 450 test). A small RepVGG
 # (RepVGG-A's layout with 1-2-4-1 layers and A0's widths), from scratch, a few CPU minutes.
 _base_ = '../repvgg-a0_in1k.py'
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmrepvgg.datasets import make_tiny_cityscapes, prepare_cityscapes
+from demo.datasets import make_tiny_cityscapes, prepare_cityscapes
 from mmrepvgg.deploy import build_model
 from mmrepvgg.deploy.convert import load_model
 from mmrepvgg.deploy.onnx_eval import (

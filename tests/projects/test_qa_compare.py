@@ -30,7 +30,7 @@ from tests.helpers import randomize_bn_
 
 
 def test_evaluate_checkpoint(tmp_path):
-    from mmrepvgg.datasets import make_digits_folder
+    from demo.datasets import make_digits_folder
     digits = tmp_path / 'digits'
     make_digits_folder(digits)
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from mmrepvgg.datasets import TRAIN_CLASSES, make_digits_folder
+from demo.datasets import TRAIN_CLASSES, make_digits_folder
 from tests.helpers import load_tool, one_error_line
 
 

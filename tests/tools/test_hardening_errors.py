@@ -171,7 +171,7 @@ def test_calibration_progress_counts_what_the_split_has(tmp_path, monkeypatch):
 
     from mmengine.config import Config
 
-    from mmrepvgg.datasets import make_digits_folder
+    from demo.datasets import make_digits_folder
     from mmrepvgg.deploy import build_model
     from mmrepvgg.deploy import onnx_eval
     counts = make_digits_folder(tmp_path / 'digits')

@@ -133,7 +133,7 @@ def test_test_out_needs_force_and_a_pickle_name(chain, tmp_path):
 
 def test_test_relative_out_goes_under_the_work_dir(chain, tmp_path):
     """A relative --out lands under the work dir, like --show-dir (it landed in the cwd)."""
-    from mmrepvgg.datasets import make_digits_folder
+    from demo.datasets import make_digits_folder
     make_digits_folder(tmp_path / 'digits', test_fraction=0.05)
     cwd = tmp_path / 'cwd'
     cwd.mkdir()
@@ -149,7 +149,7 @@ def test_test_relative_out_goes_under_the_work_dir(chain, tmp_path):
 
 @pytest.fixture(scope='module')
 def tiny_cityscapes(tmp_path_factory) -> Path:
-    from mmrepvgg.datasets import make_tiny_cityscapes, prepare_cityscapes
+    from demo.datasets import make_tiny_cityscapes, prepare_cityscapes
     root = tmp_path_factory.mktemp('cs') / 'cs'
     make_tiny_cityscapes(root, 1, 1, (32, 64))
     prepare_cityscapes(root)

@@ -49,7 +49,7 @@ def opts(root: Path, iters: int) -> list[str]:
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory) -> Path:
-    from mmrepvgg.datasets import make_tiny_cityscapes, prepare_cityscapes
+    from demo.datasets import make_tiny_cityscapes, prepare_cityscapes
     root = tmp_path_factory.mktemp('cs') / 'cs'
     make_tiny_cityscapes(root, 4, 2, (32, 64))
     prepare_cityscapes(root)

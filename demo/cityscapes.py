@@ -21,8 +21,8 @@ from mmengine.logging import print_log
 from mmengine.utils import track_parallel_progress, track_progress
 from PIL import Image
 
-from ..utils.errors import DataError
-from ..utils.fileio import fresh_work_dir
+from mmrepvgg.utils.errors import DataError
+from mmrepvgg.utils.fileio import fresh_work_dir
 
 #: The 19 classes of Cityscapes' train ids, in train-id order.
 TRAIN_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light',
