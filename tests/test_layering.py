@@ -2,7 +2,7 @@
 
 Every module of ``mmrepvgg/`` belongs to one layer; a module imports only its own layer and
 the layers below it, function-level imports included; the module import graph has no
-cycle; a function-level import is only for an optional dependency; no module is over 500
+cycle; a function-level import is only for an optional dependency; no module is over 700
 lines; the package never imports the checkout's ``tools/``, ``projects/`` or ``demo/``.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ LAZY_ALLOWED = ('onnx', 'onnxruntime', 'onnxscript', 'timm', 'matplotlib', 'skle
                 'cityscapesscripts', 'mmseg', 'mmpretrain')
 #: Folders of the checkout that are not the package: it never imports them.
 OUTSIDE = ('tools', 'projects', 'demo', 'configs', 'tests')
-MAX_LINES = 500
+MAX_LINES = 700
 
 
 def module_name(path: Path) -> str:
