@@ -57,3 +57,25 @@ def test_written_files_follow_the_umask_and_refuse_inputs(tmp_path):
     with pytest.raises(errors.SameFileError, match='is the input'):
         fileio.write_bytes_atomic(tmp_path / 'hard.json', b'x', force=True, inputs=[out])
     assert [p.name for p in sorted(tmp_path.iterdir())] == ['hard.json', 'r.json']
+
+
+def test_a_file_system_without_hard_links_still_gets_no_clobber_writes(tmp_path, monkeypatch):
+    """Where ``os.link`` is refused (FAT, some network shares), the writer checks and renames:
+    files are still written, and an existing file is still never replaced."""
+    import errno
+
+    def no_links(src, dst):
+        raise PermissionError(errno.EPERM, 'Operation not permitted')
+
+    monkeypatch.setattr(os, 'link', no_links)
+    out = fileio.write_bytes_atomic(tmp_path / 'a.bin', b'new')
+    assert out.read_bytes() == b'new'
+
+    def racing(tmp):  # another writer creates the file while this one writes
+        out.write_bytes(b'theirs')
+        tmp.write_bytes(b'mine')
+
+    out.unlink()
+    with pytest.raises(FileExistsError):
+        fileio.write_atomic(out, racing)
+    assert out.read_bytes() == b'theirs' and [p.name for p in tmp_path.iterdir()] == ['a.bin']
