@@ -26,6 +26,11 @@ mmcv / mmpretrain semantics:
 Each takes ``interpolation`` (``nearest``, ``bilinear``, ``bicubic``, ``area``,
 ``lanczos``; default ``bilinear``). Then ``(image - mean) / std`` in float32, channels in
 RGB order if ``bgr_to_rgb``, NCHW.
+
+This module is the one place that validates it: :meth:`RuntimeSpec.from_dict` as a schema
+(types, ranges, finite numbers: a string for a boolean or a NaN mean is refused, not
+guessed at) and :func:`check_graph` against the graph it describes (input type and layout,
+the task's logits shape, the slide window), each failure one :class:`MetadataError` line.
 """
 from __future__ import annotations
 
