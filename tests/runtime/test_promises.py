@@ -165,3 +165,30 @@ def test_predictions_json_is_unchanged_in_form(tmp_path):
     data = json.loads((tmp_path / 'o' / 'predictions.json').read_text())
     assert sorted(data) == ['model', 'precision', 'predictions', 'task', 'topk']
     assert data['topk'] == 3 and len(data['predictions'][0]['topk']) == 3
+
+
+def test_sigterm_mid_folder_leaves_nothing(tmp_path):
+    """SIGTERM while the second of three images runs: exit status 143, no output and no
+    staging folder left (the signal arrives from inside the run, so no timing is involved)."""
+    model = om.segmentor(tmp_path / 'seg.onnx', om.seg_meta())
+    om.write_images(tmp_path / 'imgs', [(32, 64)] * 3)
+    (tmp_path / 'out').mkdir()
+    code = f'''
+import os, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from mmrepvgg_runtime import model
+from mmrepvgg_runtime.cli import main
+real, calls = model.OnnxModel.segment, []
+def segment(self, img):
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(self, img)
+model.OnnxModel.segment = segment
+sys.exit(main(sys.argv[1:]))
+'''
+    proc = subprocess.run([sys.executable, '-c', code, str(model), str(tmp_path / 'imgs'),
+                           '--out-dir', str(tmp_path / 'out'), '--quiet'], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert list((tmp_path / 'out').iterdir()) == []
