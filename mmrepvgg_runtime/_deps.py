@@ -5,30 +5,16 @@ mmengine, mmseg or mmpretrain.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from .errors import MissingDependencyError
+from .errors import require
 
-_PIP = {'numpy': 'numpy', 'cv2': 'opencv-python', 'onnxruntime': 'onnxruntime'}
+_NEEDS = '(the runtime needs onnxruntime, numpy and opencv-python)'
 
-
-def require(name: str) -> Any:
-    """Import ``name`` or raise :class:`MissingDependencyError` saying how to install it."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name != name:
-            raise
-        raise MissingDependencyError(f'{name} is not installed: pip install {_PIP[name]} '
-                                     '(the runtime needs onnxruntime, numpy and '
-                                     'opencv-python)') from None
-
-
-np = require('numpy')
-cv2 = require('cv2')
+np = require('numpy', f'numpy {_NEEDS}')
+cv2 = require('cv2', f'opencv-python {_NEEDS}')
 
 
 def onnxruntime() -> Any:
     """The ``onnxruntime`` module (imported on first use)."""
-    return require('onnxruntime')
+    return require('onnxruntime', f'onnxruntime {_NEEDS}')

@@ -7,11 +7,11 @@ exits with status 1 (130 after Ctrl-C, 143 after SIGTERM; temporary files are re
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from typing import Sequence
 
 from .errors import USER_ERRORS, error_message
+from .files import sigterm_unwinds
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -46,27 +46,21 @@ def _positive(text: str) -> int:
     return value
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds: temporary files are removed
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns the exit status."""
     args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        from .infer import infer
-        result = infer(args.model, args.inputs, args.out_dir, force=args.force,
-                       threads=args.threads, topk=args.topk, overlay=not args.no_overlay,
-                       alpha=args.alpha, progress=not args.quiet)
+        with sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: temporary files are removed
+            from .infer import infer  # here: a missing numpy / OpenCV is one line too
+            result = infer(args.model, args.inputs, args.out_dir, force=args.force,
+                           threads=args.threads, topk=args.topk, overlay=not args.no_overlay,
+                           alpha=args.alpha, progress=not args.quiet)
     except KeyboardInterrupt:
         print('error: interrupted', file=sys.stderr)
         return 130
     except USER_ERRORS as err:
-        print(f'error: {error_message(err)}', file=sys.stderr)
+        print(f'error: {error_message(err, first_line=True)}', file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if not args.quiet:
         what = ('label maps' if result['task'] == 'segmentation' else 'predictions')
         print(f'{result["images"]} images -> {what} in {args.out_dir} '

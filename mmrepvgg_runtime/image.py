@@ -14,18 +14,62 @@ the tensor fed to the network is the one ``inference_model`` / the inferencer wo
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+import struct
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
 
 from ._deps import cv2, np
-from .errors import RuntimeInputError
+from .errors import RuntimeInputError, error_message
 from .metadata import RuntimeSpec
 
-#: File name extensions of the images a folder is searched for.
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+#: The most pixels an image may have: OpenCV's own decoding limit (``CV_IO_MAX_IMAGE_PIXELS``).
+MAX_PIXELS = int(os.environ.get('CV_IO_MAX_IMAGE_PIXELS', 1 << 30))
 
 _INTERPOLATION = {'nearest': cv2.INTER_NEAREST, 'bilinear': cv2.INTER_LINEAR,
                   'bicubic': cv2.INTER_CUBIC, 'area': cv2.INTER_AREA,
                   'lanczos': cv2.INTER_LANCZOS4}
+
+
+def header_size(head: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from the start of a PNG, JPEG or BMP file (None: unknown).
+
+    Read before decoding, so that an image too large to decode is refused in one line
+    instead of in an OpenCV traceback (or after allocating gigabytes).
+    """
+    if head[:8] == b'\x89PNG\r\n\x1a\n' and head[12:16] == b'IHDR' and len(head) >= 24:
+        return struct.unpack('>II', head[16:24])
+    if head[:2] == b'BM' and len(head) >= 26:
+        width, height = struct.unpack('<ii', head[18:26])
+        return abs(width), abs(height)
+    pos = 2 if head[:2] == b'\xff\xd8' else len(head)
+    while pos + 9 <= len(head) and head[pos] == 0xFF:  # JPEG: the segments up to a frame
+        marker = head[pos + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack('>HH', head[pos + 5:pos + 9])
+            return width, height
+        pos += 2 + struct.unpack('>H', head[pos + 2:pos + 4])[0]
+    return None
+
+
+def _check_size(path: str | os.PathLike, head: bytes) -> None:
+    size = header_size(head)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise RuntimeInputError(f'{path} is {size[0]}x{size[1]} pixels, more than the '
+                                f'{MAX_PIXELS} OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)')
+
+
+def check_readable(images: Iterable[Path]) -> None:
+    """Fail before any work if an input is not a format OpenCV reads or is too large (by
+    its header).
+
+    Raises:
+        RuntimeInputError: Naming the first such file.
+    """
+    for path in images:
+        if not cv2.haveImageReader(os.fspath(path)):
+            raise RuntimeInputError(f'{path} is not an image OpenCV can read')
+        with open(path, 'rb') as f:
+            _check_size(path, f.read(1 << 16))
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -33,7 +77,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: No such file.
-        RuntimeInputError: The file is not an image OpenCV can decode.
+        RuntimeInputError: The file is not an image OpenCV can decode, or is too large.
     """
     try:
         data = np.fromfile(os.fspath(path), dtype=np.uint8)
@@ -41,11 +85,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f'No such image: {path}') from None
     except IsADirectoryError:
         raise RuntimeInputError(f'{path} is a directory, not an image') from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    _check_size(path, data[:1 << 20].tobytes())
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error as err:  # a format whose size the header check does not read
+        raise RuntimeInputError(f'Cannot read {path}: {error_message(err, True)}') from None
     if img is None:
         raise RuntimeInputError(f'Cannot read {path} as an image (not an image file OpenCV '
                                 'can decode, or corrupt)')
     return img
+
+
+def encode_image(img: np.ndarray, ext: str) -> bytes:
+    """``img`` encoded as ``ext`` (``'.png'``: lossless, ``'.jpg'``)."""
+    ok, buf = cv2.imencode(ext, img)
+    if not ok:  # pragma: no cover  (PNG / JPEG of uint8 or uint16 always encode)
+        raise RuntimeInputError(f'Cannot encode a {img.shape} {img.dtype} image as {ext}')
+    return buf.tobytes()
 
 
 def rescale_size(width: int, height: int, scale: Sequence[int]) -> tuple[int, int]:
@@ -89,9 +145,9 @@ def apply_step(img: np.ndarray, step: Mapping) -> np.ndarray:
         return img[y1:y2, x1:x2]
     else:  # pragma: no cover  (RuntimeSpec validates the types)
         raise RuntimeInputError(f'Unknown pipeline step {kind!r}')
-    if min(size) < 1:
+    if min(size) < 1 or size[0] * size[1] > MAX_PIXELS:
         raise RuntimeInputError(f'A {width}x{height} image resizes to {size[0]}x{size[1]} '
-                                f'({kind}): too small')
+                                f'({kind}): too {"small" if min(size) < 1 else "large"}')
     return cv2.resize(img, size, interpolation=interp)
 
 

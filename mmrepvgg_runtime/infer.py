@@ -6,25 +6,103 @@
 - classifier: ``OUT_DIR/predictions.json``, the top-k class names and softmax scores of
   every image.
 
-Every input and output is checked before the first image is run: a missing or unreadable
-input, an existing output without ``force``, an output that is an input, or two inputs
-that would write the same file fail at once, with nothing written.
+All or nothing: every input and output is checked before the first image is run (a
+missing, unreadable or oversized input, an existing output without ``force``, an output
+that is an input, two inputs that would write the same file), and the results go to a
+hidden staging folder that is moved into place only once every image has run; any error
+or interrupt leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ._deps import np
 from .errors import RuntimeInputError
-from .files import (check_outputs, check_readable, collect_images, prepare_out_dir,
-                    segmentation_outputs, write_image, write_json)
-from .image import default_palette, overlay as blend, read_image
+from .files import check_output_paths, collect_images, write_atomic, write_json_atomic
+from .image import check_readable, default_palette, encode_image, overlay as blend, read_image
 from .model import OnnxModel
 from .progress import Progress
 
 PREDICTIONS = 'predictions.json'
+
+
+def segmentation_outputs(images: Sequence[Path], out_dir: Path,
+                         overlay: bool = True) -> list[tuple[Path, Path | None]]:
+    """``(label map, overlay)`` paths per image: ``DIR/<stem>.png``, ``DIR/<stem>_overlay.jpg``.
+
+    Raises:
+        RuntimeInputError: Two inputs would write the same output (same file name stem).
+    """
+    plans, owner = [], {}
+    for img in images:
+        paths = (out_dir / f'{img.stem}.png',
+                 out_dir / f'{img.stem}_overlay.jpg' if overlay else None)
+        for path in filter(None, paths):
+            if path.name in owner:
+                raise RuntimeInputError(f'{owner[path.name]} and {img} would both write '
+                                        f'{path}: give inputs with different file names')
+            owner[path.name] = img
+        plans.append(paths)
+    return plans
+
+
+@contextlib.contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A hidden temporary folder on ``out_dir``'s file system (inside it if it exists, else
+    beside its nearest existing parent, so that a failed run creates no folder), removed at
+    the end whatever happens."""
+    parent = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    stage = Path(tempfile.mkdtemp(prefix='.mmrepvgg-infer-', dir=parent))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(staged: list[tuple[Path, Path]], force: bool, inputs: Sequence[Path]) -> None:
+    """Move each finished ``(staged file, output)`` into place through the one writer."""
+    for src, dst in staged:
+        write_atomic(dst, lambda tmp, src=src: os.replace(src, tmp), force, inputs)
+
+
+def _segment_all(net: OnnxModel, images: Sequence[Path], plans: Sequence[tuple],
+                 stage: Path, alpha: float, bar: Progress) -> list[tuple[Path, Path]]:
+    """Label maps (and overlays) of every image, written into ``stage``."""
+    palette = np.asarray(net.spec.palette, np.uint8) if net.spec.palette else None
+    staged = []
+    for img_path, (label_path, overlay_path) in zip(images, plans):
+        img = read_image(img_path)
+        labels = _run(net.segment, img, img_path)
+        results = [(label_path, labels)]
+        if overlay_path is not None:
+            if palette is None or len(palette) < int(labels.max()) + 1:
+                palette = default_palette(max(int(labels.max()) + 1, 2))
+            results.append((overlay_path, blend(img, labels, palette, alpha)))
+        for path, array in results:
+            (stage / path.name).write_bytes(encode_image(array, path.suffix))
+            staged.append((stage / path.name, path))
+        bar.update()
+    return staged
+
+
+def _classify_all(net: OnnxModel, images: Sequence[Path], k: int, bar: Progress) -> list:
+    """The top-``k`` predictions of every image (rows of ``predictions.json``)."""
+    rows = []
+    for img_path in images:
+        scores = _run(net.classify, read_image(img_path), img_path)
+        order = np.argsort(-scores, kind='stable')[:min(k, len(scores))]
+        best = int(order[0])
+        rows.append(dict(image=str(img_path), pred_label=best,
+                         pred_class=net.class_name(best), pred_score=float(scores[best]),
+                         topk=[dict(label=int(i), **{'class': net.class_name(int(i))},
+                                    score=float(scores[i])) for i in order]))
+        bar.update()
+    return rows
 
 
 def infer(model: str | os.PathLike | OnnxModel, inputs: Sequence[str | os.PathLike],
@@ -48,7 +126,8 @@ def infer(model: str | os.PathLike | OnnxModel, inputs: Sequence[str | os.PathLi
         ``dict(task, images, outputs)``; for a classifier also ``predictions``.
 
     Raises:
-        FileNotFoundError, RuntimeInputError, FileExistsError, ...: Bad input, in one line.
+        FileNotFoundError, RuntimeInputError, FileExistsError, ...: Bad input, in one line
+            (nothing written).
     """
     if topk is not None and (not isinstance(topk, int) or topk < 1):
         raise RuntimeInputError(f'--topk must be an int >= 1, got {topk!r}')
@@ -58,60 +137,28 @@ def infer(model: str | os.PathLike | OnnxModel, inputs: Sequence[str | os.PathLi
     check_readable(images)
     net = model if isinstance(model, OnnxModel) else OnnxModel(model, threads)
     out = Path(os.path.expanduser(os.fspath(out_dir)))
-    sources = images + [Path(net.path)]
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f'--out-dir {out} is a file, not a directory')
-    bar_desc = f'{Path(net.path).name} ({net.spec.precision})'
+    sources = images + [Path(net.path)]
+    bar = Progress(len(images), f'{Path(net.path).name} ({net.spec.precision})', progress)
     if net.spec.task == 'segmentation':
         plans = segmentation_outputs(images, out, overlay)
-        check_outputs([p for pair in plans for p in pair if p is not None], force, sources)
-        prepare_out_dir(out)
-        palette = np.asarray(net.spec.palette, np.uint8) if net.spec.palette else None
-        bar = Progress(len(images), bar_desc, progress)
-        written = []
-        try:
-            for img_path, (label_path, overlay_path) in zip(images, plans):
-                img = _read(img_path)
-                labels = _run(net.segment, img, img_path)
-                written.append(str(write_image(label_path, labels, force)))
-                if overlay_path is not None:
-                    if palette is None or len(palette) < int(labels.max()) + 1:
-                        palette = default_palette(max(int(labels.max()) + 1, 2))
-                    written.append(str(write_image(overlay_path, blend(img, labels, palette,
-                                                                       alpha), force)))
-                bar.update()
-        finally:
-            bar.close()
-        return dict(task='segmentation', images=len(images), outputs=written)
-    path = out / PREDICTIONS
-    check_outputs([path], force, sources)
-    prepare_out_dir(out)
-    k = topk or net.spec.topk
-    bar = Progress(len(images), bar_desc, progress)
-    rows = []
-    try:
-        for img_path in images:
-            scores = _run(net.classify, _read(img_path), img_path)
-            order = np.argsort(-scores, kind='stable')[:min(k, len(scores))]
-            best = int(order[0])
-            rows.append(dict(image=str(img_path), pred_label=best,
-                             pred_class=net.class_name(best), pred_score=float(scores[best]),
-                             topk=[dict(label=int(i), **{'class': net.class_name(int(i))},
-                                        score=float(scores[i])) for i in order]))
-            bar.update()
-    finally:
-        bar.close()
-    write_json(path, dict(model=net.path, task='classification', precision=net.spec.precision,
-                          topk=min(k, len(scores)), predictions=rows), force)
+        outputs = check_output_paths([p for pair in plans for p in pair], force, sources)
+        with _staging(out) as stage, contextlib.closing(bar):
+            _publish(_segment_all(net, images, plans, stage, alpha, bar), force, sources)
+        return dict(task='segmentation', images=len(images), outputs=list(map(str, outputs)))
+    path = check_output_paths([out / PREDICTIONS], force, sources)[0]
+    with contextlib.closing(bar):
+        rows = _classify_all(net, images, topk or net.spec.topk, bar)
+    k = len(rows[0]['topk'])
+    write_json_atomic(path, dict(model=net.path, task='classification',
+                                 precision=net.spec.precision, topk=k, predictions=rows),
+                      force, sources, indent=2)
     return dict(task='classification', images=len(images), outputs=[str(path)],
                 predictions=rows)
 
 
-def _read(path: Path) -> np.ndarray:
-    return read_image(path)
-
-
-def _run(fn, img: np.ndarray, path: Path):
+def _run(fn: Callable[[Any], Any], img: np.ndarray, path: Path) -> Any:
     """``fn(img)``, with the image named in a size error."""
     try:
         return fn(img)

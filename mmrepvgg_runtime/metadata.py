@@ -26,11 +26,17 @@ mmcv / mmpretrain semantics:
 Each takes ``interpolation`` (``nearest``, ``bilinear``, ``bicubic``, ``area``,
 ``lanczos``; default ``bilinear``). Then ``(image - mean) / std`` in float32, channels in
 RGB order if ``bgr_to_rgb``, NCHW.
+
+This module is the one place that validates it: :meth:`RuntimeSpec.from_dict` as a schema
+(types, ranges, finite numbers: a string for a boolean or a NaN mean is refused, not
+guessed at) and :func:`check_graph` against the graph it describes (input type and layout,
+the task's logits shape, the slide window), each failure one :class:`MetadataError` line.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Mapping, Sequence
 
 from .errors import MetadataError
@@ -46,54 +52,117 @@ STEP_TYPES = ('resize', 'resize_edge', 'center_crop')
 PRECISIONS = ('fp32', 'fp16', 'int8')
 
 
+#: The largest size (pixels along one side) of a resize, crop or sliding window.
+MAX_SIDE = 1 << 14
+
+
 def _fail(where: str, what: str) -> MetadataError:
     return MetadataError(f'{where}: bad runtime metadata ({RUNTIME_KEY}): {what}; re-export '
                          'the model with tools/export_onnx.py')
 
 
-def _pos_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+class _Reader:
+    """Typed, range-checked reads of one metadata object; every failure one line."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, what: str) -> MetadataError:
+        return _fail(self.where, what)
+
+    def integer(self, value: Any, name: str, low: int = 1, high: int = MAX_SIDE) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        raise self.fail(f'{name} must be an int in {low}-{high}, got {value!r}')
+
+    def number(self, value: Any, name: str, bounds: tuple | None = None,
+               positive: bool = False) -> float:
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and (value > 0 or not positive)
+                and (bounds is None or bounds[0] <= value <= bounds[1])):
+            return float(value)
+        what = f'{"positive " if positive else ""}finite number'
+        where = f' in [{bounds[0]}, {bounds[1]}]' if bounds else ''
+        raise self.fail(f'{name} must be a {what}{where}, got {value!r}')
+
+    def flag(self, value: Any, name: str) -> bool:
+        if isinstance(value, bool):
+            return value
+        raise self.fail(f'{name} must be true or false, got {value!r}')
+
+    def choice(self, value: Any, name: str, choices: Sequence[str]) -> str:
+        if isinstance(value, str) and value in choices:
+            return value
+        raise self.fail(f'{name} {value!r} is not one of {", ".join(choices)}')
+
+    def array(self, value: Any, name: str, length: int | None = None) -> list:
+        if isinstance(value, (list, tuple)) and length in (None, len(value)):
+            return list(value)
+        raise self.fail(f'{name} must be a list{f" of {length}" if length else ""}, got '
+                        f'{value!r}')
+
+    def pair(self, value: Any, name: str) -> tuple[int, int]:
+        if (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE
+                for v in value)):
+            return int(value[0]), int(value[1])
+        raise self.fail(f'{name} must be two positive ints (at most {MAX_SIDE}), got {value!r}')
+
+    def mapping(self, value: Any, name: str) -> dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise self.fail(f'{name} must be an object, got {value!r}')
+
+    def step(self, raw: Any) -> dict:
+        """One pipeline step, with its defaults filled in."""
+        step = self.mapping(raw, 'a pipeline step')
+        kind = step.get('type')
+        if kind not in STEP_TYPES:
+            raise self.fail(f'pipeline step {raw!r}: type must be one of {", ".join(STEP_TYPES)}')
+        step['interpolation'] = self.choice(step.get('interpolation', 'bilinear'),
+                                            f'{kind}: interpolation', INTERPOLATIONS)
+        if kind == 'resize':
+            step['scale'] = self.pair(step.get('scale'), 'resize scale')
+            step['keep_ratio'] = self.flag(step.get('keep_ratio', False), 'resize keep_ratio')
+        elif kind == 'resize_edge':
+            step['scale'] = self.integer(step.get('scale'), 'resize_edge scale')
+            step['edge'] = self.choice(step.get('edge', 'short'), 'resize_edge edge', EDGES)
+        else:
+            step['crop_size'] = self.pair(step.get('crop_size'), 'center_crop crop_size')
+        return step
+
+    def floats3(self, value: Any, name: str, positive: bool = False) -> tuple | None:
+        if value is None:
+            return None
+        return tuple(self.number(v, f'each {name} value', positive=positive)
+                     for v in self.array(value, name, 3))
 
 
-def _pair(value: Any, where: str, name: str) -> tuple[int, int]:
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and all(
-            _pos_int(v) for v in value):
-        return int(value[0]), int(value[1])
-    raise _fail(where, f'{name} must be two positive ints, got {value!r}')
+def _inference(read: _Reader, raw: Mapping, task: str) -> tuple:
+    """``(mode, crop_size, stride)`` of the ``inference`` entry."""
+    inference = read.mapping(raw.get('inference') or {'mode': 'whole'}, 'inference')
+    mode = read.choice(inference.get('mode'), 'inference mode', ('whole', 'slide'))
+    if task == 'classification' and mode != 'whole':
+        raise read.fail('a classifier runs in whole mode only')
+    if mode == 'whole':
+        return mode, None, None
+    return (mode, read.pair(inference.get('crop_size'), 'slide crop_size'),
+            read.pair(inference.get('stride'), 'slide stride'))
 
 
-def _floats3(value: Any, where: str, name: str, positive: bool = False) -> tuple | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise _fail(where, f'{name} must be 3 numbers, got {value!r}') from None
-    if len(out) != 3 or (positive and not all(v > 0 for v in out)):
-        raise _fail(where, f'{name} must be 3 {"positive " if positive else ""}numbers, got '
-                    f'{value!r}')
-    return out
-
-
-def _step(raw: Any, where: str) -> dict:
-    if not isinstance(raw, Mapping) or raw.get('type') not in STEP_TYPES:
-        raise _fail(where, f'pipeline step {raw!r}: type must be one of {", ".join(STEP_TYPES)}')
-    step = dict(raw)
-    kind = step['type']
-    interp = step.setdefault('interpolation', 'bilinear')
-    if interp not in INTERPOLATIONS:
-        raise _fail(where, f'{kind}: interpolation {interp!r} is not one of '
-                    f'{", ".join(INTERPOLATIONS)}')
-    if kind == 'resize':
-        step['scale'] = _pair(step.get('scale'), where, 'resize scale')
-        step['keep_ratio'] = bool(step.get('keep_ratio', False))
-    elif kind == 'resize_edge':
-        if not _pos_int(step.get('scale')) or step.setdefault('edge', 'short') not in EDGES:
-            raise _fail(where, f'resize_edge needs an int scale > 0 and an edge in '
-                        f'{", ".join(EDGES)}, got {raw!r}')
-    else:
-        step['crop_size'] = _pair(step.get('crop_size'), where, 'center_crop crop_size')
-    return step
+def _labels(read: _Reader, raw: Mapping) -> tuple:
+    """``(classes, palette)``: names and RGB colours, each None where not given."""
+    classes = raw.get('classes')
+    if classes is not None:
+        classes = tuple(read.array(classes, 'classes'))
+        if not all(isinstance(c, str) for c in classes):
+            raise read.fail('classes must be a list of names')
+    palette = raw.get('palette')
+    if palette is not None:
+        palette = tuple(tuple(read.integer(v, 'a palette value', 0, 255)
+                              for v in read.array(colour, 'a palette colour', 3))
+                        for colour in read.array(palette, 'palette'))
+    return classes, palette
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +203,8 @@ class RuntimeSpec:
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = 'model') -> 'RuntimeSpec':
-        """Validate a decoded metadata object.
+        """Validate a decoded metadata object as the schema: keys, types, ranges, finite
+        numbers (what the exporter writes; anything else is refused, not guessed at).
 
         Args:
             raw: The decoded JSON object.
@@ -146,59 +216,30 @@ class RuntimeSpec:
         Raises:
             MetadataError: For anything this runtime cannot run, in one line.
         """
-        if not isinstance(raw, Mapping):
-            raise _fail(where, 'not a JSON object')
-        if raw.get('schema') != SCHEMA:
-            raise _fail(where, f'schema {raw.get("schema")!r}, this runtime reads schema '
-                        f'{SCHEMA}')
-        task = raw.get('task')
-        if task not in TASKS:
-            raise _fail(where, f'task {task!r} is not one of {", ".join(TASKS)}')
-        pipeline = raw.get('pipeline') or []
-        if not isinstance(pipeline, Sequence) or isinstance(pipeline, str):
-            raise _fail(where, 'pipeline must be a list')
-        steps = tuple(_step(s, where) for s in pipeline)
-        mean = _floats3(raw.get('mean'), where, 'mean')
-        std = _floats3(raw.get('std'), where, 'std', positive=True)
+        read = _Reader(where)
+        raw = read.mapping(raw, 'the metadata')
+        schema = raw.get('schema')
+        if type(schema) is not int or schema != SCHEMA:
+            raise read.fail(f'schema {schema!r}, this runtime reads schema {SCHEMA}')
+        task = read.choice(raw.get('task'), 'task', TASKS)
+        steps = tuple(read.step(s) for s in read.array(raw.get('pipeline') or [], 'pipeline'))
+        mean = read.floats3(raw.get('mean'), 'mean')
+        std = read.floats3(raw.get('std'), 'std', positive=True)
         if (mean is None) != (std is None):
-            raise _fail(where, 'mean and std must be given together')
-        inference = dict(raw.get('inference') or {'mode': 'whole'})
-        mode = inference.get('mode')
-        crop = stride = None
-        if mode == 'slide':
-            crop = _pair(inference.get('crop_size'), where, 'slide crop_size')
-            stride = _pair(inference.get('stride'), where, 'slide stride')
-        elif mode != 'whole':
-            raise _fail(where, f'inference mode {mode!r} is not whole or slide')
-        if task == 'classification' and mode != 'whole':
-            raise _fail(where, 'a classifier runs in whole mode only')
-        classes = raw.get('classes')
-        if classes is not None:
-            if not isinstance(classes, Sequence) or isinstance(classes, str):
-                raise _fail(where, 'classes must be a list of names')
-            classes = tuple(str(c) for c in classes)
-        palette = raw.get('palette')
-        if palette is not None:
-            try:
-                palette = tuple(tuple(int(c) for c in colour) for colour in palette)
-            except (TypeError, ValueError):
-                raise _fail(where, 'palette must be a list of [r, g, b]') from None
-            if not all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in palette):
-                raise _fail(where, 'palette must be a list of [r, g, b] in 0-255')
-        topk = raw.get('topk', 5)
-        if not _pos_int(topk):
-            raise _fail(where, f'topk must be an int > 0, got {topk!r}')
+            raise read.fail('mean and std must be given together')
+        mode, crop, stride = _inference(read, raw, task)
+        classes, palette = _labels(read, raw)
         threshold = raw.get('threshold')
-        if threshold is not None and not isinstance(threshold, (int, float)):
-            raise _fail(where, f'threshold must be a number, got {threshold!r}')
-        precision = raw.get('precision', 'fp32')
-        if precision not in PRECISIONS:
-            raise _fail(where, f'precision {precision!r} is not one of {", ".join(PRECISIONS)}')
         return cls(task=task, pipeline=steps, mean=mean, std=std,
-                   bgr_to_rgb=bool(raw.get('bgr_to_rgb', False)), mode=mode, crop_size=crop,
-                   stride=stride, align_corners=bool(raw.get('align_corners', False)),
-                   threshold=None if threshold is None else float(threshold), classes=classes,
-                   palette=palette, topk=int(topk), precision=precision)
+                   bgr_to_rgb=read.flag(raw.get('bgr_to_rgb', False), 'bgr_to_rgb'),
+                   mode=mode, crop_size=crop, stride=stride,
+                   align_corners=read.flag(raw.get('align_corners', False), 'align_corners'),
+                   threshold=None if threshold is None else read.number(threshold,
+                                                                        'threshold', (0, 1)),
+                   classes=classes, palette=palette,
+                   topk=read.integer(raw.get('topk', 5), 'topk', 1, 1 << 31),
+                   precision=read.choice(raw.get('precision', 'fp32'), 'precision',
+                                         PRECISIONS))
 
     def to_dict(self) -> dict:
         """The JSON object :meth:`from_dict` reads (what the exporter writes)."""
@@ -250,6 +291,10 @@ def spec_from_metadata(meta: Mapping[str, str], where: str = 'model') -> Runtime
         MetadataError: No runtime metadata, or one this runtime cannot run.
     """
     text = meta.get(RUNTIME_KEY)
+    if text is None and 'mmrepvgg_version' in meta:  # ours, exported without it
+        raise MetadataError(f'{where} has no runtime metadata ({RUNTIME_KEY}): it was exported '
+                            'with tools/export_onnx.py --no-runtime-meta; export it again '
+                            'without that option')
     if text is None:
         raise MetadataError(f'{where} has no runtime metadata ({RUNTIME_KEY}): export it with '
                             'this version of tools/export_onnx.py (or tools/quantize.py)')
@@ -258,3 +303,40 @@ def spec_from_metadata(meta: Mapping[str, str], where: str = 'model') -> Runtime
     except ValueError:
         raise _fail(where, 'not valid JSON') from None
     return RuntimeSpec.from_dict(raw, where)
+
+
+#: The tensor types the runtime feeds and reads.
+FLOAT_TYPES = ('tensor(float)', 'tensor(float16)')
+
+
+def check_graph(spec: RuntimeSpec, inputs: Sequence[Any], outputs: Sequence[Any],
+                where: str = 'model') -> None:
+    """Refuse a graph that does not fit its metadata, before any image is run.
+
+    Args:
+        spec: The model's runtime metadata.
+        inputs: The graph's inputs (ONNX Runtime ``NodeArg``: ``name``, ``type``, ``shape``).
+        outputs: Its outputs.
+        where: The model, for messages.
+
+    Raises:
+        MetadataError: Not one float NCHW image input with 3 channels; a first output that
+            is not float logits of the task's shape ((N, C) for a classifier, (N, C, h, w)
+            for a segmentor); a static input size other than the slide window.
+    """
+    inp = inputs[0] if len(inputs) == 1 else None
+    if (inp is None or len(inp.shape) != 4 or inp.type not in FLOAT_TYPES
+            or isinstance(inp.shape[1], int) and inp.shape[1] != 3):
+        raise MetadataError(f'{where}: the runtime feeds one float NCHW image (3 channels); the '
+                            f'graph takes {[(i.name, i.type, i.shape) for i in inputs]}')
+    rank = 4 if spec.task == 'segmentation' else 2
+    out = outputs[0] if outputs else None
+    if out is None or out.type not in FLOAT_TYPES or (out.shape is not None
+                                                       and len(out.shape) != rank):
+        got = f'{out.type} {out.shape}' if out is not None else 'no output'
+        raise MetadataError(f'{where}: its metadata says {spec.task}, whose logits are '
+                            f'{rank}-d floats, but the graph gives {got}')
+    hw = tuple(inp.shape[2:])
+    if spec.mode == 'slide' and all(isinstance(s, int) for s in hw) and hw != spec.crop_size:
+        raise MetadataError(f'{where}: the graph takes {hw[0]}x{hw[1]} inputs but slide '
+                            f'inference feeds {spec.crop_size[0]}x{spec.crop_size[1]} windows')

@@ -20,7 +20,7 @@ from ._deps import np, onnxruntime
 from .errors import ModelLoadError, RuntimeInputError, error_message
 from .image import normalize, run_pipeline
 from .logits import label_map, resize_bilinear, softmax
-from .metadata import RuntimeSpec, spec_from_metadata
+from .metadata import RuntimeSpec, check_graph, spec_from_metadata
 
 
 def create_session(path: str | os.PathLike, threads: int | None = None,
@@ -61,8 +61,8 @@ class OnnxModel:
 
     Raises:
         FileNotFoundError, ModelLoadError: The file cannot be loaded.
-        MetadataError: It has no runtime metadata, or one this runtime cannot run.
-        RuntimeInputError: The graph does not fit its metadata (inputs, window size).
+        MetadataError: It has no runtime metadata, one this runtime cannot run, or one the
+            graph does not fit (:func:`~mmrepvgg_runtime.metadata.check_graph`).
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
@@ -71,20 +71,13 @@ class OnnxModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.spec: RuntimeSpec = spec_from_metadata(meta, self.path)
         inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise RuntimeInputError(f'{self.path}: expected one NCHW input, got '
-                                    f'{[(i.name, i.shape) for i in inputs]}')
+        check_graph(self.spec, inputs, self.session.get_outputs(), self.path)
         inp = inputs[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if inp.type == 'tensor(float16)' else np.float32
         self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         hw = inp.shape[2:]
         self.input_hw = tuple(hw) if all(isinstance(s, int) for s in hw) else None
-        if self.spec.mode == 'slide' and self.input_hw not in (None, self.spec.crop_size):
-            raise RuntimeInputError(
-                f'{self.path}: the graph takes {self.input_hw[0]}x{self.input_hw[1]} inputs '
-                f'but slide inference feeds {self.spec.crop_size[0]}x{self.spec.crop_size[1]} '
-                'windows')
 
     # ------------------------------------------------------------------ network
     def run(self, x: np.ndarray) -> np.ndarray:

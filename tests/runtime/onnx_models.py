@@ -27,7 +27,8 @@ def _save(graph, path: Path, meta: dict | None, extra: dict | None = None) -> Pa
 
 
 def segmentor(path: Path, meta: dict | None, classes: int = 5, hw: Sequence | None = None,
-              stride: int = 4, seed: int = 0, batch: int | str = 'N') -> Path:
+              stride: int = 4, seed: int = 0, batch: int | str = 'N',
+              extra: dict | None = None) -> Path:
     """``logits = Conv(k=stride, stride=stride)(x)``: (N, classes, H/stride, W/stride).
 
     Args:
@@ -38,6 +39,8 @@ def segmentor(path: Path, meta: dict | None, classes: int = 5, hw: Sequence | No
         stride: Output stride (kernel = stride).
         seed: Seed of the weights.
         batch: Static batch or a name (dynamic).
+        extra: More metadata entries (JSON values), as the exporter writes beside the
+            runtime's.
     """
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(seed)
@@ -50,7 +53,7 @@ def segmentor(path: Path, meta: dict | None, classes: int = 5, hw: Sequence | No
                             strides=[stride] * 2)
     graph = helper.make_graph([node], 'seg', [inp], [out],
                               [numpy_helper.from_array(w, 'w'), numpy_helper.from_array(b, 'b')])
-    return _save(graph, path, meta)
+    return _save(graph, path, meta, extra)
 
 
 def classifier(path: Path, meta: dict | None, classes: int = 7, hw: Sequence = (32, 32),

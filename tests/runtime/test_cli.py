@@ -175,7 +175,7 @@ def test_output_over_an_input_is_refused_even_with_force(models, images):
     """--out-dir = the input folder: img0.png would be written over the input image."""
     before = (images / 'img0.png').read_bytes()
     status, line = cli(models['seg'], images, '--out-dir', images, '--force', '--quiet')
-    assert status == 1 and 'is an input' in line
+    assert status == 1 and 'is the input' in line
     assert (images / 'img0.png').read_bytes() == before
     assert sorted(p.name for p in images.iterdir()) == ['img0.png', 'img1.png', 'img2.png']
 
