@@ -63,9 +63,7 @@ def adapt_to_machine(cfg: Config) -> Config:
                                                     broadcast_buffers=False)
     wrapper['device_ids'] = None  # CPU modules take no device ids
     cfg.model_wrapper_cfg = wrapper
-    hooks = [dict(h) for h in (cfg.get('custom_hooks') or [])
-             if str(h.get('type', '')).split('.')[-1] != 'CPUDistributedHook']
-    cfg.custom_hooks = hooks + [dict(type='mmrepvgg.CPUDistributedHook')]
+    set_custom_hook(cfg, dict(type='mmrepvgg.CPUDistributedHook'))
     print_log('Distributed on CPU: gloo backend, DDP without device ids'
               + (f', {n} SyncBN configs replaced by BN (SyncBN needs GPUs)' if n else '')
               + '; BN statistics averaged over the processes after every iteration, results '
@@ -74,8 +72,14 @@ def adapt_to_machine(cfg: Config) -> Config:
     return cfg
 
 
-
-
+def set_custom_hook(cfg: Config, hook: dict) -> Config:
+    """Put ``hook`` into ``cfg.custom_hooks`` in place of any entry of the same type (with
+    or without a scope prefix), so a hook is never registered twice."""
+    name = hook['type'].split('.')[-1]
+    hooks = [dict(h) for h in (cfg.get('custom_hooks') or [])
+             if str(h.get('type', '')).split('.')[-1] != name]
+    cfg.custom_hooks = hooks + [hook]
+    return cfg
 
 
 def _datasets(dataset: Any) -> Iterator[dict]:
@@ -208,7 +212,7 @@ def prepare_train_config(config: str | Config,
     else:
         cfg.resume = bool(resume)
     if cfg.get('load_from') or cfg.resume:  # strict load_from and resume
-        add_strict_load_hook(cfg, deployed='error')
+        set_custom_hook(cfg, dict(type='mmrepvgg.StrictLoadHook', deployed='error'))
     return adapt_to_machine(cfg)
 
 
@@ -232,24 +236,6 @@ def add_deploy_hook(cfg: Config) -> Config:
             hook['fold_on_test'] = True
     else:
         hooks.append(dict(type='RepVGGDeployHook', fold_on_test=True))
-    cfg.custom_hooks = hooks
-    return cfg
-
-
-def add_strict_load_hook(cfg: Config, deployed: str) -> Config:
-    """Make ``load_from`` strict with ``StrictLoadHook`` (once).
-
-    Args:
-        cfg: The config (changed in place).
-        deployed: What to do with a deployed checkpoint: ``'fold'`` the model first
-            (testing) or ``'error'`` (training).
-
-    Returns:
-        The config.
-    """
-    hooks = [dict(h) for h in (cfg.get('custom_hooks') or [])
-             if str(h.get('type', '')).split('.')[-1] != 'StrictLoadHook']
-    hooks.append(dict(type='mmrepvgg.StrictLoadHook', deployed=deployed))
     cfg.custom_hooks = hooks
     return cfg
 
@@ -309,12 +295,12 @@ def prepare_test_config(config: str | Config,
                         show_interval: int = 1,
                         out: str | None = None,
                         cfg_options: Mapping | None = None,
-                        launcher: str = 'none',
-                        force: bool = False) -> Config:
+                        launcher: str = 'none') -> Config:
     """The config for ``tools/test.py``.
 
     The checkpoint is loaded strictly; a deployed one (``branch_reparam`` keys) gets the
-    model folded before it is loaded (:class:`~mmrepvgg.engine.StrictLoadHook`).
+    model folded before it is loaded (:class:`~mmrepvgg.engine.StrictLoadHook`). Where
+    ``out`` may be written is the caller's check (:func:`check_test_out`).
 
     Args:
         config: Config file.
@@ -326,27 +312,24 @@ def prepare_test_config(config: str | Config,
         show_interval: Draw every n-th test image.
         out: Segmentation: folder for the raw predictions (``IoUMetric`` output_dir);
             classification: a pickle of the results (``DumpResults``). Under the work dir
-            when relative; checked before the test (:func:`check_test_out`).
+            when relative.
         cfg_options: ``--cfg-options`` overrides.
         launcher: Job launcher.
-        force: Let ``out`` replace an existing results file or label maps.
 
     Returns:
         The config.
     """
     check_checkpoint_path(checkpoint)
     cfg = load_config(config, cfg_options, work_dir, launcher)
-    if out:
-        files = config_files(cfg.filename) if cfg.filename else []
-        out = check_test_out(cfg, out, [checkpoint, *files], force)
     cfg.load_from = checkpoint
     cfg.resume = False
-    add_strict_load_hook(cfg, deployed='fold')
+    set_custom_hook(cfg, dict(type='mmrepvgg.StrictLoadHook', deployed='fold'))
     if deploy:
         add_deploy_hook(cfg)
     if show or show_dir:
         enable_prediction_images(cfg, show_dir, show, interval=show_interval)
     if out:
+        out = osp.join(cfg.work_dir, out)  # (an absolute out stays as it is)
         if scope_of(cfg) == 'mmseg':
             cfg.test_evaluator['output_dir'] = out
             cfg.test_evaluator['keep_results'] = True
@@ -376,20 +359,19 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_test_out(cfg: Config, out: str, inputs: list[str], force: bool = False) -> str:
+def check_test_out(cfg: Config, out: str, force: bool = False) -> str:
     """Where ``tools/test.py --out`` writes, checked before anything runs.
 
     A relative ``out`` is taken under the work dir (as ``--show-dir``). A segmentor writes a
     folder of label maps named after the test images: it may not be (or be inside) a
     dataset folder of the config, and a folder that already holds label maps (``*.png``)
     needs ``force``. A classifier writes one pickle (``.pkl``), which may never be one of
-    ``inputs`` (the checkpoint, the config and its ``_base_`` chain; also through a link)
-    and needs ``force`` to replace a file.
+    the test's inputs (``cfg.load_from``, the config and its ``_base_`` chain; also through
+    a link) and needs ``force`` to replace a file.
 
     Args:
-        cfg: The config (its work dir, scope and datasets).
+        cfg: The test config (:func:`prepare_test_config`).
         out: ``--out``.
-        inputs: Files the test reads.
         force: Replace existing results.
 
     Returns:
@@ -402,8 +384,7 @@ def check_test_out(cfg: Config, out: str, inputs: list[str], force: bool = False
         NotADirectoryError, IsADirectoryError: ``out`` is a file where a folder goes, or
             the other way round.
     """
-    if not osp.isabs(out):
-        out = osp.join(cfg.work_dir, out)
+    out = osp.join(cfg.work_dir, out)
     if scope_of(cfg) == 'mmseg':
         if osp.exists(out) and not osp.isdir(out):
             raise NotADirectoryError(f'--out {out} is a file; a segmentor writes a folder of '
@@ -418,14 +399,10 @@ def check_test_out(cfg: Config, out: str, inputs: list[str], force: bool = False
                                   '--force to overwrite them')
         print_log(f'Label maps will be written to {out}', logger='current')
         return out
-    check_output_path(out, force, inputs)
+    inputs = [cfg.load_from, *(config_files(cfg.filename) if cfg.filename else [])]
+    check_output_path(out, force, [i for i in inputs if i])
     if not out.endswith(('.pkl', '.pickle')):
         raise ConfigError(f'--out {out}: a classifier writes its results as a pickle; give a '
                           'file name ending in .pkl')
     print_log(f'Results will be written to {out}', logger='current')
     return out
-
-
-def local_rank_env(local_rank: int) -> None:
-    """Set ``LOCAL_RANK`` from ``--local-rank`` if the launcher did not (OpenMMLab habit)."""
-    os.environ.setdefault('LOCAL_RANK', str(local_rank))
