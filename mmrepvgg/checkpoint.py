@@ -49,10 +49,8 @@ def load_checkpoint_file(path: str | os.PathLike, *, trust: bool = False,
 
     Raises:
         FileNotFoundError: If there is no such file.
-        CheckpointError: If the file is empty, truncated or corrupt (a zip checkpoint
-            whose entries fail their CRC-32 check included: :func:`check_zip_crc`), is a
-            folder, a FIFO or another non-regular file, or needs full unpickling and
-            ``trust`` is False.
+        CheckpointError: If the file is empty, truncated or corrupt (:func:`check_zip_crc`
+            included), not a regular file, or needs full unpickling and ``trust`` is False.
     """
     path = check_checkpoint_path(path)
     if path.stat().st_size == 0:
@@ -266,11 +264,6 @@ def mmengine_safe_globals() -> list[Callable | tuple[Callable, str]]:
 #: :func:`installed_trust`.
 TRUST_CHECKPOINTS = False
 
-#: torch's documented opt-out of weights-only loading (for calls that do not pass
-#: ``weights_only``, as mmengine's do), with torch's own accepted values.
-_TORCH_NO_WEIGHTS_ONLY = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
-
-
 def install_mmengine_loader(trust: bool = False) -> None:
     """Make mmengine load local checkpoints with :func:`load_checkpoint_file`.
 
@@ -297,8 +290,8 @@ def installed_trust() -> bool:
     ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is (it applies to mmengine's loading, which
     does not pass ``weights_only``, so it keeps applying with this loader installed).
     """
-    torch_opt_out = os.environ.get(_TORCH_NO_WEIGHTS_ONLY, '0').lower() in ('1', 'y', 'yes',
-                                                                           'true')
+    torch_opt_out = os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0').lower() in (
+        '1', 'y', 'yes', 'true')  # torch's own accepted values
     return TRUST_CHECKPOINTS or torch_opt_out
 
 
