@@ -261,28 +261,21 @@ def _geometry_change(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str
 class StrictLoadHook(Hook):
     """Make ``load_from`` and ``--resume`` strict; refuse a deployed checkpoint for training.
 
-    mmengine loads ``load_from`` non-strictly: a checkpoint that does not fit the model
-    (another arch, a truncated file) only logs its unexpected keys and leaves the rest of
-    the model at its random initialization. This hook checks the loaded state dict against
-    the model before mmengine copies it (``after_load_checkpoint``) with
-    :func:`~mmrepvgg.checkpoint.check_state_dict`: every missing, unexpected or mis-shaped
-    key is an error. Unless checkpoints are trusted (:func:`~mmrepvgg.checkpoint.
-    installed_trust`), the config source text a checkpoint carries is removed before
-    mmengine could execute it (:func:`~mmrepvgg.checkpoint.drop_config_code`; also for
-    files mmengine fetches from a URL).
+    mmengine loads ``load_from`` non-strictly (a checkpoint that does not fit only logs its
+    unexpected keys and leaves the rest at random initialization). In
+    ``after_load_checkpoint``, before mmengine copies the state, this hook adapts it to the
+    model's form (:func:`~mmrepvgg.models.prepare_state_dict`: either form into either
+    model) and checks every key and shape (:func:`~mmrepvgg.checkpoint.check_state_dict`);
+    mmengine and an ``EMAHook`` then load the adapted state. Unless checkpoints are
+    trusted, it removes the config source text mmengine would execute
+    (:func:`~mmrepvgg.checkpoint.drop_config_code`; also for files fetched from a URL).
 
-    The model takes either form (:mod:`mmrepvgg.models.loading`): the hook runs that
-    adaptation first (:func:`~mmrepvgg.models.prepare_state_dict`), checks the keys, and
-    hands mmengine (and an ``EMAHook`` after it) the adapted state. ``deployed='fold'``
-    (``tools/test.py``): the checkpoint must also fit the model's geometry (stride,
-    dilation, groups of every layer). ``deployed='error'`` (``tools/train.py``'s
-    ``load_from``): a deployed checkpoint is refused in one line (RepVGG trains the
-    multi-branch model); a training-time checkpoint of another geometry is accepted as
-    initialization (fine-tuning).
-
-    Resuming is all or nothing: it refuses in one line a deployed checkpoint, one without
-    the training state (``meta``'s iteration, ``message_hub``), one of the other block type
-    or of another geometry, and any missing, unexpected or mis-shaped key.
+    ``deployed='fold'`` (``tools/test.py``): the checkpoint must also fit the model's
+    geometry. ``deployed='error'`` (``tools/train.py``): a deployed checkpoint is refused
+    in one line; a training-time one of another geometry initializes fine-tuning. A resume
+    is all or nothing: a deployed checkpoint, one without the training state, of the other
+    block type or another geometry, or with any key that does not fit is refused in one
+    line.
 
     Args:
         deployed: ``'fold'`` or ``'error'``.
