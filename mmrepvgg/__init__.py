@@ -1,12 +1,13 @@
 """mmrepvgg: RepVGG for OpenMMLab (mmsegmentation and mmpretrain).
 
-Importing it registers the backbone and the deploy hook (see :mod:`mmrepvgg.registry`),
-and makes mmengine load local checkpoints weights-only with mmengine's own objects
-allowed (:func:`mmrepvgg.checkpoint.install_mmengine_loader`), so that ``init_model``,
-the inferencers, ``load_from`` and ``--resume`` work on torch >= 2.6 in any script whose
-config has ``custom_imports=dict(imports=['mmrepvgg'])``. Files that need full unpickling
-(which can run code) are still refused unless you opt in: ``MMREPVGG_TRUST_CHECKPOINTS=1``
-or ``install_mmengine_loader(trust=True)``. Opt out of the loader with
+Importing it registers the backbone and the hooks (:mod:`mmrepvgg.registry`) and makes
+mmengine load local checkpoints weights-only with mmengine's own objects allowed
+(:func:`mmrepvgg.checkpoint.install_mmengine_loader`), so that ``init_model``, the
+inferencers, ``load_from`` and ``--resume`` work on torch >= 2.6 in any script whose config
+has ``custom_imports=dict(imports=['mmrepvgg'])``. What can run code is refused or removed
+unless you trust the files: pickled objects, and config source text that mmengine would
+execute. Opt in with ``MMREPVGG_TRUST_CHECKPOINTS=1`` (or torch's own
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``); opt out of the loader with
 ``MMREPVGG_MMENGINE_LOADER=0``.
 """
 import os

@@ -1,15 +1,15 @@
 """Safe checkpoint loading: weights-only, strict key matching (writing: utils/fileio.py).
 
 Checkpoints are loaded with ``torch.load(weights_only=True)``, which cannot run code from
-the file. A file that needs full unpickling is loaded only when the caller says it trusts
-it (``trust=True``, the tools' ``--trust-checkpoint``). Keys are matched strictly: every
-missing, unexpected or mis-shaped key is reported and the load fails.
+the file; full unpickling only for a caller that trusts the file (``trust=True``, the tools'
+``--trust-checkpoint``). Keys are matched strictly: every missing, unexpected or mis-shaped
+key is reported and the load fails.
 
-mmengine's own checkpoints (``iter_*.pth``, ``epoch_*.pth``) hold a few plain-data Python
-objects besides tensors (``HistoryBuffer`` in ``message_hub``, numpy arrays, scalars and
-dtypes). :func:`mmengine_safe_globals` allow-lists exactly those, so they load weights-only
-too; :func:`install_mmengine_loader` makes mmengine's ``load_from`` / ``--resume`` use this
-loader.
+mmengine's checkpoints hold a few plain-data objects besides tensors (``HistoryBuffer``,
+numpy arrays, scalars and dtypes): :func:`mmengine_safe_globals` allow-lists exactly those.
+:func:`install_mmengine_loader` makes mmengine load local files through this module, and
+removes the config source text a checkpoint may carry, which mmengine would execute
+(:func:`drop_config_code`), unless checkpoints are trusted (:data:`TRUST_CHECKPOINTS`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ from .utils.errors import CheckpointError
 from .utils.fileio import write_atomic
 
 
-
 def load_checkpoint_file(path: str | os.PathLike, *, trust: bool = False,
                          map_location: str | torch.device = 'cpu') -> Any:
     """Load a checkpoint file safely.
@@ -50,10 +49,8 @@ def load_checkpoint_file(path: str | os.PathLike, *, trust: bool = False,
 
     Raises:
         FileNotFoundError: If there is no such file.
-        CheckpointError: If the file is empty, truncated or corrupt (a zip checkpoint
-            whose entries fail their CRC-32 check included: :func:`check_zip_crc`), is a
-            folder, a FIFO or another non-regular file, or needs full unpickling and
-            ``trust`` is False.
+        CheckpointError: If the file is empty, truncated or corrupt (:func:`check_zip_crc`
+            included), not a regular file, or needs full unpickling and ``trust`` is False.
     """
     path = check_checkpoint_path(path)
     if path.stat().st_size == 0:
@@ -124,9 +121,8 @@ def check_checkpoint_path(path: str | os.PathLike) -> Path:
 def check_zip_crc(path: str | os.PathLike) -> None:
     """Check the CRC-32 of every entry of a zip checkpoint (``torch.save``'s format).
 
-    ``torch.load`` does not check them, so a flipped bit inside a tensor loads silently as a
-    wrong weight. This reads the whole archive once (Python's ``zipfile``, 1 MiB chunks);
-    docs/deploy.md gives what it costs on a RepVGG-B3 checkpoint.
+    ``torch.load`` does not check them, so a flipped bit inside a tensor would load silently
+    as a wrong weight. This reads the whole archive once (docs/deploy.md: what it costs).
 
     Args:
         path: The zip archive.
@@ -205,6 +201,7 @@ def _history_buffer_getattr(obj: Any, name: str) -> Any:
 @functools.lru_cache(maxsize=None)
 def _mmengine_safe_globals() -> tuple:
     np_core = multiarray.__name__  # numpy._core.multiarray (numpy >= 2)
+    np1_core = 'numpy.core.multiarray'  # the same functions, as numpy 1.x pickles name them
     # A numpy scalar or array is rebuilt with ``dtype(...)`` whose state is then set on an
     # instance of its concrete class (``numpy.dtypes.Float64DType``): allow the numeric ones.
     numeric = '?bBhHiIlLqQefdgFDG'
@@ -213,6 +210,8 @@ def _mmengine_safe_globals() -> tuple:
         HistoryBuffer,
         (multiarray._reconstruct, f'{np_core}._reconstruct'),
         (multiarray.scalar, f'{np_core}.scalar'),
+        (multiarray._reconstruct, f'{np1_core}._reconstruct'),
+        (multiarray.scalar, f'{np1_core}.scalar'),
         np.ndarray,
         np.dtype,
         *dtype_classes,
@@ -246,8 +245,9 @@ def mmengine_safe_globals() -> list[Callable | tuple[Callable, str]]:
 
     Found empirically (tests/test_checkpoint.py trains a tiny mmengine Runner with
     ``CheckpointHook`` and ``EMAHook`` and loads its checkpoint): ``HistoryBuffer``
-    (``message_hub``), numpy's array/scalar reconstructors, ``ndarray``, ``dtype`` and the numeric
-    dtype classes (``numpy.dtypes.Float64DType``, ...), and
+    (``message_hub``), numpy's array/scalar reconstructors (under numpy 2's names and numpy
+    1.x's ``numpy.core.multiarray``: files written under either load), ``ndarray``,
+    ``dtype`` and the numeric dtype classes (``numpy.dtypes.Float64DType``, ...), and
     ``getattr`` restricted to a ``HistoryBuffer``'s statistics methods. Everything else in
     those files (tensors, ``OrderedDict``, ``Counter``, plain values) is allowed by torch.
 
@@ -257,38 +257,84 @@ def mmengine_safe_globals() -> list[Callable | tuple[Callable, str]]:
     return list(_mmengine_safe_globals())
 
 
+#: Whether checkpoints that mmengine loads (``load_from``, ``--resume``, ``init_model``, the
+#: inferencers; the backbone's ``init_cfg``) may be unpickled in full and keep the config
+#: source text that mmengine executes. Set by :func:`install_mmengine_loader` (the tools'
+#: ``--trust-checkpoint``, ``MMREPVGG_TRUST_CHECKPOINTS=1``); read it through
+#: :func:`installed_trust`.
+TRUST_CHECKPOINTS = False
+
 def install_mmengine_loader(trust: bool = False) -> None:
     """Make mmengine load local checkpoints with :func:`load_checkpoint_file`.
 
     mmengine 0.10.7's ``load_from_local`` calls ``torch.load`` without ``weights_only``,
     which on torch >= 2.6 means weights-only with no allow-list and fails on mmengine's
-    own checkpoints, so ``load_from`` and ``--resume`` break. This re-registers the local
-    scheme (prefix ``''``) with a loader that reads weights-only with
-    :func:`mmengine_safe_globals` allowed, and unpickles in full only when ``trust`` is
-    True. It also adds those globals process-wide (``add_safe_globals``) for mmengine's
-    other ``torch.load`` calls. Calling it again replaces the previous loader.
+    own checkpoints. This re-registers the local scheme (prefix ``''``) with a loader that
+    reads weights-only with :func:`mmengine_safe_globals` allowed and, unless trusted,
+    removes the config source text that mmengine would execute (:func:`drop_config_code`).
+    It also adds those globals process-wide for mmengine's other ``torch.load`` calls.
 
     Args:
-        trust: Allow full unpickling of files that weights-only loading refuses (the
-            tools' ``--trust-checkpoint``). Only for files you trust.
+        trust: Sets :data:`TRUST_CHECKPOINTS`. Only for files you trust.
     """
+    global TRUST_CHECKPOINTS
+    TRUST_CHECKPOINTS = bool(trust)
     torch.serialization.add_safe_globals(mmengine_safe_globals())
-
-    def load_from_local_safe(filename: str, map_location: Any = None) -> Any:
-        return load_checkpoint_file(filename, trust=trust, map_location=map_location)
-
-    load_from_local_safe.trust = trust  # type: ignore[attr-defined]
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_for_mmengine, force=True)
 
 
 def installed_trust() -> bool:
-    """Whether the loader :func:`install_mmengine_loader` installed allows full unpickling.
+    """Whether checkpoints loaded through mmengine are trusted.
 
-    The tools install it with their ``--trust-checkpoint``; the backbone's ``init_cfg``
-    loading follows the same choice. False when no such loader is installed.
+    True if :data:`TRUST_CHECKPOINTS` is set, or torch's own opt-out
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is (it applies to mmengine's loading, which
+    does not pass ``weights_only``, so it keeps applying with this loader installed).
     """
-    loader = CheckpointLoader._schemes.get('')
-    return bool(getattr(loader, 'trust', False))
+    torch_opt_out = os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0').lower() in (
+        '1', 'y', 'yes', 'true')  # torch's own accepted values
+    return TRUST_CHECKPOINTS or torch_opt_out
+
+
+def load_for_mmengine(filename: str, map_location: Any = None) -> Any:
+    """mmengine's local-file loader: :func:`load_checkpoint_file`, then, unless
+    :func:`installed_trust`, :func:`drop_config_code`."""
+    trust = installed_trust()
+    checkpoint = load_checkpoint_file(filename, trust=trust, map_location=map_location)
+    if not trust:
+        drop_config_code(checkpoint)
+    return checkpoint
+
+
+#: Where a checkpoint may carry a config as Python source that mmengine executes
+#: (``Config.fromstring(..., '.py')``): ``meta['config']`` (``Runner.resume``), and
+#: ``message_hub['runtime_info']['cfg']`` / ``meta['cfg']`` (an inferencer given weights
+#: but no config).
+CONFIG_CODE_KEYS = (('meta', 'config'), ('meta', 'cfg'), ('message_hub', 'runtime_info', 'cfg'))
+
+
+def drop_config_code(checkpoint: Any) -> list[str]:
+    """Remove, in place, the config source texts that mmengine would execute.
+
+    A checkpoint that passes the weights-only check can still hold Python code as a string
+    where mmengine parses a config, and parsing a ``.py`` config runs it. Without trust,
+    that text is removed, so loading never runs it: resuming works as before (mmengine
+    writes the running config again), an inferencer then needs its config given.
+
+    Args:
+        checkpoint: A loaded checkpoint (anything else is left alone).
+
+    Returns:
+        The places removed, e.g. ``["meta['config']"]``.
+    """
+    removed = []
+    for *path, key in CONFIG_CODE_KEYS:
+        holder = checkpoint
+        for step in path:
+            holder = holder.get(step) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and key in holder:
+            del holder[key]
+            removed.append(path[0] + ''.join(f'[{k!r}]' for k in (*path[1:], key)))
+    return removed
 
 
 def extract_state_dict(obj: Any, prefix: str | None = None) -> dict[str, Tensor]:
@@ -386,27 +432,9 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], source
     model.load_state_dict(state, strict=True)
 
 
-
-
 def save_checkpoint_atomic(obj: Any, path: str | os.PathLike, force: bool = False,
                            inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """``torch.save`` through :func:`write_atomic` (see there for the guarantees).
-
-    Args:
-        obj: What to save (keep it to tensors and plain Python values so that it loads
-            weights-only).
-        path: The destination.
-        force: Overwrite an existing file.
-        inputs: Files ``obj`` was made from; ``path`` may never be one of them.
-
-    Returns:
-        The destination path.
-
-    Raises:
-        FileExistsError: If ``path`` exists and ``force`` is False.
-        SameFileError: If ``path`` is one of ``inputs``.
-    """
+    """``torch.save(obj)`` through :func:`~mmrepvgg.utils.fileio.write_atomic` (whose
+    ``force`` / ``inputs`` checks apply); returns ``path``. Keep ``obj`` to tensors and
+    plain values so that it loads weights-only."""
     return write_atomic(path, lambda tmp: torch.save(obj, str(tmp)), force=force, inputs=inputs)
-
-
-

@@ -20,6 +20,11 @@ from .utils.config import merge_options
 from .utils.errors import error_message, user_errors
 
 
+_TRUST_HELP = ('allow full unpickling of checkpoints that weights-only loading refuses, and '
+               'the config code they may carry (load_from, --resume, init_cfg): it can run '
+               'code from the file; only for files you trust')
+
+
 def add_runner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--trust-checkpoint``, ``--cfg-options``, ``--launcher`` and ``--local-rank``.
 
@@ -29,9 +34,7 @@ def add_runner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     Returns:
         The same parser.
     """
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow full unpickling of checkpoints that weights-only loading '
-                        'refuses (load_from, --resume, init_cfg); only for files you trust')
+    parser.add_argument('--trust-checkpoint', action='store_true', help=_TRUST_HELP)
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value (e.g. model.backbone.init_cfg=None)')
@@ -59,9 +62,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, force_help: str = 'over
     parser.add_argument('--source', choices=SOURCES,
                         help='checkpoint layout (default: detected from the keys)')
     parser.add_argument('--force', action='store_true', help=force_help)
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow full unpickling of a checkpoint that weights-only loading '
-                        'refuses (it can run code from the file): only for files you trust')
+    parser.add_argument('--trust-checkpoint', action='store_true', help=_TRUST_HELP)
     if cfg_options:
         parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                             help='override config settings, as in tools/train.py')
@@ -107,7 +108,6 @@ def fail(message: str, status: int = 1) -> NoReturn:
     """Print ``error: <message>`` on stderr and exit with ``status``."""
     print_error(message)
     sys.exit(status)
-
 
 
 def run_tool(work: Callable[[], Any],

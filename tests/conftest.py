@@ -47,9 +47,12 @@ def pristine_loader():
     the process-wide safe globals after a test."""
     import torch
     from mmengine.runner.checkpoint import CheckpointLoader
+
+    import mmrepvgg.checkpoint as checkpoint
     schemes = dict(CheckpointLoader._schemes)
-    safe = torch.serialization.get_safe_globals()
+    safe, trust = torch.serialization.get_safe_globals(), checkpoint.TRUST_CHECKPOINTS
     yield
+    checkpoint.TRUST_CHECKPOINTS = trust
     CheckpointLoader._schemes = type(CheckpointLoader._schemes)(schemes)
     torch.serialization.clear_safe_globals()
     torch.serialization.add_safe_globals(safe)

@@ -405,3 +405,94 @@ def test_init_cfg_follows_the_tools_trust_checkpoint(tmp_path, pristine_loader):
     install_mmengine_loader(trust=True)  # what tools/train.py --trust-checkpoint does
     RepVGG(arch, init_cfg=init).init_weights()
     assert marker.exists()
+
+
+# -- issue 23 item 1: config text in a checkpoint is code that mmengine runs -----------------
+
+def _with_config_code(ckpt: Path, out: Path, marker: Path) -> Path:
+    """``ckpt`` with Python in every place mmengine parses a config from (weights-only safe:
+    plain strings)."""
+    obj = torch.load(ckpt, weights_only=False)
+    code = f"__import__('pathlib').Path({str(marker)!r}).write_text('ran')\n"
+    obj['meta']['config'] = obj['meta']['cfg'] = code
+    obj['message_hub']['runtime_info']['cfg'] = code
+    torch.save(obj, out)
+    return out
+
+
+def test_resume_never_runs_config_code_from_the_checkpoint(mmengine_ckpt, tmp_path,
+                                                           pristine_loader):
+    """mmengine's ``Runner.resume`` parses ``meta['config']`` as a .py config: it ran."""
+    marker = tmp_path / 'MARKER'
+    evil = _with_config_code(mmengine_ckpt, tmp_path / 'evil.pth', marker)
+    install_mmengine_loader()  # what ``import mmrepvgg`` does
+    runner = _runner(tmp_path / 'b', max_iters=3, resume=True, load_from=str(evil))
+    runner.train()
+    assert runner.iter == 3 and not marker.exists()
+    # an inferencer given weights without a config parses message_hub's / meta's 'cfg'
+    loaded = _load_checkpoint(str(evil), map_location='cpu')
+    assert 'cfg' not in loaded['meta'] and 'config' not in loaded['meta']
+    assert 'cfg' not in loaded['message_hub']['runtime_info']
+    # trusted (--trust-checkpoint, MMREPVGG_TRUST_CHECKPOINTS=1): mmengine's behaviour
+    install_mmengine_loader(trust=True)
+    _runner(tmp_path / 'c', max_iters=3, resume=True, load_from=str(evil)).train()
+    assert marker.read_text() == 'ran'
+
+
+def test_the_strict_load_hook_drops_config_code_from_any_loader(mmengine_ckpt, tmp_path,
+                                                                 pristine_loader):
+    """A file mmengine fetches itself (a URL: not through our local loader) is resumed by
+    tools/train.py with StrictLoadHook, which removes the code before Runner.resume."""
+    from mmrepvgg.engine import StrictLoadHook
+    marker = tmp_path / 'MARKER'
+    evil = _with_config_code(mmengine_ckpt, tmp_path / 'evil.pth', marker)
+    torch.serialization.add_safe_globals(mmengine_safe_globals())
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+    runner = _runner(tmp_path / 'b', max_iters=3, resume=True, load_from=str(evil))
+    runner.register_hook(StrictLoadHook(deployed='error'))
+    runner.train()
+    assert runner.iter == 3 and not marker.exists()
+
+
+# -- issue 23 item 6: numpy 1.x checkpoints, torch's own opt-out ------------------------------
+
+def _as_numpy1(ckpt: Path, out: Path) -> Path:
+    """``ckpt`` as numpy 1.x pickles it: ``numpy.core.multiarray`` for ``numpy._core``'s."""
+    import zipfile
+    with zipfile.ZipFile(ckpt) as src, zipfile.ZipFile(out, 'w', zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith('data.pkl'):
+                assert b'numpy._core.multiarray' in data
+                data = data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+            dst.writestr(info.filename, data)
+    return out
+
+
+def test_a_checkpoint_written_under_numpy1_loads(mmengine_ckpt, tmp_path, pristine_loader):
+    old = _as_numpy1(mmengine_ckpt, tmp_path / 'np1.pth')
+    expected = load_checkpoint_file(mmengine_ckpt)
+    loaded = load_checkpoint_file(old)
+    hub, ref = loaded['message_hub']['log_scalars'], expected['message_hub']['log_scalars']
+    assert sorted(hub) == sorted(ref) and loaded['meta']['iter'] == 2
+    for key, buf in ref.items():
+        assert (hub[key].data[0] == buf.data[0]).all()
+    install_mmengine_loader()
+    assert _load_checkpoint(str(old), map_location='cpu')['meta']['iter'] == 2
+    _runner(tmp_path / 'b', max_iters=3, resume=True, load_from=str(old)).train()
+
+
+def test_torch_force_no_weights_only_load_still_applies_to_mmengine(tmp_path, monkeypatch,
+                                                                   pristine_loader):
+    """torch's documented opt-out for calls that do not pass ``weights_only`` (mmengine's):
+    with it set, mmengine unpickles in full as it would without mmrepvgg."""
+    marker = tmp_path / 'MARKER'
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': _RunsCode(marker)},
+               tmp_path / 'full.pth')
+    install_mmengine_loader()
+    with pytest.raises(CheckpointError, match='trust-checkpoint'):
+        _load_checkpoint(str(tmp_path / 'full.pth'), map_location='cpu')
+    assert not marker.exists()
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    _load_checkpoint(str(tmp_path / 'full.pth'), map_location='cpu')
+    assert marker.exists()

@@ -19,7 +19,7 @@ import sys
 import mmrepvgg  # noqa: F401  (registers the backbone and the deploy hook)
 from mmrepvgg.checkpoint import install_mmengine_loader
 from mmrepvgg.cli import add_runner_args, parse_runner_args, run_tool
-from mmrepvgg.runner import close_distributed, prepare_test_config, test
+from mmrepvgg.runner import check_test_out, close_distributed, prepare_test_config, test
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                                   deploy=args.deploy, show_dir=args.show_dir, show=args.show,
                                   show_interval=args.show_interval,
                                   out=args.out, cfg_options=args.cfg_options,
-                                  launcher=args.launcher, force=args.force)
+                                  launcher=args.launcher)
+        if args.out:
+            check_test_out(cfg, args.out, args.force)
         test(cfg)
         close_distributed()
 

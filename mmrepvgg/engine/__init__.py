@@ -1,5 +1,5 @@
 """Training-loop extensions: :class:`RepVGGDeployHook`, :class:`StrictLoadHook`,
 :class:`CPUDistributedHook`."""
-from .hooks import CPUDistributedHook, RepVGGDeployHook, StrictLoadHook
+from .hooks import CPUDistributedHook, RepVGGDeployHook, StrictLoadHook, unwrap_model
 
-__all__ = ['CPUDistributedHook', 'RepVGGDeployHook', 'StrictLoadHook']
+__all__ = ['CPUDistributedHook', 'RepVGGDeployHook', 'StrictLoadHook', 'unwrap_model']

@@ -29,22 +29,13 @@ def use_cuda() -> bool:
 
 
 def adapt_to_machine(cfg: Config) -> Config:
-    """Make a config run where it is launched, logging every change.
+    """Make a config (changed in place and returned) run where it is launched, logging
+    every change.
 
-    - One process (``launcher='none'``): SyncBN needs no change. mmengine's runner turns
-      every SyncBN layer into a plain BN layer before training or testing (its
-      ``wrap_model``), so a SyncBN config trains on one GPU or the CPU as it is.
-    - Several processes on CPUs (``torchrun`` without a GPU): SyncBN only runs on GPUs, so
-      the model config gets plain BN; the process group uses ``gloo`` instead of ``nccl``
-      and DDP gets no ``device_ids``; :class:`~mmrepvgg.engine.CPUDistributedHook` averages
-      the BN statistics over the processes after every iteration (so the validation logged
-      is what the saved checkpoint scores) and collects results under the work dir.
-
-    Args:
-        cfg: The config (changed in place).
-
-    Returns:
-        The config.
+    One process needs no change (mmengine's runner turns SyncBN into BN when the model is
+    not distributed). Several processes on CPUs (``torchrun`` without a GPU) get plain BN
+    (SyncBN needs GPUs), the ``gloo`` backend, DDP without ``device_ids`` and
+    :class:`~mmrepvgg.engine.CPUDistributedHook` (one set of BN statistics).
     """
     distributed = cfg.get('launcher', 'none') != 'none'
     if not distributed:
@@ -63,9 +54,7 @@ def adapt_to_machine(cfg: Config) -> Config:
                                                     broadcast_buffers=False)
     wrapper['device_ids'] = None  # CPU modules take no device ids
     cfg.model_wrapper_cfg = wrapper
-    hooks = [dict(h) for h in (cfg.get('custom_hooks') or [])
-             if str(h.get('type', '')).split('.')[-1] != 'CPUDistributedHook']
-    cfg.custom_hooks = hooks + [dict(type='mmrepvgg.CPUDistributedHook')]
+    set_custom_hook(cfg, dict(type='mmrepvgg.CPUDistributedHook'))
     print_log('Distributed on CPU: gloo backend, DDP without device ids'
               + (f', {n} SyncBN configs replaced by BN (SyncBN needs GPUs)' if n else '')
               + '; BN statistics averaged over the processes after every iteration, results '
@@ -74,8 +63,14 @@ def adapt_to_machine(cfg: Config) -> Config:
     return cfg
 
 
-
-
+def set_custom_hook(cfg: Config, hook: dict) -> Config:
+    """Put ``hook`` into ``cfg.custom_hooks`` in place of any entry of the same type (with
+    or without a scope prefix), so a hook is never registered twice."""
+    name = hook['type'].split('.')[-1]
+    hooks = [dict(h) for h in (cfg.get('custom_hooks') or [])
+             if str(h.get('type', '')).split('.')[-1] != name]
+    cfg.custom_hooks = hooks + [hook]
+    return cfg
 
 
 def _datasets(dataset: Any) -> Iterator[dict]:
@@ -91,12 +86,8 @@ def _datasets(dataset: Any) -> Iterator[dict]:
 def check_data(cfg: Config, loaders: tuple[str, ...] = ('train', 'val', 'test')) -> None:
     """Fail early, with instructions, if a dataset folder of the config does not exist.
 
-    Checks each ``<loader>_dataloader.dataset``'s ``data_root`` and, below it, the image
-    folder of ``data_prefix`` (``img_path`` / ``img``), for the loaders the run uses.
-
-    Args:
-        cfg: The config.
-        loaders: Which dataloaders: ``'train'``, ``'val'``, ``'test'``.
+    Checks the ``data_root`` of each ``<loader>_dataloader`` dataset and, below it, the
+    image folder of its ``data_prefix``.
 
     Raises:
         DataNotFoundError: Naming the folder, the config key and how to fix it.
@@ -137,14 +128,8 @@ def pretrained_files(model_cfg: Any) -> list[str]:
 
 
 def check_pretrained(cfg: Config) -> None:
-    """Fail early, with instructions, if a pretrained file of the model is missing.
-
-    Args:
-        cfg: The config.
-
-    Raises:
-        PretrainedNotFoundError: Naming every missing file and what to do.
-    """
+    """Fail early if a pretrained file of the model is missing (:class:`PretrainedNotFoundError`
+    naming every missing file and what to do)."""
     missing = [f for f in pretrained_files(cfg.get('model', {})) if not osp.isfile(f)]
     if missing:
         raise PretrainedNotFoundError(
@@ -167,25 +152,16 @@ def prepare_train_config(config: str | Config,
                          launcher: str = 'none') -> Config:
     """The config for ``tools/train.py``.
 
-    A ``load_from`` (from the config or ``cfg_options``) and a ``--resume`` checkpoint are
-    loaded strictly, and a deployed checkpoint there is refused
-    (:class:`~mmrepvgg.engine.StrictLoadHook`). ``--amp`` needs a GPU (mmengine's
-    ``AmpOptimWrapper``); on the CPU it is a :class:`ConfigError`.
+    ``load_from`` and ``--resume`` load strictly (:class:`~mmrepvgg.engine.StrictLoadHook`).
 
     Args:
         config: Config file.
         work_dir: Output folder.
         resume: True: resume from the latest checkpoint in the work dir; a path: from it.
-        amp: Automatic mixed precision (the paper trains in fp32: off by default); needs a
-            GPU.
+        amp: Automatic mixed precision (mmengine's ``AmpOptimWrapper``; the paper trains in
+            fp32). Needs a GPU: without one it is a :class:`ConfigError`.
         cfg_options: ``--cfg-options`` overrides.
         launcher: Job launcher.
-
-    Returns:
-        The config.
-
-    Raises:
-        ConfigError: ``amp`` (or an ``AmpOptimWrapper`` in the config) without a GPU.
     """
     cfg = load_config(config, cfg_options, work_dir, launcher)
     if amp:
@@ -208,7 +184,7 @@ def prepare_train_config(config: str | Config,
     else:
         cfg.resume = bool(resume)
     if cfg.get('load_from') or cfg.resume:  # strict load_from and resume
-        add_strict_load_hook(cfg, deployed='error')
+        set_custom_hook(cfg, dict(type='mmrepvgg.StrictLoadHook', deployed='error'))
     return adapt_to_machine(cfg)
 
 
@@ -219,12 +195,8 @@ def amp_device() -> bool:
 
 
 def add_deploy_hook(cfg: Config) -> Config:
-    """Make ``RepVGGDeployHook`` fold the model before testing.
-
-    The hook folds after the checkpoint is loaded, so the test runs the deployed (plain)
-    network. Our configs list the hook with ``fold_on_test=False`` (it writes
-    ``*_deploy.pth`` after training); that entry is switched on, or one is added.
-    """
+    """Make ``RepVGGDeployHook`` fold the model after loading the checkpoint, before testing
+    (our configs list it with ``fold_on_test=False``: that entry is switched on)."""
     hooks = [dict(h) for h in (cfg.get('custom_hooks') or [])]
     mine = [h for h in hooks if str(h.get('type', '')).split('.')[-1] == 'RepVGGDeployHook']
     if mine:
@@ -236,41 +208,17 @@ def add_deploy_hook(cfg: Config) -> Config:
     return cfg
 
 
-def add_strict_load_hook(cfg: Config, deployed: str) -> Config:
-    """Make ``load_from`` strict with ``StrictLoadHook`` (once).
-
-    Args:
-        cfg: The config (changed in place).
-        deployed: What to do with a deployed checkpoint: ``'fold'`` the model first
-            (testing) or ``'error'`` (training).
-
-    Returns:
-        The config.
-    """
-    hooks = [dict(h) for h in (cfg.get('custom_hooks') or [])
-             if str(h.get('type', '')).split('.')[-1] != 'StrictLoadHook']
-    hooks.append(dict(type='mmrepvgg.StrictLoadHook', deployed=deployed))
-    cfg.custom_hooks = hooks
-    return cfg
-
-
 def enable_prediction_images(cfg: Config, show_dir: str | None, show: bool = False,
                              wait_time: float = 2.0, interval: int = 1) -> Config:
-    """Turn on the visualization hook to write prediction images.
-
-    A relative ``show_dir`` is taken under the work dir. mmseg's ``SegVisualizationHook``
-    saves through the visualizer into ``<show_dir>/vis_data/vis_image/``; mmpretrain's
-    ``VisualizationHook`` into ``<show_dir>/``. The folder is logged.
+    """Turn on the visualization hook to write (or show) prediction images; logs the folder.
 
     Args:
         cfg: The config (changed in place).
-        show_dir: Folder for the images (None: only ``show``).
+        show_dir: Folder for the images, under the work dir when relative (mmseg writes into
+            its ``vis_data/vis_image/``); None: only ``show``.
         show: Show the images in a window.
         wait_time: Seconds each shown image stays.
         interval: Draw every ``interval``-th test image (mmseg's hook defaults to 50).
-
-    Returns:
-        The config.
     """
     hooks = cfg.get('default_hooks', {})
     if 'visualization' not in hooks:
@@ -309,12 +257,12 @@ def prepare_test_config(config: str | Config,
                         show_interval: int = 1,
                         out: str | None = None,
                         cfg_options: Mapping | None = None,
-                        launcher: str = 'none',
-                        force: bool = False) -> Config:
+                        launcher: str = 'none') -> Config:
     """The config for ``tools/test.py``.
 
     The checkpoint is loaded strictly; a deployed one (``branch_reparam`` keys) gets the
-    model folded before it is loaded (:class:`~mmrepvgg.engine.StrictLoadHook`).
+    model folded before it is loaded (:class:`~mmrepvgg.engine.StrictLoadHook`). Where
+    ``out`` may be written is the caller's check (:func:`check_test_out`).
 
     Args:
         config: Config file.
@@ -324,29 +272,22 @@ def prepare_test_config(config: str | Config,
         show_dir: Write prediction images under this folder.
         show: Show prediction images in a window.
         show_interval: Draw every n-th test image.
-        out: Segmentation: folder for the raw predictions (``IoUMetric`` output_dir);
-            classification: a pickle of the results (``DumpResults``). Under the work dir
-            when relative; checked before the test (:func:`check_test_out`).
+        out: Segmentation: folder for the label maps; classification: a pickle of the
+            results. Under the work dir when relative.
         cfg_options: ``--cfg-options`` overrides.
         launcher: Job launcher.
-        force: Let ``out`` replace an existing results file or label maps.
-
-    Returns:
-        The config.
     """
     check_checkpoint_path(checkpoint)
     cfg = load_config(config, cfg_options, work_dir, launcher)
-    if out:
-        files = config_files(cfg.filename) if cfg.filename else []
-        out = check_test_out(cfg, out, [checkpoint, *files], force)
     cfg.load_from = checkpoint
     cfg.resume = False
-    add_strict_load_hook(cfg, deployed='fold')
+    set_custom_hook(cfg, dict(type='mmrepvgg.StrictLoadHook', deployed='fold'))
     if deploy:
         add_deploy_hook(cfg)
     if show or show_dir:
         enable_prediction_images(cfg, show_dir, show, interval=show_interval)
     if out:
+        out = osp.join(cfg.work_dir, out)  # (an absolute out stays as it is)
         if scope_of(cfg) == 'mmseg':
             cfg.test_evaluator['output_dir'] = out
             cfg.test_evaluator['keep_results'] = True
@@ -376,34 +317,27 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_test_out(cfg: Config, out: str, inputs: list[str], force: bool = False) -> str:
+def check_test_out(cfg: Config, out: str, force: bool = False) -> str:
     """Where ``tools/test.py --out`` writes, checked before anything runs.
 
     A relative ``out`` is taken under the work dir (as ``--show-dir``). A segmentor writes a
     folder of label maps named after the test images: it may not be (or be inside) a
     dataset folder of the config, and a folder that already holds label maps (``*.png``)
     needs ``force``. A classifier writes one pickle (``.pkl``), which may never be one of
-    ``inputs`` (the checkpoint, the config and its ``_base_`` chain; also through a link)
-    and needs ``force`` to replace a file.
+    the test's inputs (``cfg.load_from``, the config and its ``_base_`` chain; also through
+    a link) and needs ``force`` to replace a file.
 
     Args:
-        cfg: The config (its work dir, scope and datasets).
+        cfg: The test config (:func:`prepare_test_config`).
         out: ``--out``.
-        inputs: Files the test reads.
         force: Replace existing results.
 
-    Returns:
-        The path to write, logged.
-
-    Raises:
-        SameFileError: ``out`` is an input, or inside a dataset folder.
-        FileExistsError: Results exist there and ``force`` is False.
-        ConfigError: A classifier's ``out`` that is not a ``.pkl`` / ``.pickle`` file.
-        NotADirectoryError, IsADirectoryError: ``out`` is a file where a folder goes, or
-            the other way round.
+    Returns the path to write (logged). Raises :class:`SameFileError` (an input, or inside a
+    dataset folder), ``FileExistsError`` (results there, no ``force``), :class:`ConfigError`
+    (a classifier's ``out`` not ending in ``.pkl``), ``NotADirectoryError`` /
+    ``IsADirectoryError`` (a file where a folder goes, or the other way round).
     """
-    if not osp.isabs(out):
-        out = osp.join(cfg.work_dir, out)
+    out = osp.join(cfg.work_dir, out)
     if scope_of(cfg) == 'mmseg':
         if osp.exists(out) and not osp.isdir(out):
             raise NotADirectoryError(f'--out {out} is a file; a segmentor writes a folder of '
@@ -418,14 +352,10 @@ def check_test_out(cfg: Config, out: str, inputs: list[str], force: bool = False
                                   '--force to overwrite them')
         print_log(f'Label maps will be written to {out}', logger='current')
         return out
-    check_output_path(out, force, inputs)
+    inputs = [cfg.load_from, *(config_files(cfg.filename) if cfg.filename else [])]
+    check_output_path(out, force, [i for i in inputs if i])
     if not out.endswith(('.pkl', '.pickle')):
         raise ConfigError(f'--out {out}: a classifier writes its results as a pickle; give a '
                           'file name ending in .pkl')
     print_log(f'Results will be written to {out}', logger='current')
     return out
-
-
-def local_rank_env(local_rank: int) -> None:
-    """Set ``LOCAL_RANK`` from ``--local-rank`` if the launcher did not (OpenMMLab habit)."""
-    os.environ.setdefault('LOCAL_RANK', str(local_rank))

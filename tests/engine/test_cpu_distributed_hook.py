@@ -13,7 +13,7 @@ def _worker(rank: int, out: str) -> None:
     # while rank 1 was still connected once aborted rank 0 (SIGABRT) on a loaded CI machine
     dist.init_process_group('gloo', init_method=f'file://{out}/store', rank=rank, world_size=2)
     try:
-        from mmrepvgg.engine.hooks.cpu_distributed_hook import CPUDistributedHook
+        from mmrepvgg.engine.hooks import CPUDistributedHook
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.BatchNorm1d(2))
         model[1].running_mean.fill_(rank + 1.0)  # rank 0: 1, rank 1: 2
@@ -47,12 +47,12 @@ def test_hook_runs_before_the_checkpoint_is_saved():
     from mmengine.hooks import CheckpointHook
     from mmengine.runner import get_priority
 
-    from mmrepvgg.engine.hooks.cpu_distributed_hook import CPUDistributedHook
+    from mmrepvgg.engine.hooks import CPUDistributedHook
     assert get_priority(CPUDistributedHook.priority) < get_priority(CheckpointHook.priority)
 
 
 def test_one_process_is_left_alone():
-    from mmrepvgg.engine.hooks.cpu_distributed_hook import average_bn_buffers
+    from mmrepvgg.engine.hooks import average_bn_buffers
     model = nn.BatchNorm2d(3)
     model.running_mean.fill_(3.0)
     assert average_bn_buffers(model) == 0

@@ -194,16 +194,17 @@ def test_a_diverged_run_writes_no_deploy_checkpoint(tmp_path):
     old.write_bytes(b'an earlier deployed checkpoint')
     runner = _runner(tmp_path, ema=False, val=False,
                      optim_wrapper=dict(optimizer=dict(type='SGD', lr=1e8, momentum=0.9)))
-    # (the earlier file is another run's: this run's would get the run's timestamp)
+    # (the earlier file is another run's: moved aside when this run saves iter_3.pth)
     with pytest.raises(RuntimeError,
-                       match=r'iter_3_\d{8}_\d{6}_deploy.pth not written: .*non-finite') as info:
+                       match=r'iter_3_deploy.pth not written: .*non-finite') as info:
         runner.train()
     from mmrepvgg.utils.errors import VerificationError
     assert isinstance(info.value, VerificationError)
     state = torch.load(tmp_path / 'iter_3.pth', weights_only=False)['state_dict']
     assert any(not torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-    assert old.read_bytes() == b'an earlier deployed checkpoint'
-    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_3.pth', 'iter_3_deploy.pth']
+    kept = tmp_path / 'iter_3_earlier_deploy.pth'
+    assert kept.read_bytes() == b'an earlier deployed checkpoint'
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_3.pth', kept.name]
 
 
 def _saved_outputs(path: Path, model: nn.Module, x: torch.Tensor) -> tuple:
@@ -244,19 +245,60 @@ def test_an_epoch_based_run_is_named_by_epoch(tmp_path):
     assert torch.load(tmp_path / 'epoch_2_deploy.pth', weights_only=True)['meta']['epoch'] == 2
 
 
-def test_a_second_run_never_replaces_the_first_runs_file(tmp_path, caplog):
+def _second_run(tmp_path: Path, **kwargs) -> tuple[Runner, Runner, bytes]:
     first = _runner(tmp_path, ema=False, val=False)
     first.train()
     before = (tmp_path / 'iter_3_deploy.pth').read_bytes()
     import time
     time.sleep(1.1)  # another run: another timestamp
     second = _runner(tmp_path, ema=False, val=False,
-                     optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05)))
+                     optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05)), **kwargs)
     second.train()
+    return first, second, before
+
+
+def _same_model(trained: Path, deployed: Path) -> float:
+    """rel error between the outputs of a training-time file and a deployed file."""
+    x = torch.randn(2, 3, 24, 32)
+    unfolded = TinyClassifier().eval()
+    unfolded.load_state_dict(torch.load(trained, weights_only=False)['state_dict'])
+    plain = TinyClassifier(deploy=True).eval()
+    plain.load_state_dict(torch.load(deployed, weights_only=True)['state_dict'])
+    with torch.no_grad():
+        return rel_err(plain(x), unfolded(x))
+
+
+def test_a_second_run_keeps_iter_n_and_its_deploy_file_one_model(tmp_path):
+    """Issue 23 item 4: two runs in one work dir; mmengine replaces iter_3.pth with run 2's
+    weights, so iter_3_deploy.pth must be run 2's too (it was run 1's); run 1's deployed
+    file is kept under its run's name, unchanged."""
+    first, second, before = _second_run(tmp_path)
+    hook = next(h for h in second.hooks if isinstance(h, RepVGGDeployHook))
+    assert hook.deploy_checkpoint == tmp_path / 'iter_3_deploy.pth'
+    assert _same_model(tmp_path / 'iter_3.pth', tmp_path / 'iter_3_deploy.pth') <= 1e-5
+    kept = tmp_path / f'iter_3_{first.timestamp}_deploy.pth'
+    assert kept.read_bytes() == before
+    assert torch.load(tmp_path / 'iter_3_deploy.pth', weights_only=True)['meta']['run'] \
+        == second.timestamp
+
+
+def test_a_longer_second_run_moves_the_stale_deploy_file_when_it_saves(tmp_path):
+    """Run 2 goes on to iteration 6: iter_3.pth is replaced on the way; no iter_3_deploy.pth
+    of run 1 may stay beside it."""
+    first, second, before = _second_run(
+        tmp_path, train_cfg=dict(by_epoch=False, max_iters=6, val_interval=6))
+    assert not (tmp_path / 'iter_3_deploy.pth').exists()
+    assert (tmp_path / f'iter_3_{first.timestamp}_deploy.pth').read_bytes() == before
+    assert _same_model(tmp_path / 'iter_6.pth', tmp_path / 'iter_6_deploy.pth') <= 1e-5
+
+
+def test_a_deploy_file_beside_another_runs_training_file_keeps_its_name(tmp_path):
+    """Run 2 saves no iter_3.pth: run 1's pair stays; run 2's file gets its timestamp."""
+    first, second, before = _second_run(tmp_path, checkpoint=dict(
+        type='CheckpointHook', interval=100, by_epoch=False, save_last=False))
     assert (tmp_path / 'iter_3_deploy.pth').read_bytes() == before
     hook = next(h for h in second.hooks if isinstance(h, RepVGGDeployHook))
     assert hook.deploy_checkpoint == tmp_path / f'iter_3_{second.timestamp}_deploy.pth'
-    assert hook.deploy_checkpoint.is_file()
     meta, out, live = _saved_outputs(hook.deploy_checkpoint, second.model,
                                      torch.randn(2, 3, 24, 32))
     assert meta['run'] == second.timestamp and rel_err(out, live) <= 1e-5

@@ -132,3 +132,17 @@ def test_another_model_altogether_is_reported_by_its_keys(trained, tmp_path):
     with pytest.raises(CheckpointError, match=r'missing \(1\): fc.weight\n.*unexpected \(1\): '
                                               r'head.weight'):
         runner.test()
+
+
+def test_resume_under_another_geometry_is_refused(trained, tmp_path, pristine_loader):
+    """Issue 23 item 3: it logged one INFO line and trained on (the training-mode model
+    accepts another geometry as initialization); a resume is all or nothing."""
+    install_mmengine_loader()
+    runner = _runner(tmp_path, ema=False, val=False, model=TinyClassifier(plan='full'),
+                     load_from=str(trained / 'iter_3.pth'), resume=True,
+                     train_cfg=dict(by_epoch=False, max_iters=4))
+    runner.register_hook(StrictLoadHook(deployed='error'))
+    with pytest.raises(CheckpointError, match='another geometry .*stage_3.0.*load_from') as info:
+        runner.train()
+    assert '\n' not in str(info.value) and runner.iter == 0
+    assert not list(tmp_path.glob('*.pth'))

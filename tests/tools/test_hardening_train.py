@@ -106,6 +106,27 @@ def test_resume_from_the_checkpoint_itself_still_works(trained, data, tmp_path):
     assert 'resumed' in out.lower() and (tmp_path / 'w' / 'iter_2.pth').is_file()
 
 
+# -- issue 23: no code from a checkpoint (item 1), resume under another geometry (item 3) ----
+
+def test_resume_never_runs_config_code_from_the_checkpoint(trained, data, tmp_path):
+    """mmengine's ``Runner.resume`` executes ``meta['config']`` (a .py config text): a
+    checkpoint that passes the weights-only check ran it."""
+    marker = tmp_path / 'MARKER'
+    ckpt = torch.load(trained, weights_only=False)
+    ckpt['meta']['config'] = f"__import__('pathlib').Path({str(marker)!r}).write_text('ran')"
+    torch.save(ckpt, tmp_path / 'code.pth')
+    out = ok(resume(tmp_path / 'code.pth', data, tmp_path / 'w'))
+    assert not marker.exists() and 'resumed' in out.lower()
+
+
+def test_resume_under_another_geometry_is_refused_in_one_line(trained, data, tmp_path):
+    """It logged one INFO line and trained on under the other geometry."""
+    proc = run([PY, 'tools/train.py', SEG, '--work-dir', str(tmp_path / 'w'), '--resume',
+                str(trained), '--cfg-options', *opts(data, 2), 'model.backbone.dilation_plan=None'])
+    refused(proc, '--resume', 'another geometry', 'load_from')
+    assert not list((tmp_path / 'w').glob('*.pth'))
+
+
 # -- item 5: --amp on the CPU ---------------------------------------------------------------
 
 def test_amp_on_the_cpu_is_one_line(data, tmp_path):
