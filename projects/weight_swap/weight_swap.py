@@ -1,7 +1,7 @@
 """Does a speed gap between two implementations follow the code or the weight values?
 
-Ours and a peer (:mod:`mmrepvgg.analysis.peers`) of one arch are deployed, then each is also
-given the other's weights (:func:`~mmrepvgg.analysis.peers.copy_weights`, outputs checked equal
+Ours and a peer (:mod:`projects.benchmark.peers`) of one arch are deployed, then each is also
+given the other's weights (:func:`~projects.benchmark.peers.copy_weights`, outputs checked equal
 to the model whose weights it took). The four models are timed interleaved with the
 benchmark's own loop (:func:`mmrepvgg.utils.timing.time_interleaved`: warm-up, then
 rounds in an order rotated each round, median round):
@@ -25,15 +25,16 @@ from typing import Sequence
 from mmengine.logging import print_log
 from torch import nn
 
-from mmrepvgg.analysis.models import example_input
-from mmrepvgg.analysis.peers import check_same_outputs, copy_weights, parse_peer
-from mmrepvgg.analysis.report import device_line
-from mmrepvgg.analysis.runners import make_runner
-from mmrepvgg.analysis.variants import prepare_variants
 from mmrepvgg.deploy.forward import TensorForward
-from mmrepvgg.utils.device import backend_supported, device_info, device_sync, resolve_device
-from mmrepvgg.utils.precision import cudnn_benchmark, float32_precision, precision_label, tf32_state
 from mmrepvgg.utils.timing import time_interleaved
+from projects.benchmark.device import (backend_supported, cudnn_benchmark, device_info,
+                                       device_sync, float32_precision, precision_label,
+                                       resolve_device, tf32_state)
+from projects.benchmark.models import example_input
+from projects.benchmark.peers import check_same_outputs, copy_weights, parse_peer
+from projects.benchmark.report import device_line
+from projects.benchmark.runners import make_runner
+from projects.benchmark.variants import prepare_variants
 
 #: Ratios reported per arch: name -> (numerator, denominator) among the four models, with
 #: ``{p}`` the peer's source.

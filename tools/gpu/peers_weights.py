@@ -56,9 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from mmrepvgg.analysis.report import save_report
-    from mmrepvgg.utils.device import resolve_device
     from mmrepvgg.utils.fileio import check_output_paths
+    from projects.benchmark.device import resolve_device
+    from projects.benchmark.report import save_report
     from projects.weight_swap.weight_swap import weight_swap_benchmark, weight_swap_markdown
     device = resolve_device(args.device, '--device')  # before any model is built
     check_output_paths([args.out, args.markdown], args.force)  # before the work

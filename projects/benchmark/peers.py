@@ -28,13 +28,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import is_optional_key
-from ..deploy.build import build_model_cfg
-from ..deploy.forward import TensorForward
-from ..deploy.keymaps import SOURCES, convert_key
-from ..deploy.verify import compare_outputs
-from ..models.arch import ARCH_ZOO, arch_name, get_arch
-from ..utils.errors import VerificationError
+from mmrepvgg.checkpoint import is_optional_key
+from mmrepvgg.deploy.build import build_model_cfg
+from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.deploy.keymaps import SOURCES, convert_key
+from mmrepvgg.deploy.verify import compare_outputs
+from mmrepvgg.models.arch import ARCH_ZOO, arch_name, get_arch
+from mmrepvgg.utils.errors import VerificationError
+
 from .models import BuiltModel, classifier_cfg, example_input
 
 #: Libraries a peer can come from.
