@@ -168,7 +168,7 @@ def test_precision_is_set_recorded_and_restored():
 def test_precision_with_the_legacy_allow_tf32_api():
     """torch without the fp32_precision API: the allow_tf32 flags are set and restored."""
     code = '\n'.join([
-        'from mmrepvgg.utils import precision as p',
+        'from projects.benchmark import device as p',
         'p._new_api = lambda: False',
         'before = p.tf32_state()',
         'assert before["api"] == "allow_tf32", before',
