@@ -116,3 +116,12 @@ def test_validate_specs_checks_names_and_config_paths():
         validate_specs(['timm:A0'])
     with pytest.raises(FileNotFoundError, match='Config not found: configs/no_such.py'):
         validate_specs(['configs/no_such.py'])
+
+
+def test_a_config_is_counted_at_its_own_test_size():
+    """A config without --shape is counted at its test size (issue 22), not 713x713."""
+    from projects.benchmark.complexity import model_complexity
+    from tests.helpers import ROOT
+    config = ROOT / 'configs' / 'demo' / 'pspnet_repvgg-small_tiny-cityscapes.py'
+    assert model_complexity(str(config))['input_shape'] == [128, 256]
+    assert model_complexity(str(config), shape=(64, 64))['input_shape'] == [64, 64]
