@@ -1,4 +1,5 @@
-"""Build the models the analysis tools measure: RepVGG classifiers, baselines, configs.
+"""Build the models the benchmark and complexity tools measure: RepVGG classifiers, baselines,
+configs.
 
 A *model spec* is one of
 
