@@ -199,7 +199,7 @@ def test_a_device_that_is_not_there_is_refused_by_every_entry_point(monkeypatch)
     assert resolve_device(None) == torch.device('cpu')
     assert resolve_device('cpu') == torch.device('cpu')
     for call in (lambda: run_benchmark(['A0'], BenchmarkSettings(device='cuda')),
-                 lambda: weight_swap_benchmark(['A0'], device='cuda'),
+                 lambda: weight_swap_benchmark(['A0'], settings=BenchmarkSettings(device='cuda')),
                  lambda: precision_errors('A0', device='cuda'),
                  lambda: checkpoint_precision_errors('no.py', 'no.pth', device='cuda'),
                  lambda: backend_supported('fp32', 'cuda')):
@@ -279,8 +279,8 @@ def test_the_benchmark_and_the_weight_swap_time_with_the_one_loop(monkeypatch):
     train, deploy = report['results']
     assert (train['examples_per_s'], deploy['examples_per_s']) == (20.0, 40.0)
     assert train['rounds'] == [10.0, 30.0, 20.0] and deploy['best_examples_per_s'] == 60.0
-    swap = ws.weight_swap_benchmark(['A0'], batch=1, shape=(32, 32), warmup=1, iters=2,
-                                    rounds=3, num_classes=10)
+    swap = ws.weight_swap_benchmark(['A0'], settings=BenchmarkSettings(
+        batch=1, shape=(32, 32), warmup=1, iters=2, rounds=3, num_classes=10))
     assert seen[-1][0] == ['ours', 'timm', 'ours, timm weights', 'timm, our weights']
     (arch, ) = swap['archs']
     assert arch['speeds']['timm'] == 40.0 and arch['best']['timm, our weights'] == 120.0
