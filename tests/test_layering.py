@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / 'mmrepvgg'
 
 #: Low to high: a module may import from its own layer and every layer to its left.
-LAYERS = ('utils', 'checkpoint', 'models', 'deploy', 'engine', 'analysis',
-          'runner', 'cli', 'root')
+LAYERS = ('utils', 'checkpoint', 'models', 'deploy', 'engine', 'runner', 'cli', 'root')
 #: Modules that are not in a subpackage of their layer's name.
 SPECIAL = {'mmrepvgg': 'root', 'mmrepvgg.registry': 'utils', 'mmrepvgg.version': 'utils',
            'mmrepvgg.checkpoint': 'checkpoint', 'mmrepvgg.cli': 'cli'}

@@ -12,7 +12,7 @@ Examples:
     # reduced for a CPU, with feature-map memory (paper Fig. 3)
     python tools/benchmark.py A0 ResNet-18 --batch 8 --warmup 2 --iters 5 --rounds 3 \
         --threads 1 --memory --out work_dirs/bench_cpu.json
-    # segmentation (batch 16 at 713x713 by default)
+    # segmentation (batch 16 at the config's test size: its slide crop, 713x713 here)
     python tools/benchmark.py configs/pspnet_repvgg-b2_cityscapes.py --batch 1 --shape 256 256
     # the markdown of a saved json; the docs' tables from their json; a B3 backbone's fold
     # time; a matmul peak alone
@@ -28,7 +28,6 @@ baselines with their conv-BN pairs fused (the paper's protocol) and, with
 from __future__ import annotations
 
 import argparse
-import json
 import os.path as osp
 import sys
 
@@ -39,9 +38,9 @@ METAFILE = osp.join(REPO, 'configs', 'metafile.yml')
 
 from mmengine.config import DictAction  # noqa: E402
 
-from mmrepvgg.analysis.peers import PEER_SOURCES, PEER_WEIGHTS  # noqa: E402
 from mmrepvgg.cli import non_negative_int, positive_int, run_tool  # noqa: E402
 from mmrepvgg.utils.errors import user_errors  # noqa: E402
+from projects.benchmark.peers import PEER_SOURCES, PEER_WEIGHTS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         'segmentors)')
     parser.add_argument('--batch', type=positive_int, help='batch size (paper: 128 cls, 16 seg)')
     parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
-                        help='input size (paper: 224 224 cls, 713 713 seg)')
+                        help="input size (default: the configs' test size, e.g. the slide "
+                        'crop or the test Resize; else the paper\'s: 224 224 cls, 713 713 seg)')
     parser.add_argument('--warmup', type=non_negative_int,
                         help='warm-up batches per model (paper: 50)')
     parser.add_argument('--iters', type=positive_int, help='timed batches per round (paper: 50)')
@@ -132,9 +132,9 @@ def run(args: argparse.Namespace) -> None:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mmrepvgg.analysis.benchmark import fold_time, run_benchmark
-    from mmrepvgg.analysis.metafile import load_metafile
-    from mmrepvgg.analysis.report import (
+    from projects.benchmark.benchmark import BenchmarkSettings, fold_time, run_benchmark
+    from projects.benchmark.metafile import load_metafile
+    from projects.benchmark.report import (
         benchmark_markdown,
         fold_time_line,
         load_report,
@@ -142,8 +142,8 @@ def run(args: argparse.Namespace) -> None:
         save_report,
         update_docs,
     )
-    from mmrepvgg.analysis.models import spec_files
-    from mmrepvgg.analysis.variants import validate_benchmark_specs, with_peers
+    from projects.benchmark.models import spec_files
+    from projects.benchmark.variants import validate_benchmark_specs, with_peers
     paper = load_metafile(METAFILE)
     command = 'python tools/benchmark.py ' + ' '.join(sys.argv[1:])
     if args.render:
@@ -175,22 +175,22 @@ def run(args: argparse.Namespace) -> None:
         save_report(report, '\n'.join(fold_time_line(r) for r in results), args.out,
                        args.markdown, args.force)
         return
-    from mmrepvgg.utils.device import resolve_device
+    from projects.benchmark.device import resolve_device
     device = resolve_device(args.device, '--device')  # before any model is built
     specs = list(args.models)
     if args.peers is not None:
         specs = with_peers(specs, args.peers or PEER_SOURCES)  # a config spec: an error
     validate_benchmark_specs(specs)
     _check_outputs(args, tuple(spec_files(specs)))  # never over a config (its _base_ chain)
-    report = run_benchmark(
-        specs, batch=args.batch, shape=tuple(args.shape) if args.shape else None,
+    report = run_benchmark(specs, BenchmarkSettings(
+        batch=args.batch, shape=tuple(args.shape) if args.shape else None,
         warmup=args.warmup, iters=args.iters, rounds=args.rounds, device=str(device),
         dtype=args.dtype, backend=args.backend[0] if len(args.backend) == 1 else args.backend,
         variants=args.variants, memory=args.memory,
         memory_batch=args.memory_batch, num_classes=args.num_classes,
         cfg_options=args.cfg_options, cudnn_autotune=not args.no_cudnn_benchmark,
         flops=not args.no_flops, peak_tflops=args.peak_tflops, measure_peak=args.measure_peak,
-        peer_weights=args.peer_weights)
+        peer_weights=args.peer_weights))
     report['command'] = command
     table = benchmark_markdown(report, paper)
     print(table)

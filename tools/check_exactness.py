@@ -29,8 +29,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmrepvgg.cli import fail, positive_int, print_error, run_tool
 from mmrepvgg.models import BLOCK_TYPES
 from mmrepvgg.models.arch import get_arch
-from mmrepvgg.utils.device import resolve_device
 from mmrepvgg.utils.errors import user_errors
+from projects.benchmark.device import resolve_device
 from projects.exactness.exactness import (
     PLANS,
     PRECISIONS,

@@ -35,7 +35,8 @@ def parse_args() -> argparse.Namespace:
                         help="every classifier of the paper's Tables 4-5 that can be built "
                         '(RepVGG rows and the mmpretrain baselines)')
     parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
-                        help='input size (default 224 224; 713 713 for segmentors)')
+                        help="input size (default: a config's test size, else 224 224; "
+                        '713 713 for segmentors)')
     parser.add_argument('--num-classes', type=positive_int, default=1000)
     parser.add_argument('--markdown', action='store_true', help='print a markdown table')
     parser.add_argument('--no-paper', action='store_true',
@@ -49,8 +50,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    from mmrepvgg.analysis.complexity import table4_specs
-    from mmrepvgg.analysis.metafile import load_metafile
+    from projects.benchmark.complexity import table4_specs
+    from projects.benchmark.metafile import load_metafile
     from mmrepvgg.cli import fail, run_tool
     from mmrepvgg.utils.errors import user_errors
     specs = list(args.models) + (table4_specs(load_metafile(METAFILE)) if args.table else [])
@@ -62,9 +63,9 @@ def main() -> int:
 
 
 def _run(args: argparse.Namespace, specs: list[str]) -> None:
-    from mmrepvgg.analysis.complexity import complexity_markdown, model_complexity
-    from mmrepvgg.analysis.metafile import load_metafile
-    from mmrepvgg.analysis.models import spec_files, validate_specs
+    from projects.benchmark.complexity import complexity_markdown, model_complexity
+    from projects.benchmark.metafile import load_metafile
+    from projects.benchmark.models import spec_files, validate_specs
     from mmrepvgg.utils.fileio import check_output_path
     validate_specs(specs)  # every name before any work
     inputs = spec_files(specs)  # the configs and their _base_ chains

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--metafile', help='default: configs/metafile.yml')
     parser.add_argument('--title')
     args = parser.parse_args(argv)
-    from mmrepvgg.analysis.plot import plot_speed_accuracy
+    from projects.benchmark.plot import plot_speed_accuracy
     from mmrepvgg.cli import run_tool
     from mmrepvgg.utils.errors import user_errors
 

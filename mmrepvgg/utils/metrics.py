@@ -1,4 +1,4 @@
-"""Error measures shared by the deploy and analysis layers."""
+"""Error measures shared by the deploy layer and the studies in projects/."""
 from __future__ import annotations
 
 import math

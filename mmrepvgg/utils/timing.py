@@ -11,7 +11,7 @@ def time_interleaved(runs: Mapping[str, Callable[[], Any]]
                      | Sequence[tuple[str, Callable[[], Any]]], iters: int, rounds: int = 1,
                      warmup: int = 1, examples: int = 1, sync: Callable[[], None] | None = None,
                      log: str | None = 'benchmark') -> list[list[float]]:
-    """Time callables in interleaved rounds, the one timing loop of the analysis tools.
+    """Time callables in interleaved rounds, the one timing loop of the benchmark tools.
 
     Each callable runs one batch (``fn()``, its result ignored): a model on its input
     (:func:`make_runner`), an ONNX Runtime session, anything. First ``warmup`` untimed calls

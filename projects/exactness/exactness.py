@@ -23,8 +23,7 @@ from mmrepvgg.deploy.onnx_eval import build_dataset, make_loader
 from mmrepvgg.deploy.verify import compare_outputs
 from mmrepvgg.models import RepVGG, reparameterize
 from mmrepvgg.models.arch import ARCH_ZOO, ArchLike, PlanLike
-from mmrepvgg.utils.device import backend_supported, resolve_device
-from mmrepvgg.utils.precision import DTYPES
+from projects.benchmark.device import DTYPES, backend_supported, resolve_device
 
 
 def randomize_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -186,7 +185,7 @@ def estimate_bn_stats_(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 #: Reduced precisions :func:`precision_errors` measures: those of
-#: :data:`~mmrepvgg.utils.precision.DTYPES` whose tensors are not float32.
+#: :data:`~projects.benchmark.device.DTYPES` whose tensors are not float32.
 PRECISIONS = {name: dtype for name, dtype in DTYPES.items() if dtype != torch.float32}
 
 

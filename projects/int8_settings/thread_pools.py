@@ -101,7 +101,7 @@ def export_a0(tmp: str, batch: int) -> dict:
     import onnx
     import torch
 
-    from mmrepvgg.analysis.models import build_from_spec
+    from projects.benchmark.models import build_from_spec
     from mmrepvgg.deploy.forward import TensorForward
     from mmrepvgg.deploy.onnx_export import export_module
     from mmrepvgg.deploy.quantize import quantize_for_timing

@@ -9,7 +9,7 @@ and ``configs/demo/qarepvgg-small_digits.py``), then on the held-out 450 images:
   through ``RepVGGDeployHook``), and again here on the preprocessed tensors, before and
   after :func:`mmrepvgg.reparameterize`;
 - the int8 weight-quantization error of every folded kernel
-  (:func:`mmrepvgg.analysis.folded_kernel_errors`: SQNR per channel and per tensor);
+  (:func:`projects.qa_digits.quant_error.folded_kernel_errors`: SQNR per channel and per tensor);
 - int8 top-1 through :func:`int8_top1`: ONNX Runtime static quantization with the library
   behind ``tools/quantize.py`` (:mod:`mmrepvgg.deploy.quantize`), calibrated on train
   images, per-channel and per-tensor int8 weights, ``minmax`` calibration (the tool's
@@ -31,7 +31,6 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from demo.demos import CLS_DEMO_CONFIG, load_demo_config, run_cls_demo
-from mmrepvgg.analysis.quant_error import errors_to_dicts, folded_kernel_errors, summarize_errors
 from mmrepvgg.deploy.convert import load_model
 from mmrepvgg.deploy.forward import TensorForward
 from mmrepvgg.deploy.onnx_eval import build_dataset, make_loader
@@ -45,11 +44,12 @@ from mmrepvgg.deploy.quantize import (
     quantize_file,
 )
 from mmrepvgg.models import reparameterize
-from mmrepvgg.utils.device import device_info
 from mmrepvgg.utils.fileio import fresh_work_dir, write_bytes_atomic, write_json_atomic
 from mmrepvgg.utils.metrics import tensor_sqnr_db
-from mmrepvgg.utils.markdown import fmt
 from mmrepvgg.utils.optional import require
+from projects.benchmark.device import device_info
+from projects.benchmark.markdown import fmt
+from projects.qa_digits.quant_error import errors_to_dicts, folded_kernel_errors, summarize_errors
 
 QA_DEMO_CONFIG = 'configs/demo/qarepvgg-small_digits.py'
 #: The two arms of the comparison: block type -> demo config.
@@ -446,7 +446,7 @@ def comparison_markdown(report: dict) -> str:
                           f'{r["runner_trained"]:.2f} trained, {r["runner_deployed"]:.2f} '
                           'deployed' for r in report['runs']) + '.',
               'Weight SQNR: symmetric int8 ([-127, 127]) of each block\'s folded 3x3 kernel, '
-              'min and median over the layers (mmrepvgg.analysis.quant_error).']
+              'min and median over the layers (projects.qa_digits.quant_error).']
     if not report['int8_measured']:
         lines.append(f'**{INT8_NOT_MEASURED}.**')
         return '\n'.join(lines) + '\n'

@@ -1,7 +1,7 @@
 """Does a speed gap between two implementations follow the code or the weight values?
 
-Ours and a peer (:mod:`mmrepvgg.analysis.peers`) of one arch are deployed, then each is also
-given the other's weights (:func:`~mmrepvgg.analysis.peers.copy_weights`, outputs checked equal
+Ours and a peer (:mod:`projects.benchmark.peers`) of one arch are deployed, then each is also
+given the other's weights (:func:`~projects.benchmark.peers.copy_weights`, outputs checked equal
 to the model whose weights it took). The four models are timed interleaved with the
 benchmark's own loop (:func:`mmrepvgg.utils.timing.time_interleaved`: warm-up, then
 rounds in an order rotated each round, median round):
@@ -25,15 +25,17 @@ from typing import Sequence
 from mmengine.logging import print_log
 from torch import nn
 
-from mmrepvgg.analysis.models import example_input
-from mmrepvgg.analysis.peers import check_same_outputs, copy_weights, parse_peer
-from mmrepvgg.analysis.report import device_line
-from mmrepvgg.analysis.runners import make_runner
-from mmrepvgg.analysis.variants import prepare_variants
 from mmrepvgg.deploy.forward import TensorForward
-from mmrepvgg.utils.device import backend_supported, device_info, device_sync, resolve_device
-from mmrepvgg.utils.precision import cudnn_benchmark, float32_precision, precision_label, tf32_state
 from mmrepvgg.utils.timing import time_interleaved
+from projects.benchmark.benchmark import BenchmarkSettings
+from projects.benchmark.device import (backend_supported, cudnn_benchmark, device_info,
+                                       device_sync, float32_precision, precision_label,
+                                       resolve_device, tf32_state)
+from projects.benchmark.models import example_input
+from projects.benchmark.peers import check_same_outputs, copy_weights, parse_peer
+from projects.benchmark.report import device_line
+from projects.benchmark.runners import make_runner
+from projects.benchmark.variants import prepare_variants
 
 #: Ratios reported per arch: name -> (numerator, denominator) among the four models, with
 #: ``{p}`` the peer's source.
@@ -77,26 +79,19 @@ def _build_four(arch: str, source: str, num_classes: int,
     return models, checks
 
 
-def weight_swap_benchmark(archs: Sequence[str], source: str = 'timm', device: str = 'cpu',
-                          dtype: str = 'fp32', batch: int = 128,
-                          shape: tuple[int, int] = (224, 224), warmup: int = 10,
-                          iters: int = 30, rounds: int = 5, backbone: bool = False,
-                          num_classes: int = 1000, cudnn_autotune: bool = True) -> dict:
+def weight_swap_benchmark(archs: Sequence[str], source: str = 'timm',
+                          settings: BenchmarkSettings | None = None,
+                          backbone: bool = False) -> dict:
     """Time ours and a peer, each with its own and with the other's deployed weights.
 
     Args:
         archs: RepVGG archs (``'B2'``); each is timed in its own interleaved group of four.
         source: The peer library, ``'timm'`` or ``'mmpretrain'``.
-        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (checked before anything is built).
-        dtype: ``'fp32'`` (strict), ``'tf32'`` (CUDA), ``'bf16'`` or ``'fp16'``.
-        batch: Batch size.
-        shape: ``(H, W)``.
-        warmup: Warm-up batches per model.
-        iters: Timed batches per model and round.
-        rounds: Interleaved rounds (order rotated each round); the median counts.
+        settings: Device (checked before anything is built), dtype, batch (default 128),
+            shape (default 224x224), warm-up (default 10) and timed batches (default 30)
+            per model, interleaved rounds (order rotated each round; the median counts),
+            classes and ``cudnn.benchmark``, as the benchmark takes them; the rest is unused.
         backbone: Time the backbones only (stem and stages), as the H200 diagnostic did.
-        num_classes: Classes of the classifiers.
-        cudnn_autotune: ``cudnn.benchmark`` on while timing on CUDA.
 
     Returns:
         ``dict(device_info, protocol, archs=[dict(arch, speeds, best, rounds, ratios,
@@ -108,7 +103,12 @@ def weight_swap_benchmark(archs: Sequence[str], source: str = 'timm', device: st
         ValueError: A device that is not there, a precision it cannot run, or a swap whose
             outputs differ.
     """
-    dev = resolve_device(device)
+    st = settings or BenchmarkSettings()
+    dev = resolve_device(st.device)
+    dtype, batch, rounds = st.dtype, st.batch or 128, st.rounds
+    shape = tuple(st.shape or (224, 224))
+    warmup = 10 if st.warmup is None else st.warmup
+    iters = st.iters or 30
     ok, reason = backend_supported(dtype, dev)
     if not ok:
         raise ValueError(reason)
@@ -116,13 +116,13 @@ def weight_swap_benchmark(archs: Sequence[str], source: str = 'timm', device: st
         parse_peer(f'{source}:{arch}')
     proto = dict(batch=batch, shape=tuple(shape), warmup=warmup, iters=iters)
     check_shape = (min(shape[0], 64), min(shape[1], 64))
-    autotune = cudnn_autotune and dev.type == 'cuda'
+    autotune = st.cudnn_autotune and dev.type == 'cuda'
     out = []
     info = state = None
     x = example_input(tuple(shape), batch)
     for arch in archs:
         print_log(f'weight swap: building ours and {source} {arch}', logger='current')
-        models, checks = _build_four(arch, source, num_classes, check_shape)
+        models, checks = _build_four(arch, source, st.num_classes, check_shape)
         if backbone:
             models = {name: feature_part(model, 'mmrepvgg' if name.startswith('ours') else source)
                       for name, model in models.items()}

@@ -11,8 +11,8 @@ import onnx
 import pytest
 import torch
 
-from mmrepvgg.analysis.quant_error import quantize_symmetric
-from mmrepvgg.analysis.quant_error import sqnr_db as weight_sqnr_db
+from projects.qa_digits.quant_error import quantize_symmetric
+from projects.qa_digits.quant_error import sqnr_db as weight_sqnr_db
 from mmrepvgg.deploy.onnx_eval import build_dataset, capture_inputs
 from mmrepvgg.deploy.onnx_export import export_onnx
 from mmrepvgg.deploy.ort import create_session, read_metadata

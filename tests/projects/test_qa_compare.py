@@ -13,7 +13,7 @@ import mmrepvgg.deploy.quantize as quantize
 import projects.qa_digits.qa_compare as qa_compare
 from demo.demos import DemoResult, load_demo_config
 from mmrepvgg import reparameterize
-from mmrepvgg.analysis.quant_error import LayerQuantError, summarize_errors
+from projects.qa_digits.quant_error import LayerQuantError, summarize_errors
 from mmrepvgg.deploy import build_model
 from projects.qa_digits.qa_compare import (
     DEMO_CONFIGS,

@@ -72,8 +72,8 @@ def test_a_device_that_is_not_there_is_refused_before_any_model_is_built(
     exit 1, and nothing built or loaded first."""
     import torch
 
-    import mmrepvgg.analysis.models as models
-    import mmrepvgg.analysis.peers as peers
+    import projects.benchmark.models as models
+    import projects.benchmark.peers as peers
     import mmrepvgg.deploy.onnx_export as onnx_export
     from mmrepvgg.models.backbone import RepVGG
 

@@ -59,7 +59,7 @@ fi
 import importlib.metadata as md
 import torch
 import mmrepvgg  # noqa: F401  (the stack imports)
-from mmrepvgg.utils.precision import tf32_state
+from projects.benchmark.device import tf32_state
 names = ['torch', 'timm', 'mmcv-lite', 'mmcv', 'mmengine', 'mmpretrain', 'mmsegmentation']
 vers = []
 for n in names:

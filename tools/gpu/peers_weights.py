@@ -56,18 +56,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from mmrepvgg.analysis.report import save_report
-    from mmrepvgg.utils.device import resolve_device
     from mmrepvgg.utils.fileio import check_output_paths
+    from projects.benchmark.benchmark import BenchmarkSettings
+    from projects.benchmark.device import resolve_device
+    from projects.benchmark.report import save_report
     from projects.weight_swap.weight_swap import weight_swap_benchmark, weight_swap_markdown
     device = resolve_device(args.device, '--device')  # before any model is built
     check_output_paths([args.out, args.markdown], args.force)  # before the work
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = args.dtype or ('tf32' if device.type == 'cuda' else 'fp32')
-    report = weight_swap_benchmark(
-        args.archs, args.source, str(device), dtype, args.batch, tuple(args.shape), args.warmup,
-        args.iters, args.rounds, args.backbone, cudnn_autotune=not args.no_cudnn_benchmark)
+    report = weight_swap_benchmark(args.archs, args.source, BenchmarkSettings(
+        batch=args.batch, shape=tuple(args.shape), warmup=args.warmup, iters=args.iters,
+        rounds=args.rounds, device=str(device), dtype=dtype,
+        cudnn_autotune=not args.no_cudnn_benchmark), args.backbone)
     report['command'] = 'python tools/gpu/peers_weights.py ' + ' '.join(sys.argv[1:])
     text = weight_swap_markdown(report)
     print(text)

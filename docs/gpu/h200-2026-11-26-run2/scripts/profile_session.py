@@ -1,6 +1,6 @@
 import torch, timm, time
 from timm.utils import reparameterize_model
-from mmrepvgg.analysis.models import build_model, TensorForward
+from projects.benchmark.models import build_model, TensorForward
 from mmrepvgg.models import reparameterize
 torch.backends.cudnn.benchmark = True
 torch.backends.cudnn.allow_tf32 = True

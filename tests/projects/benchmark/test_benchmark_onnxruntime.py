@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from mmrepvgg.analysis import run_benchmark
+from projects.benchmark.benchmark import BenchmarkSettings, run_benchmark
 from tests.helpers import one_error_line, run_script
 
 
 @pytest.mark.usefixtures('one_thread')
 @pytest.mark.parametrize('backend', ['onnxruntime', 'onnxruntime-int8'])
 def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
-    from mmrepvgg.analysis import runners
+    from projects.benchmark import runners
     made = []  # the sessions the benchmark times, and whether they were quantized
     create, quant = runners.create_session, runners.quantize_for_timing
     sessions = []
@@ -26,8 +26,8 @@ def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
     monkeypatch.setattr(runners, 'quantize_for_timing',
                         lambda *a, **k: made.append('int8') or quant(*a, **k))
     # batch 2: the exported graph must take more than its example's batch of 1
-    report = run_benchmark(['A0'], batch=2, shape=(32, 32), warmup=1, iters=2, backend=backend,
-                           variants=('deploy', ))
+    report = run_benchmark(['A0'], BenchmarkSettings(
+        batch=2, shape=(32, 32), warmup=1, iters=2, backend=backend, variants=('deploy', )))
     assert report['protocol']['backend'] == backend and not report['skipped']
     assert report['results'][0]['examples_per_s'] > 0
     assert made == (['int8', 'session'] if backend.endswith('int8') else ['session'])
@@ -42,7 +42,7 @@ def test_onnxruntime_backends_time_a_batch(backend, monkeypatch):
 
 @pytest.mark.usefixtures('one_thread')
 def test_several_backends_in_one_interleaved_run(monkeypatch):
-    from mmrepvgg.analysis.report import benchmark_markdown
+    from projects.benchmark.report import benchmark_markdown
     from mmrepvgg.utils import timing
     calls = []
     real = timing.time_interleaved
@@ -51,10 +51,10 @@ def test_several_backends_in_one_interleaved_run(monkeypatch):
         calls.append([label for label, _ in runs])
         return real(runs, *args, **kwargs)
 
-    monkeypatch.setattr('mmrepvgg.analysis.benchmark.time_interleaved', spy)
-    report = run_benchmark(['A0'], batch=1, shape=(32, 32), warmup=1, iters=2, rounds=3,
-                           backend=['onnxruntime', 'onnxruntime-int8', 'eager'],
-                           variants=('deploy', ), flops=False)
+    monkeypatch.setattr('projects.benchmark.benchmark.time_interleaved', spy)
+    report = run_benchmark(['A0'], BenchmarkSettings(
+        batch=1, shape=(32, 32), warmup=1, iters=2, rounds=3, backend=['onnxruntime',
+        'onnxruntime-int8', 'eager'], variants=('deploy', ), flops=False))
     assert calls == [[f'RepVGG-A0 [deploy] {b}' for b in
                       ('onnxruntime', 'onnxruntime-int8', 'eager')]]  # one run, interleaved
     assert [r['backend'] for r in report['results']] == ['onnxruntime', 'onnxruntime-int8',

@@ -14,9 +14,8 @@ Each is returned deployed and in eval mode, with the arch named as in our arch t
 benchmark can pair it with our deployed model of the same arch.
 
 **Same weights.** A GPU's speed depends on the weight *values* (the power drawn, hence the
-clock, changes with the data): on an H200 timm's deployed RepVGG-B2 ran 2% faster than ours,
-and ours given timm's weights ran as fast as timm (``tools/gpu/peers_weights.py``). So the
-benchmark copies our deployed weights into every peer (:func:`copy_weights`, keys matched
+clock, changes with the data; docs/benchmark.md, measured with ``tools/gpu/peers_weights.py``).
+So the benchmark copies our deployed weights into every peer (:func:`copy_weights`, keys matched
 through :mod:`mmrepvgg.deploy.keymaps`, every shape checked) and checks on the CPU in fp32
 that the peer's output equals ours (:func:`check_same_outputs`) before timing.
 """
@@ -28,13 +27,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import is_optional_key
-from ..deploy.build import build_model_cfg
-from ..deploy.forward import TensorForward
-from ..deploy.keymaps import SOURCES, convert_key
-from ..deploy.verify import compare_outputs
-from ..models.arch import ARCH_ZOO, arch_name, get_arch
-from ..utils.errors import VerificationError
+from mmrepvgg.checkpoint import is_optional_key
+from mmrepvgg.deploy.build import build_model_cfg
+from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.deploy.keymaps import SOURCES, convert_key
+from mmrepvgg.deploy.verify import compare_outputs
+from mmrepvgg.models.arch import ARCH_ZOO, arch_name, get_arch
+from mmrepvgg.utils.errors import VerificationError
+
 from .models import BuiltModel, classifier_cfg, example_input
 
 #: Libraries a peer can come from.

@@ -3,7 +3,8 @@ import pytest
 from torch import nn
 
 from mmrepvgg import RepVGG
-from mmrepvgg.analysis import BASELINES, load_metafile
+from projects.benchmark.metafile import load_metafile
+from projects.benchmark.models import BASELINES
 from mmrepvgg.models.arch import ARCH_ZOO
 from tests.helpers import METAFILE
 
@@ -48,7 +49,7 @@ def test_paper_params_match_the_deployed_model(arch):
 def test_configs_exist_and_name_their_model():
     import os.path as osp
 
-    from mmrepvgg.analysis import find_paper_model
+    from projects.benchmark.metafile import find_paper_model
     models = load_metafile(METAFILE)
     with_config = [m for m in models.values() if m.config]
     assert len(with_config) >= 12

@@ -6,7 +6,8 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
-from ..utils.fileio import check_output_path, write_atomic
+from mmrepvgg.utils.fileio import check_output_path, write_atomic
+
 from .metafile import find_paper_model, load_metafile
 
 
@@ -15,7 +16,7 @@ def speed_accuracy_points(report: dict, metafile: str | os.PathLike, table: int 
     """Pair each measured model with its top-1 (or mIoU) from the metafile.
 
     Args:
-        report: A :func:`mmrepvgg.analysis.benchmark.run_benchmark` result.
+        report: A :func:`projects.benchmark.benchmark.run_benchmark` result.
         metafile: Path of the metafile (the project's: ``configs/metafile.yml``).
         table: Which paper table the accuracy comes from (4: 120 epochs, 5: 200 epochs,
             8: Cityscapes mIoU); models not in it are left out.
@@ -48,7 +49,7 @@ def plot_speed_accuracy(report: dict, out: str, metafile: str | os.PathLike, tab
     1080Ti numbers.
 
     Args:
-        report: A benchmark result (:func:`mmrepvgg.analysis.benchmark.run_benchmark`).
+        report: A benchmark result (:func:`projects.benchmark.benchmark.run_benchmark`).
         out: Where to save the figure (``.png``, ``.pdf``, ``.svg``).
         metafile: Path of the metafile (``configs/metafile.yml``).
         table: Paper table of the accuracies (4, 5 or 8).

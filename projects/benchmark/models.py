@@ -1,4 +1,5 @@
-"""Build the models the analysis tools measure: RepVGG classifiers, baselines, configs.
+"""Build the models the benchmark and complexity tools measure: RepVGG classifiers, baselines,
+configs.
 
 A *model spec* is one of
 
@@ -27,10 +28,10 @@ from torch import Tensor, nn
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 
-from ..deploy.build import build_model, build_model_cfg
-from ..models import RepBlockBase, reparameterize
-from ..models.arch import ARCH_ZOO, arch_name, get_arch
-from ..utils.config import config_files, merge_options, scope_of
+from mmrepvgg.deploy.build import build_model, build_model_cfg, input_shape_from_config
+from mmrepvgg.models import RepBlockBase, reparameterize
+from mmrepvgg.models.arch import ARCH_ZOO, arch_name, get_arch
+from mmrepvgg.utils.config import config_files, merge_options, scope_of
 
 #: Baseline classifiers (paper Table 4) buildable from mmpretrain: name -> (backbone cfg,
 #: width of the last stage). ``VGG-16`` is built with BN (as the paper trains its baselines
@@ -63,13 +64,15 @@ class BuiltModel:
         model: The model, in eval mode.
         task: ``'cls'`` or ``'seg'``.
         family: ``'repvgg'`` if it holds RepVGG blocks, else ``'baseline'``.
+        input_shape: ``(H, W)`` a config's model is tested at (:func:`config_test_shape`);
+            None for a model built from a name.
     """
 
     name: str
     model: nn.Module
     task: str
     family: str
-
+    input_shape: tuple[int, int] | None = None
 
 
 def classifier_cfg(backbone: dict, in_channels: int | None, num_classes: int) -> dict:
@@ -159,7 +162,7 @@ def build_from_spec(spec: str, num_classes: int = 1000, deploy: bool = False,
         num_classes: Classes of the classifier head (arch and baseline names only).
         deploy: Fold the RepVGG blocks (arch names build them folded; a config's model is
             folded with :func:`mmrepvgg.reparameterize`). Baselines are not changed: see
-            :func:`mmrepvgg.analysis.fuse_conv_bn_pairs`.
+            :func:`projects.benchmark.fuse_conv_bn_pairs`.
         cfg_options: Overrides merged into a config (``Config.merge_from_dict``).
 
     Returns:
@@ -186,7 +189,35 @@ def build_from_spec(spec: str, num_classes: int = 1000, deploy: bool = False,
         reparameterize(model)
     task = 'seg' if scope == 'mmseg' else 'cls'
     family = 'repvgg' if _has_repvgg(model) else 'baseline'
-    return BuiltModel(osp.splitext(osp.basename(name))[0], model, task, family)
+    return BuiltModel(osp.splitext(osp.basename(name))[0], model, task, family,
+                      config_test_shape(cfg))
+
+
+def config_test_shape(cfg: Config) -> tuple[int, int]:
+    """The input size ``(H, W)`` a config's model is run at in testing.
+
+    A segmentor with slide inference runs on crops of ``model.test_cfg.crop_size`` (mmseg:
+    ``(h, w)``), one with whole inference on the image after the test pipeline's last
+    ``Resize`` (``scale`` is ``(w, h)``); anything else is what the deploy tools export at
+    (:func:`mmrepvgg.deploy.build.input_shape_from_config`: the test crop, 224 if nothing
+    says).
+
+    Args:
+        cfg: The loaded config.
+    """
+    test_cfg = (cfg.get('model') or {}).get('test_cfg') or {}
+    if test_cfg.get('mode') == 'slide' and test_cfg.get('crop_size'):
+        height, width = test_cfg['crop_size']
+        return int(height), int(width)
+    if test_cfg.get('mode') == 'whole':
+        dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
+        pipeline = dataset.get('pipeline') or cfg.get('test_pipeline') or []
+        scales = [step['scale'] for step in pipeline
+                  if step.get('type') == 'Resize' and step.get('scale')]
+        if scales:
+            width, height = scales[-1]
+            return int(height), int(width)
+    return input_shape_from_config(cfg)
 
 
 def default_input_shape(task: str) -> tuple[int, int]:

@@ -8,12 +8,12 @@ import os.path as osp
 import re
 from typing import Mapping, Sequence
 
-from ..utils.fileio import check_output_path, write_bytes_atomic, write_json_atomic
-from ..utils.markdown import fmt
+from mmrepvgg.utils.fileio import check_output_path, write_bytes_atomic, write_json_atomic
+
+from .markdown import fmt
 from .metafile import PaperModel, find_paper_model
 from .peers import PEER_SOURCES, PEER_TOLERANCE
 
-#: The paper's speed protocol per task: batch, (H, W), warm-up batches, timed batches.
 #: The paper's speed protocol per task: batch, (H, W), warm-up batches, timed batches.
 PAPER_PROTOCOL = {'cls': dict(batch=128, shape=(224, 224), warmup=50, iters=50),
                   'seg': dict(batch=16, shape=(713, 713), warmup=50, iters=50)}
@@ -145,8 +145,8 @@ def benchmark_markdown(report: dict, paper: Mapping[str, PaperModel] | None = No
     :func:`fold_time_line` per arch).
 
     Args:
-        report: A :func:`~mmrepvgg.analysis.benchmark.run_benchmark` result (or its json).
-        paper: The loaded metafile (:func:`~mmrepvgg.analysis.metafile.load_metafile`): adds
+        report: A :func:`~projects.benchmark.benchmark.run_benchmark` result (or its json).
+        paper: The loaded metafile (:func:`~projects.benchmark.metafile.load_metafile`): adds
             the paper's speed comparisons; None: left out.
     """
     if 'fold_time' in report and 'results' not in report:
@@ -161,97 +161,127 @@ def benchmark_markdown(report: dict, paper: Mapping[str, PaperModel] | None = No
         lines.append(f"Peak: {peak['tflops']:.3g} TFLOP/s ({peak['source']})")
     lines.append('')
     ratios = report['ratios']
-    has_mem = any('peak_memory_mb' in r for r in results)
-    has_alloc = any('allocator_peak_mb' in r for r in results)
-    has_flops = any('achieved_tflops' in r for r in results)
-    has_peak = any('fraction_of_peak' in r for r in results)
-    old_cuda_mem = has_mem and not has_alloc and any(
-        r.get('memory_method') == 'cuda.max_memory_allocated' for r in results)
-    several = any(r.get('backend') for r in results)
-    head = ['Model', 'Variant', *(['Backend'] if several else []), 'Params (M)', 'Examples/s (median)', 'Best round',
-            f"Speed vs {ratios['reference']}"]
-    if has_flops:
-        head += ['GMACs/example', 'TFLOP/s (2 x MACs)']
-    if has_peak:
-        head.append('% of peak')
-    if has_mem:
-        head.append('Allocator peak (MB)' if old_cuda_mem else 'Feature maps (MB)')
-    if has_alloc:
-        head.append('Allocator peak (MB)')
-    if results:
-        lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for r in results:
-        k = result_key(r)
-        cells = [r['model'], r['variant'], *([r.get('backend', '')] if several else []),
-                 f"{r['params_m']:.2f}", f"{r['examples_per_s']:.2f}",
-                 f"{r.get('best_examples_per_s', r['examples_per_s']):.2f}",
-                 f"{ratios['vs_reference'][k]:.2f}x"]
-        if has_flops:
-            cells += [fmt(r.get('gmacs_per_example'), '.2f'),
-                      fmt(r.get('achieved_tflops'), '.3g')]
-        if has_peak:
-            frac = r.get('fraction_of_peak')
-            cells.append('-' if frac is None else f'{100 * frac:.0f}%')
-        if has_mem:
-            mem = r.get('peak_memory_mb')
-            cells.append('-' if mem is None else f'{mem:.1f} (batch {r["memory_batch"]})')
-        if has_alloc:
-            cells.append(fmt(r.get('allocator_peak_mb'), '.1f'))
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    if has_flops:
-        lines += ['', 'GMACs/example: conv and FC multiply-adds per example '
-                  '(`mmrepvgg.analysis.complexity`, the paper\'s FLOPs); TFLOP/s counts a '
-                  'multiply-add as 2 operations, as a matmul peak does.']
-    if has_mem:
-        if old_cuda_mem:
-            lines += ['', 'Memory: `torch.cuda.max_memory_allocated` during one forward (this '
-                      'older report did not track feature maps; cuDNN workspace included).']
-        else:
-            lines += ['', "Feature maps: the largest total of tensor storages alive at once "
-                      "during one forward (dispatch tracker; weights, input and library "
-                      "workspace not counted): what the paper's Fig. 3 is about."]
-        if has_alloc:
-            lines[-1] += (' Allocator peak: `torch.cuda.max_memory_allocated` during the '
-                          'forward minus what was allocated before it (cuDNN workspace '
-                          'included).')
-    if ratios['deploy_vs_train']:
-        lines += ['', 'Same model, deployed (RepVGG: re-parameterized; baseline: conv-BN fused) '
-                  'vs training-time form:', '']
-        mem_head = ('Allocator peak train/deploy' if old_cuda_mem
-                    else 'Feature maps train/deploy')
-        row_head = ['Model', 'Speed-up', mem_head]
-        if ratios.get('allocator_train_vs_deploy'):
-            row_head.append('Allocator peak train/deploy')
-        lines += ['| ' + ' | '.join(row_head) + ' |', '|' + '---|' * len(row_head)]
-        for model, ratio in ratios['deploy_vs_train'].items():
-            mem = ratios['memory_train_vs_deploy'].get(model)
-            cells = [model, f'{ratio:.2f}x', '-' if mem is None else f'{mem:.2f}x']
-            if ratios.get('allocator_train_vs_deploy'):
-                cells.append(fmt(ratios['allocator_train_vs_deploy'].get(model), '.2f', 'x'))
-            lines.append('| ' + ' | '.join(cells) + ' |')
-    if ratios.get('ours_vs_peers'):
-        lines += ['', 'Ours vs peers, deployed, same input and precision (ratio: median over '
-                  'rounds of ours / peer in the same round; > 1.00x: ours is faster). '
-                  + _peer_weights_line(proto, results), '']
-        sources = [s for s in PEER_SOURCES if any(s in v for v in ratios['ours_vs_peers'].values())]
-        speeds = {(r.get('arch'), r.get('source')): r['examples_per_s'] for r in results
-                  if r['variant'] == 'deploy'}
-        row_head = ['Arch', 'ours (examples/s)']
-        for s in sources:
-            row_head += [f'{s} (examples/s)', f'ours / {s}']
-        lines += ['| ' + ' | '.join(row_head) + ' |', '|' + '---|' * len(row_head)]
-        for model, peers in ratios['ours_vs_peers'].items():
-            arch = model.replace('RepVGG-', '')
-            cells = [model, fmt(speeds.get((arch, 'mmrepvgg')), '.2f')]
-            for s in sources:
-                cells += [fmt(speeds.get((arch, s)), '.2f'), fmt(peers.get(s), '.3f', 'x')]
-            lines.append('| ' + ' | '.join(cells) + ' |')
+    cols = _columns(results)
+    lines += _results_table(results, ratios, cols)
+    lines += _notes(cols)
+    lines += _deploy_vs_train_lines(ratios, cols['old_cuda_mem'])
+    lines += _peer_lines(proto, results, ratios)
     lines += backend_lines(report)
     if paper is not None:
         lines += _paper_pairs(results, ratios, paper)
     for s in report.get('skipped', []):
         lines.append(f"\nSkipped {s['model']} [{s['variant']}]: {s['reason']}")
     return '\n'.join(lines)
+
+
+def _columns(results: list[dict]) -> dict[str, bool]:
+    """Which optional columns the results fill."""
+    has_mem = any('peak_memory_mb' in r for r in results)
+    has_alloc = any('allocator_peak_mb' in r for r in results)
+    return dict(mem=has_mem, alloc=has_alloc,
+                flops=any('achieved_tflops' in r for r in results),
+                peak=any('fraction_of_peak' in r for r in results),
+                several=any(r.get('backend') for r in results),
+                old_cuda_mem=has_mem and not has_alloc and any(
+                    r.get('memory_method') == 'cuda.max_memory_allocated' for r in results))
+
+
+def _results_table(results: list[dict], ratios: dict, cols: dict[str, bool]) -> list[str]:
+    """The table of every timed form: params, speed, TFLOP/s, memory."""
+    head = ['Model', 'Variant', *(['Backend'] if cols['several'] else []), 'Params (M)',
+            'Examples/s (median)', 'Best round', f"Speed vs {ratios['reference']}"]
+    if cols['flops']:
+        head += ['GMACs/example', 'TFLOP/s (2 x MACs)']
+    if cols['peak']:
+        head.append('% of peak')
+    if cols['mem']:
+        head.append('Allocator peak (MB)' if cols['old_cuda_mem'] else 'Feature maps (MB)')
+    if cols['alloc']:
+        head.append('Allocator peak (MB)')
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)] if results else []
+    for r in results:
+        cells = [r['model'], r['variant'], *([r.get('backend', '')] if cols['several'] else []),
+                 f"{r['params_m']:.2f}", f"{r['examples_per_s']:.2f}",
+                 f"{r.get('best_examples_per_s', r['examples_per_s']):.2f}",
+                 f"{ratios['vs_reference'][result_key(r)]:.2f}x"]
+        if cols['flops']:
+            cells += [fmt(r.get('gmacs_per_example'), '.2f'),
+                      fmt(r.get('achieved_tflops'), '.3g')]
+        if cols['peak']:
+            frac = r.get('fraction_of_peak')
+            cells.append('-' if frac is None else f'{100 * frac:.0f}%')
+        if cols['mem']:
+            mem = r.get('peak_memory_mb')
+            cells.append('-' if mem is None else f'{mem:.1f} (batch {r["memory_batch"]})')
+        if cols['alloc']:
+            cells.append(fmt(r.get('allocator_peak_mb'), '.1f'))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def _notes(cols: dict[str, bool]) -> list[str]:
+    """What the TFLOP/s and memory columns count."""
+    lines = []
+    if cols['flops']:
+        lines += ['', 'GMACs/example: conv and FC multiply-adds per example '
+                  '(`projects.benchmark.complexity`, the paper\'s FLOPs); TFLOP/s counts a '
+                  'multiply-add as 2 operations, as a matmul peak does.']
+    if cols['mem']:
+        if cols['old_cuda_mem']:
+            lines += ['', 'Memory: `torch.cuda.max_memory_allocated` during one forward (this '
+                      'older report did not track feature maps; cuDNN workspace included).']
+        else:
+            lines += ['', "Feature maps: the largest total of tensor storages alive at once "
+                      "during one forward (dispatch tracker; weights, input and library "
+                      "workspace not counted): what the paper's Fig. 3 is about."]
+        if cols['alloc']:
+            lines[-1] += (' Allocator peak: `torch.cuda.max_memory_allocated` during the '
+                          'forward minus what was allocated before it (cuDNN workspace '
+                          'included).')
+    return lines
+
+
+def _deploy_vs_train_lines(ratios: dict, old_cuda_mem: bool) -> list[str]:
+    """Each model deployed vs its training-time form: speed and memory ratios."""
+    if not ratios['deploy_vs_train']:
+        return []
+    lines = ['', 'Same model, deployed (RepVGG: re-parameterized; baseline: conv-BN fused) '
+             'vs training-time form:', '']
+    mem_head = 'Allocator peak train/deploy' if old_cuda_mem else 'Feature maps train/deploy'
+    row_head = ['Model', 'Speed-up', mem_head]
+    if ratios.get('allocator_train_vs_deploy'):
+        row_head.append('Allocator peak train/deploy')
+    lines += ['| ' + ' | '.join(row_head) + ' |', '|' + '---|' * len(row_head)]
+    for model, ratio in ratios['deploy_vs_train'].items():
+        mem = ratios['memory_train_vs_deploy'].get(model)
+        cells = [model, f'{ratio:.2f}x', '-' if mem is None else f'{mem:.2f}x']
+        if ratios.get('allocator_train_vs_deploy'):
+            cells.append(fmt(ratios['allocator_train_vs_deploy'].get(model), '.2f', 'x'))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def _peer_lines(proto: dict, results: list[dict], ratios: dict) -> list[str]:
+    """Ours vs the peers of the same arch, deployed."""
+    if not ratios.get('ours_vs_peers'):
+        return []
+    lines = ['', 'Ours vs peers, deployed, same input and precision (ratio: median over '
+             'rounds of ours / peer in the same round; > 1.00x: ours is faster). '
+             + _peer_weights_line(proto, results), '']
+    sources = [s for s in PEER_SOURCES if any(s in v for v in ratios['ours_vs_peers'].values())]
+    speeds = {(r.get('arch'), r.get('source')): r['examples_per_s'] for r in results
+              if r['variant'] == 'deploy'}
+    row_head = ['Arch', 'ours (examples/s)']
+    for s in sources:
+        row_head += [f'{s} (examples/s)', f'ours / {s}']
+    lines += ['| ' + ' | '.join(row_head) + ' |', '|' + '---|' * len(row_head)]
+    for model, peers in ratios['ours_vs_peers'].items():
+        arch = model.replace('RepVGG-', '')
+        cells = [model, fmt(speeds.get((arch, 'mmrepvgg')), '.2f')]
+        for s in sources:
+            cells += [fmt(speeds.get((arch, s)), '.2f'), fmt(peers.get(s), '.3f', 'x')]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
 
 
 def _peer_weights_line(proto: dict, results: list[dict]) -> str:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmrepvgg.analysis import fuse_conv_bn_pairs
+from projects.benchmark.conv_bn import fuse_conv_bn_pairs
 from tests.helpers import randomize_bn_, rel_err
 
 

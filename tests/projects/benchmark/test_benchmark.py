@@ -10,13 +10,14 @@ import sys
 import pytest
 import torch
 
-from mmrepvgg.analysis import benchmark_markdown, run_benchmark
-from mmrepvgg.analysis.benchmark import compute_ratios
-from mmrepvgg.analysis.metafile import load_metafile
-from mmrepvgg.utils.device import backend_supported
+from projects.benchmark.benchmark import BenchmarkSettings, compute_ratios, run_benchmark
+from projects.benchmark.device import backend_supported
+from projects.benchmark.metafile import load_metafile
+from projects.benchmark.report import benchmark_markdown
 from tests.helpers import METAFILE, one_error_line, run_script
+from tests.helpers import ROOT as HELPERS_ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+ROOT = str(HELPERS_ROOT)
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -24,8 +25,8 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 @pytest.fixture(scope='module')
 def report(one_thread):
-    return run_benchmark(['A0', 'ResNet-18'], batch=1, shape=(32, 32), warmup=1, iters=2,
-                         memory=True)
+    return run_benchmark(['A0', 'ResNet-18'], BenchmarkSettings(
+        batch=1, shape=(32, 32), warmup=1, iters=2, memory=True))
 
 
 def test_runs_every_variant_with_memory(report):
@@ -61,7 +62,7 @@ def test_plot_from_the_json(report, tmp_path):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from mmrepvgg.analysis import plot_speed_accuracy
+    from projects.benchmark.plot import plot_speed_accuracy
     mine = plt.figure()  # a caller's figure: the plot closes only its own
     before = plt.get_fignums()
     try:
@@ -118,7 +119,7 @@ def _proto(**kw):
 
 
 def test_paper_protocol_flag_exactly_for_the_papers_protocol():
-    from mmrepvgg.analysis.report import is_paper_protocol, protocol_differences
+    from projects.benchmark.report import is_paper_protocol, protocol_differences
     assert is_paper_protocol(_proto())
     assert is_paper_protocol(_proto(task='seg', batch=16, shape=[713, 713], rounds=1))
     for changed in (dict(batch=64), dict(shape=[256, 256]), dict(warmup=20), dict(iters=10),
@@ -135,19 +136,20 @@ def test_paper_protocol_flag_exactly_for_the_papers_protocol():
 
 def test_paper_protocol_flag_computed_by_the_run(monkeypatch):
     """The flag is computed on the finished protocol (it used to be always False)."""
-    from mmrepvgg.analysis import benchmark as bm
+    from projects.benchmark import benchmark as bm
     tiny = dict(batch=1, shape=(32, 32), warmup=1, iters=1)
     monkeypatch.setitem(bm.PAPER_PROTOCOL, 'cls', tiny)
-    report = bm.run_benchmark(['A0'], variants=('deploy', ), flops=False)
+    report = bm.run_benchmark(['A0'], bm.BenchmarkSettings(variants=('deploy', ), flops=False))
     assert report['protocol']['paper_protocol'] is True
     assert "(the paper's protocol)" in benchmark_markdown(report)
-    report = bm.run_benchmark(['A0'], iters=2, variants=('deploy', ), flops=False)
+    report = bm.run_benchmark(['A0'], bm.BenchmarkSettings(
+        iters=2, variants=('deploy', ), flops=False))
     assert report['protocol']['paper_protocol'] is False
     assert "differs from the paper's protocol: 1 + 2 batches" in benchmark_markdown(report)
 
 
 def test_precision_is_set_recorded_and_restored():
-    from mmrepvgg.utils.precision import float32_precision, precision_label, tf32_state
+    from projects.benchmark.device import float32_precision, precision_label, tf32_state
     before = tf32_state()
     with float32_precision(False) as state:
         assert state['cudnn_conv_tf32'] is False and state['matmul_tf32'] is False
@@ -166,7 +168,7 @@ def test_precision_is_set_recorded_and_restored():
 def test_precision_with_the_legacy_allow_tf32_api():
     """torch without the fp32_precision API: the allow_tf32 flags are set and restored."""
     code = '\n'.join([
-        'from mmrepvgg.utils import precision as p',
+        'from projects.benchmark import device as p',
         'p._new_api = lambda: False',
         'before = p.tf32_state()',
         'assert before["api"] == "allow_tf32", before',
@@ -185,19 +187,19 @@ def test_tf32_is_refused_on_the_cpu():
     ok, reason = backend_supported('tf32', 'cpu')
     assert not ok and 'CUDA' in reason
     with pytest.raises(ValueError, match='tf32'):
-        run_benchmark(['A0'], dtype='tf32', batch=1, shape=(32, 32))
+        run_benchmark(['A0'], BenchmarkSettings(dtype='tf32', batch=1, shape=(32, 32)))
 
 
 def test_a_device_that_is_not_there_is_refused_by_every_entry_point(monkeypatch):
     """Library callers get the same check as the tools: a ValueError before any build."""
-    from mmrepvgg.utils.device import resolve_device
+    from projects.benchmark.device import resolve_device
     from projects.exactness.exactness import checkpoint_precision_errors, precision_errors
     from projects.weight_swap.weight_swap import weight_swap_benchmark
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     assert resolve_device(None) == torch.device('cpu')
     assert resolve_device('cpu') == torch.device('cpu')
-    for call in (lambda: run_benchmark(['A0'], device='cuda'),
-                 lambda: weight_swap_benchmark(['A0'], device='cuda'),
+    for call in (lambda: run_benchmark(['A0'], BenchmarkSettings(device='cuda')),
+                 lambda: weight_swap_benchmark(['A0'], settings=BenchmarkSettings(device='cuda')),
                  lambda: precision_errors('A0', device='cuda'),
                  lambda: checkpoint_precision_errors('no.py', 'no.pth', device='cuda'),
                  lambda: backend_supported('fp32', 'cuda')):
@@ -208,7 +210,7 @@ def test_a_device_that_is_not_there_is_refused_by_every_entry_point(monkeypatch)
 
 
 def test_cudnn_benchmark_context_restores():
-    from mmrepvgg.utils.precision import cudnn_benchmark
+    from projects.benchmark.device import cudnn_benchmark
     before = torch.backends.cudnn.benchmark
     with cudnn_benchmark(not before):
         assert torch.backends.cudnn.benchmark is (not before)
@@ -216,16 +218,16 @@ def test_cudnn_benchmark_context_restores():
 
 
 def test_achieved_tflops_and_fraction_of_peak(report):
-    from mmrepvgg.analysis.complexity import count_complexity
-    from mmrepvgg.analysis.models import build_from_spec as build_model
-    from mmrepvgg.analysis.models import example_input
+    from projects.benchmark.complexity import count_complexity
+    from projects.benchmark.models import build_from_spec as build_model
+    from projects.benchmark.models import example_input
     from mmrepvgg.deploy.forward import TensorForward
     r = next(r for r in report['results'] if r['variant'] == 'train')
     macs = count_complexity(TensorForward(build_model('A0').model), example_input((32, 32))).flops
     assert r['gmacs_per_example'] == pytest.approx(macs / 1e9)
     assert r['achieved_tflops'] == pytest.approx(2 * macs * r['examples_per_s'] / 1e12)
-    given = run_benchmark(['A0'], batch=1, shape=(32, 32), warmup=1, iters=1,
-                          variants=('deploy', ), peak_tflops=0.5)
+    given = run_benchmark(['A0'], BenchmarkSettings(batch=1, shape=(32, 32), warmup=1, iters=1,
+                          variants=('deploy', ), peak_tflops=0.5))
     res = given['results'][0]
     assert res['fraction_of_peak'] == pytest.approx(res['achieved_tflops'] / 0.5)
     assert given['peak'] == dict(tflops=0.5, source='given (--peak-tflops)', dtype='fp32')
@@ -233,13 +235,13 @@ def test_achieved_tflops_and_fraction_of_peak(report):
 
 
 def test_measured_matmul_peak():
-    from mmrepvgg.utils.precision import measure_matmul_peak
+    from projects.benchmark.device import measure_matmul_peak
     peak = measure_matmul_peak('cpu', 'fp32', size=128, iters=2, warmup=1)
     assert peak['tflops'] > 0 and peak['size'] == 128
 
 
 def test_interleaved_order_rotates():
-    from mmrepvgg.utils.device import device_sync
+    from projects.benchmark.device import device_sync
     from mmrepvgg.utils.timing import time_interleaved
     calls, syncs = [], []
     runs = [(f'm{i}', lambda i=i: calls.append(i)) for i in range(3)]
@@ -260,7 +262,7 @@ def test_the_benchmark_and_the_weight_swap_time_with_the_one_loop(monkeypatch):
     """run_benchmark and weight_swap_benchmark take their speeds from time_interleaved."""
     import statistics
 
-    from mmrepvgg.analysis import benchmark as bm
+    from projects.benchmark import benchmark as bm
     from projects.weight_swap import weight_swap as ws
     seen = []
 
@@ -271,14 +273,14 @@ def test_the_benchmark_and_the_weight_swap_time_with_the_one_loop(monkeypatch):
 
     monkeypatch.setattr(bm, 'time_interleaved', fake)
     monkeypatch.setattr(ws, 'time_interleaved', fake)
-    report = bm.run_benchmark(['A0'], batch=2, shape=(32, 32), warmup=0, iters=5, rounds=3,
-                              flops=False)
+    report = bm.run_benchmark(['A0'], bm.BenchmarkSettings(
+        batch=2, shape=(32, 32), warmup=0, iters=5, rounds=3, flops=False))
     assert seen[-1] == (['RepVGG-A0 [train]', 'RepVGG-A0 [deploy]'], 5, 3, 0, 2, None)
     train, deploy = report['results']
     assert (train['examples_per_s'], deploy['examples_per_s']) == (20.0, 40.0)
     assert train['rounds'] == [10.0, 30.0, 20.0] and deploy['best_examples_per_s'] == 60.0
-    swap = ws.weight_swap_benchmark(['A0'], batch=1, shape=(32, 32), warmup=1, iters=2,
-                                    rounds=3, num_classes=10)
+    swap = ws.weight_swap_benchmark(['A0'], settings=BenchmarkSettings(
+        batch=1, shape=(32, 32), warmup=1, iters=2, rounds=3, num_classes=10))
     assert seen[-1][0] == ['ours', 'timm', 'ours, timm weights', 'timm, our weights']
     (arch, ) = swap['archs']
     assert arch['speeds']['timm'] == 40.0 and arch['best']['timm, our weights'] == 120.0
@@ -288,8 +290,8 @@ def test_the_benchmark_and_the_weight_swap_time_with_the_one_loop(monkeypatch):
 # ---------------------------------------------------------------- peers
 
 def test_peer_specs():
-    from mmrepvgg.analysis.peers import parse_peer
-    from mmrepvgg.analysis.variants import with_peers
+    from projects.benchmark.peers import parse_peer
+    from projects.benchmark.variants import with_peers
     assert parse_peer('timm:repvgg_b1g4') == ('timm', 'B1g4')
     assert parse_peer('mmpretrain:RepVGG-B2g2') == ('mmpretrain', 'B2g2')
     assert parse_peer('A0') is None and parse_peer('configs/x.py') is None
@@ -304,9 +306,9 @@ def test_peer_specs():
 
 
 def test_peers_in_the_same_run():
-    from mmrepvgg.analysis.variants import with_peers
-    report = run_benchmark(with_peers(['A0']), batch=1, shape=(32, 32), warmup=1, iters=1,
-                           rounds=2, variants=('deploy', ), memory=True)
+    from projects.benchmark.variants import with_peers
+    report = run_benchmark(with_peers(['A0']), BenchmarkSettings(
+        batch=1, shape=(32, 32), warmup=1, iters=1, rounds=2, variants=('deploy', ), memory=True))
     got = {(r['model'], r['source']): r for r in report['results']}
     assert set(got) == {('RepVGG-A0', 'mmrepvgg'), ('RepVGG-A0 [timm]', 'timm'),
                         ('RepVGG-A0 [mmpretrain]', 'mmpretrain')}
@@ -333,8 +335,8 @@ def test_peers_in_the_same_run():
 
 
 def _deployed_pair(arch, spec, num_classes=10):
-    from mmrepvgg.analysis.models import build_from_spec as build_model
-    from mmrepvgg.analysis.peers import build_peer
+    from projects.benchmark.models import build_from_spec as build_model
+    from projects.benchmark.peers import build_peer
     from mmrepvgg.deploy.forward import TensorForward
     from mmrepvgg.models import reparameterize
     ours = TensorForward(reparameterize(build_model(arch, num_classes=num_classes).model)).eval()
@@ -344,7 +346,7 @@ def _deployed_pair(arch, spec, num_classes=10):
 @pytest.mark.parametrize('spec,tensors', [('timm:A0', 46), ('mmpretrain:A0', 46),
                                           ('mmpretrain:B1g4', 58)])
 def test_copy_weights_makes_the_outputs_equal(spec, tensors):
-    from mmrepvgg.analysis.peers import check_same_outputs, copy_weights
+    from projects.benchmark.peers import check_same_outputs, copy_weights
     ours, peer = _deployed_pair(spec.split(':')[1], spec)
     with pytest.raises(ValueError, match='differs from ours'):  # own random weights
         check_same_outputs(ours, peer, (32, 32))
@@ -358,7 +360,7 @@ def test_copy_weights_makes_the_outputs_equal(spec, tensors):
 def test_check_same_outputs_refuses_other_shapes_and_non_finite_outputs():
     from torch import nn
 
-    from mmrepvgg.analysis.peers import check_same_outputs
+    from projects.benchmark.peers import check_same_outputs
     torch.manual_seed(0)
     ours = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
     assert check_same_outputs(ours, ours, (8, 8)) == 0
@@ -373,7 +375,7 @@ def test_check_same_outputs_refuses_other_shapes_and_non_finite_outputs():
 
 
 def test_copy_weights_checks_keys_and_shapes_and_copies_nothing_on_error():
-    from mmrepvgg.analysis.peers import copy_weights
+    from projects.benchmark.peers import copy_weights
     ours, _ = _deployed_pair('A0', 'timm:A0')
     _, wider = _deployed_pair('A0', 'timm:A1')
     _, deeper = _deployed_pair('A0', 'timm:B0')
@@ -394,7 +396,7 @@ def test_copy_weights_checks_keys_and_shapes_and_copies_nothing_on_error():
 
 def _swap_two_convs(src, dst, src_layout, dst_layout):
     """A wrong copy: every tensor copied, but two same-shape convs on each other's layer."""
-    from mmrepvgg.analysis.peers import copy_weights
+    from projects.benchmark.peers import copy_weights
     n = copy_weights(src, dst, src_layout, dst_layout)
     a, b = dst.model.stages[0][0].reparam_conv, dst.model.stages[0][1].reparam_conv
     with torch.no_grad():
@@ -408,29 +410,31 @@ def _swap_two_convs(src, dst, src_layout, dst_layout):
 def test_a_wrong_copy_stops_the_benchmark(monkeypatch, copy):
     """The output check, not the copy, is what guarantees equal weights: it catches a copy
     that leaves a peer's own weights or puts ours on the wrong layers."""
-    from mmrepvgg.analysis import variants
+    from projects.benchmark import variants
     monkeypatch.setattr(variants, 'copy_weights',
                         (lambda *args: 0) if copy == 'none' else _swap_two_convs)
     with pytest.raises(ValueError, match=r'RepVGG-A0 \[timm\]: with our weights its output '
                        'differs from ours by'):
-        run_benchmark(['A0', 'timm:A0'], batch=1, shape=(32, 32), warmup=1, iters=1,
-                      variants=('deploy', ), flops=False)
+        run_benchmark(['A0', 'timm:A0'], BenchmarkSettings(
+            batch=1, shape=(32, 32), warmup=1, iters=1, variants=('deploy', ), flops=False))
 
 
 def test_peers_with_their_own_weights_and_alone():
     """--peer-weights own: nothing copied, the report says so; a peer without ours in the
     run gets the weights of our model built for it."""
-    report = run_benchmark(['A0', 'timm:A0'], batch=1, shape=(32, 32), warmup=1, iters=1,
-                           variants=('deploy', ), flops=False, peer_weights='own')
+    report = run_benchmark(['A0', 'timm:A0'], BenchmarkSettings(
+        batch=1, shape=(32, 32), warmup=1, iters=1, variants=('deploy', ), flops=False,
+        peer_weights='own'))
     assert report['protocol']['peer_weights'] == 'own'
     peer = report['results'][1]
     assert peer['weights'] == 'own' and 'weights_max_rel_diff' not in peer
     assert 'Own weights: each library' in benchmark_markdown(report)
-    alone = run_benchmark(['timm:A0'], batch=1, shape=(32, 32), warmup=1, iters=1, flops=False)
+    alone = run_benchmark(['timm:A0'], BenchmarkSettings(
+        batch=1, shape=(32, 32), warmup=1, iters=1, flops=False))
     assert [r['model'] for r in alone['results']] == ['RepVGG-A0 [timm]']
     assert alone['results'][0]['weights'] == 'ours'
     with pytest.raises(ValueError, match='peer_weights'):
-        run_benchmark(['timm:A0'], peer_weights='theirs')
+        run_benchmark(['timm:A0'], BenchmarkSettings(peer_weights='theirs'))
     old = json.loads(json.dumps(report))  # a report from before the weights were shared
     del old['protocol']['peer_weights']
     assert 'Peer weights not recorded' in benchmark_markdown(old)
@@ -449,8 +453,8 @@ def test_cli_peer_weights(monkeypatch, tmp_path):
 def test_peer_d2se_timm_matches_and_mmpretrain_is_another_network():
     """timm's deployed D2se is ours (SE keys mapped); mmpretrain's drops the SE layer once
     deployed, which the output check catches (hence no mmpretrain:D2se peer)."""
-    from mmrepvgg.analysis.models import classifier_cfg
-    from mmrepvgg.analysis.peers import check_same_outputs, copy_weights
+    from projects.benchmark.models import classifier_cfg
+    from projects.benchmark.peers import check_same_outputs, copy_weights
     from mmrepvgg.deploy.build import build_model_cfg
     from mmrepvgg.deploy.forward import TensorForward
     ours, timm_peer = _deployed_pair('D2se', 'timm:D2se')
@@ -468,7 +472,7 @@ def test_peer_d2se_timm_matches_and_mmpretrain_is_another_network():
 
 def test_peer_outputs_are_deployed_plain_convs():
     """A peer is timed deployed: no multi-branch block is left in it."""
-    from mmrepvgg.analysis.peers import build_peer
+    from projects.benchmark.peers import build_peer
     for spec in ('timm:A0', 'mmpretrain:A0'):
         model = build_peer(spec).model
         assert not model.training
@@ -480,8 +484,8 @@ def test_peer_outputs_are_deployed_plain_convs():
 # ---------------------------------------------------------------- fold time, CLI, render
 
 def test_fold_time():
-    from mmrepvgg.analysis.benchmark import fold_time
-    from mmrepvgg.analysis.report import fold_time_line
+    from projects.benchmark.benchmark import fold_time
+    from projects.benchmark.report import fold_time_line
     res = fold_time('A0', repeats=2)
     assert res['blocks'] == 22 and len(res['seconds']) == 2 and res['median_s'] > 0
     assert 'fold RepVGG-A0 backbone (22 blocks): median' in fold_time_line(res)
@@ -505,7 +509,7 @@ def test_cli_unknown_model_is_one_line(monkeypatch, capsys):
 
 
 def test_cli_outputs_checked_before_the_run(monkeypatch, tmp_path, capsys):
-    from mmrepvgg.analysis import benchmark as bm
+    from projects.benchmark import benchmark as bm
 
     def never(*args, **kwargs):
         raise AssertionError('the benchmark ran before its outputs were checked')
@@ -584,7 +588,7 @@ def test_paper_pairs_in_the_markdown(report):
 
 
 def test_update_marked_tables(tmp_path, report):
-    from mmrepvgg.analysis.report import update_marked_tables
+    from projects.benchmark.report import update_marked_tables
     (tmp_path / 'r.json').write_text(json.dumps(dict(report, command='python tools/x.py A0')))
     text = 'intro\n<!-- benchmark: r.json -->\nold table\n<!-- /benchmark -->\nend\n'
     new, paths = update_marked_tables(text, str(tmp_path))
@@ -598,7 +602,7 @@ def test_update_marked_tables(tmp_path, report):
 
 def test_docs_tables_are_renders_of_their_json():
     """docs/benchmark.md's marked tables are what `--update-docs` makes from the json files."""
-    from mmrepvgg.analysis.report import update_marked_tables
+    from projects.benchmark.report import update_marked_tables
     with open(osp.join(ROOT, 'docs', 'benchmark.md')) as f:
         text = f.read()
     new, paths = update_marked_tables(text, ROOT, load_metafile(METAFILE))
@@ -607,9 +611,50 @@ def test_docs_tables_are_renders_of_their_json():
 
 
 def test_qarepvgg_variants():
-    from mmrepvgg.analysis.variants import prepare_variants
+    from projects.benchmark.variants import prepare_variants
     qa = prepare_variants('QARepVGG-A0', ('train', 'deploy'), num_classes=10)
     plain = prepare_variants('A0', ('deploy', ), num_classes=10)
     assert [(v.model, v.variant) for v in qa] == [('QARepVGG-A0', 'train'),
                                                    ('QARepVGG-A0', 'deploy')]
     assert qa[1].params == plain[0].params and qa[0].params != qa[1].params
+
+
+#: A segmentor tested at 128x256 (whole inference after a Resize to 256x128, w x h).
+TINY_SEG = osp.join(ROOT, 'configs', 'demo', 'pspnet_repvgg-small_tiny-cityscapes.py')
+
+
+@pytest.mark.parametrize('config,shape', [
+    (TINY_SEG, (128, 256)),  # test pipeline's Resize scale (w, h), whole inference
+    ('configs/pspnet_repvgg-b2_cityscapes.py', (713, 713)),  # the slide-inference crop
+    ('configs/repvgg-a0_in1k.py', (224, 224)),  # the test pipeline's CenterCrop
+    ('configs/demo/repvgg-small_digits.py', (224, 224)),  # nothing says: the deploy default
+])
+def test_the_test_size_of_a_config(config, shape):
+    from mmengine.config import Config
+
+    from projects.benchmark.models import config_test_shape
+    assert config_test_shape(Config.fromfile(osp.join(ROOT, config))) == shape
+
+
+def test_a_config_is_timed_at_its_own_test_size(monkeypatch, tmp_path):
+    """A config is timed at the size it is tested at, not the paper's 713x713; --shape sets
+    another (issue 22)."""
+    argv = [TINY_SEG, '--batch', '1', '--warmup', '0', '--iters', '1', '--variants', 'deploy',
+            '--no-flops', '--device', 'cpu']
+    _cli(monkeypatch, *argv, '--out', str(tmp_path / 'own.json'))
+    assert json.loads((tmp_path / 'own.json').read_text())['protocol']['shape'] == [128, 256]
+    _cli(monkeypatch, *argv, '--shape', '64', '96', '--out', str(tmp_path / 'given.json'))
+    assert json.loads((tmp_path / 'given.json').read_text())['protocol']['shape'] == [64, 96]
+
+
+def test_configs_tested_at_two_sizes_need_a_shape():
+    from projects.benchmark.benchmark import config_shape
+    from projects.benchmark.variants import Variant
+    one = Variant('a', 'deploy', 'repvgg', 'seg', torch.nn.Identity(), 0,
+                  input_shape=(128, 256))
+    assert config_shape([one, copy.copy(one)]) == (128, 256)
+    assert config_shape([Variant('b', 'fused', 'baseline', 'cls', torch.nn.Identity(), 0)]) is None
+    other = Variant('c', 'deploy', 'repvgg', 'seg', torch.nn.Identity(), 0,
+                    input_shape=(713, 713))
+    with pytest.raises(ValueError, match='tested at different sizes .*give one with --shape'):
+        config_shape([one, other])

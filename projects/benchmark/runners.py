@@ -9,11 +9,12 @@ from torch import Tensor, nn
 
 from mmengine.logging import print_log
 
-from ..deploy.onnx_export import export_module
-from ..deploy.ort import create_session
-from ..deploy.ort_graph import check_integer_convs, executed_convs
-from ..deploy.quantize import quantize_for_timing
-from ..utils.precision import DTYPES
+from mmrepvgg.deploy.onnx_export import export_module
+from mmrepvgg.deploy.ort import create_session
+from mmrepvgg.deploy.ort_graph import check_integer_convs, executed_convs
+from mmrepvgg.deploy.quantize import quantize_for_timing
+
+from .device import DTYPES
 
 
 #: Backends that run an exported ONNX model in ONNX Runtime (CPU, fp32 in and out).

@@ -9,8 +9,9 @@ from typing import Sequence
 from mmengine.logging import print_log
 from torch import nn
 
-from ..deploy.forward import TensorForward
-from ..models import reparameterize
+from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.models import reparameterize
+
 from .conv_bn import fuse_conv_bn_pairs
 from .models import build_from_spec, example_input, resolve_name, validate_specs
 from .peers import (PEER_SOURCES, PEER_TOLERANCE, build_peer, check_same_outputs, copy_weights,
@@ -34,6 +35,7 @@ class Variant:
             arch) or ``'own'``; ``None`` for our models.
         weights_max_rel_diff: A peer given our weights: max relative difference of its
             output from ours (fp32, CPU).
+        input_shape: ``(H, W)`` a config's model is tested at (None: not from a config).
     """
 
     model: str
@@ -46,13 +48,14 @@ class Variant:
     source: str = 'mmrepvgg'
     weights: str | None = None
     weights_max_rel_diff: float | None = None
+    input_shape: tuple[int, int] | None = None
 
 
 def validate_benchmark_specs(specs: Sequence[str]) -> None:
     """Check every model spec, peers included, before anything is built or timed.
 
-    Peer specs with :func:`~mmrepvgg.analysis.peers.parse_peer`, the others with
-    :func:`mmrepvgg.analysis.models.validate_specs`.
+    Peer specs with :func:`~projects.benchmark.peers.parse_peer`, the others with
+    :func:`projects.benchmark.models.validate_specs`.
 
     Raises:
         KeyError: An unknown arch, baseline or peer.
@@ -116,7 +119,8 @@ def prepare_variants(spec: str, variants: Sequence[str] = ('train', 'deploy', 'f
 
     def add(vname: str, module: nn.Module) -> None:
         out.append(Variant(built.name, vname, built.family, built.task, module,
-                           sum(p.numel() for p in module.parameters()), arch=arch))
+                           sum(p.numel() for p in module.parameters()), arch=arch,
+                           input_shape=built.input_shape))
 
     if built.family == 'repvgg':
         if 'train' in variants:
@@ -139,9 +143,9 @@ def share_peer_weights(all_variants: Sequence[Variant], num_classes: int = 1000,
 
     Our deployed model of the arch is taken from ``all_variants`` (or built and folded if the
     run has none). Its parameters and buffers are copied into the peer
-    (:func:`~mmrepvgg.analysis.peers.copy_weights`, keys matched through the key maps, shapes
+    (:func:`~projects.benchmark.peers.copy_weights`, keys matched through the key maps, shapes
     checked), then both run one random batch of 2 at ``shape`` on the CPU in fp32
-    (:func:`~mmrepvgg.analysis.peers.check_same_outputs`). The peer's ``weights`` becomes
+    (:func:`~projects.benchmark.peers.check_same_outputs`). The peer's ``weights`` becomes
     ``'ours'`` and ``weights_max_rel_diff`` the measured difference.
 
     Args:

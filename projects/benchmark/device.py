@@ -1,5 +1,6 @@
-"""Float32 precision on CUDA (TF32 or strict IEEE), cuDNN autotuning and the matmul peak
-(the device and which precisions it runs: :mod:`mmrepvgg.utils.device`).
+"""The device a benchmark runs on and its precision: ``--device`` checked before anything is
+built, what the numbers were measured on, waiting for queued work, float32 precision on CUDA
+(TF32 or strict IEEE), cuDNN autotuning and the matmul peak.
 
 On Ampere and newer GPUs PyTorch lets cuDNN run float32 convolutions as TF32 (10-bit
 mantissa) by default, while float32 matmuls stay IEEE. A table that says "fp32" then times
@@ -25,9 +26,12 @@ import contextlib
 import statistics
 import time
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+from torch import nn
+
+from mmrepvgg.utils.device import device_info as _base_device_info
 
 
 #: ``--dtype`` -> tensor dtype; ``tf32`` is float32 tensors with TF32 convs and matmuls.
@@ -209,3 +213,91 @@ def measure_matmul_peak(device: str | torch.device = 'cuda', dtype: str = 'tf32'
     return dict(tflops=tflops, dtype=dtype, size=size, iters=iters,
                 method=f'{size}^3 torch.mm on random data, median of {iters}, 2 flops per '
                 'multiply-add')
+
+
+def device_info(device: str | torch.device = 'cpu') -> dict:
+    """What the numbers were measured on (:func:`mmrepvgg.utils.device.device_info`) and the
+    float32 precision switches in effect now (:func:`tf32_state`).
+
+    Args:
+        device: The device the numbers come from.
+    """
+    info = _base_device_info(device)
+    gpu = {k: info.pop(k) for k in ('gpu', 'cuda', 'cudnn') if k in info}
+    return dict(info, precision=tf32_state(), **gpu)
+
+
+def device_sync(device: str | torch.device) -> Callable[[], None] | None:
+    """What waits for a device's queued work before the clock is read (``None``: the CPU,
+    whose calls return when done)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return lambda: torch.cuda.synchronize(device)
+    return None
+
+
+#: Device types the benchmark and the precision measurements run on.
+DEVICE_TYPES = ('cpu', 'cuda')
+
+
+def resolve_device(device: str | torch.device | None = None,
+                   what: str = 'device') -> torch.device:
+    """The device to run on, checked before anything is built.
+
+    Args:
+        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``; ``None``: CUDA if available, else
+            the CPU.
+        what: How an error names the setting (a tool passes ``'--device'``).
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: Not a device string, a device type other than :data:`DEVICE_TYPES`,
+            or CUDA (or that CUDA device) not available on this machine.
+    """
+    if device is None:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f'{what} {device}: {err}'.splitlines()[0]) from None
+    if dev.type not in DEVICE_TYPES:
+        raise ValueError(f'{what} {device}: use one of {", ".join(DEVICE_TYPES)}')
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f'{what} {device}: CUDA is not available on this machine')
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f'{what} {device}: this machine has {count} CUDA device(s)')
+    return dev
+
+
+def backend_supported(dtype: str, device: str | torch.device) -> tuple[bool, str]:
+    """Whether a precision runs on the device (reduced ones tried on a tiny conv).
+
+    Args:
+        dtype: ``'fp32'``, ``'tf32'``, ``'bf16'`` or ``'fp16'``.
+        device: The device.
+
+    Returns:
+        ``(ok, reason)``.
+
+    Raises:
+        ValueError: The device itself is not there (:func:`resolve_device`).
+    """
+    device = resolve_device(device)
+    if dtype == 'tf32' and device.type != 'cuda':
+        return False, 'tf32 is a CUDA mode (Ampere and newer); use fp32 on the CPU'
+    if dtype in ('fp32', 'tf32'):
+        return True, ''
+    try:
+        conv = nn.Conv2d(3, 4, 3).to(device=device, dtype=DTYPES[dtype])
+        with torch.no_grad():
+            conv(torch.zeros(1, 3, 8, 8, device=device, dtype=DTYPES[dtype]))
+    except (RuntimeError, NotImplementedError) as err:
+        return False, f'{dtype} conv not supported on {device.type}: {err}'.splitlines()[0]
+    if device.type == 'cpu' and dtype == 'bf16' and hasattr(torch.backends, 'mkldnn'):
+        if not torch.backends.mkldnn.is_available():
+            return False, 'bf16 on CPU needs oneDNN'
+    return True, ''

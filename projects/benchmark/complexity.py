@@ -28,10 +28,11 @@ import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from torch import nn
 
-from ..deploy.forward import TensorForward
-from ..models import reparameterize
-from ..utils.markdown import fmt
+from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.models import reparameterize
+
 from .conv_bn import fuse_conv_bn_pairs
+from .markdown import fmt
 from .metafile import PaperModel, find_paper_model
 from .models import build_from_spec, default_input_shape, example_input
 
@@ -160,8 +161,10 @@ def model_complexity(spec: str, shape: tuple[int, int] | None = None, num_classe
     which changes params (BN affine weights go, conv biases come) but not FLOPs.
 
     Args:
-        spec: Arch name, baseline name or config path (see :func:`~mmrepvgg.analysis.models.build_from_spec`).
-        shape: ``(H, W)``; default 224x224 (classification) or 713x713 (segmentation).
+        spec: Arch name, baseline name or config path (see
+            :func:`~projects.benchmark.models.build_from_spec`).
+        shape: ``(H, W)``; default: the size a config is tested at, else 224x224
+            (classification) or 713x713 (segmentation).
         num_classes: Classes of a classifier built from a name.
         cfg_options: Overrides for a config.
 
@@ -170,7 +173,7 @@ def model_complexity(spec: str, shape: tuple[int, int] | None = None, num_classe
         train=Complexity.summary())``.
     """
     built = build_from_spec(spec, num_classes=num_classes, cfg_options=cfg_options)
-    shape = tuple(shape or default_input_shape(built.task))
+    shape = tuple(shape or built.input_shape or default_input_shape(built.task))
     x = example_input(shape)
     wrapped = TensorForward(built.model).eval()
     train = count_complexity(wrapped, x)
@@ -190,7 +193,7 @@ def table4_specs(paper: Mapping[str, PaperModel]) -> list[str]:
     baselines from its ``Baseline`` fields (the ResNets, ResNeXts and VGG-16 mmpretrain has).
 
     Args:
-        paper: The loaded metafile (:func:`~mmrepvgg.analysis.metafile.load_metafile`).
+        paper: The loaded metafile (:func:`~projects.benchmark.metafile.load_metafile`).
     """
     return [m.spec for m in paper.values() if m.task == 'cls' and m.spec]
 

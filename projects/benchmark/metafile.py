@@ -20,7 +20,7 @@ class PaperModel:
     Attributes:
         name: As the paper names it (``'RepVGG-A0'``, ``'ResNet-50'``, ``'PSPNet-RepVGG-B2'``).
         role: ``'ours'`` (RepVGG) or ``'baseline'``.
-        spec: What :func:`mmrepvgg.analysis.models.build_from_spec` builds for it (arch or baseline
+        spec: What :func:`projects.benchmark.models.build_from_spec` builds for it (arch or baseline
             name), or None if this project cannot build it (EfficientNet, RegNetX, PSPNets).
         task: ``'cls'`` or ``'seg'``.
         paper: Speed (1080Ti), Params (M), Theo FLOPs (B), Wino MULs (B) as printed.
@@ -77,7 +77,8 @@ def find_paper_model(name: str, models: dict[str, PaperModel]) -> PaperModel | N
 
     Args:
         name: ``'RepVGG-A0'``, ``'A0'``, ``'ResNet-50'`` or a config's file stem
-            (``'repvgg-a0_in1k'``, as :func:`~mmrepvgg.analysis.models.build_from_spec` names models built from configs).
+            (``'repvgg-a0_in1k'``, as :func:`~projects.benchmark.models.build_from_spec`
+            names models built from configs).
         models: :func:`load_metafile`'s result.
 
     Returns:

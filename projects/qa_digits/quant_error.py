@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from ..models import RepBlockBase
-from ..utils.metrics import tensor_sqnr_db
+from mmrepvgg.models import RepBlockBase
+from mmrepvgg.utils.metrics import tensor_sqnr_db
 
 #: The largest int8 magnitude of a symmetric quantizer (-127 .. 127).
 INT8_QMAX = 127

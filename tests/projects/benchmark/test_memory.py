@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from mmrepvgg import RepVGGBlock, reparameterize
-from mmrepvgg.analysis import peak_forward_memory
+from projects.benchmark.memory import peak_forward_memory
 
 
 def test_counts_new_storages_only():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mmrepvgg import QARepVGGBlock, RepVGG, RepVGGBlock, reparameterize
-from mmrepvgg.analysis import (folded_kernel_errors, quantize_symmetric, sqnr_db,
+from projects.qa_digits.quant_error import (folded_kernel_errors, quantize_symmetric, sqnr_db,
                                summarize_errors)
 from tests.helpers import randomize_bn_
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mmrepvgg import RepVGG, reparameterize
-from mmrepvgg.analysis import count_complexity, winograd_factor
+from projects.benchmark.complexity import count_complexity, winograd_factor
 from mmrepvgg.models.arch import layer_specs
 
 
@@ -87,9 +87,9 @@ def test_repvgg_with_strided_and_grouped_layers(deploy):
 
 def test_qarepvgg_names_build_and_count_as_the_plain_repvgg():
     """``QARepVGG-A0`` in complexity/benchmark: deployed, the same model as RepVGG-A0."""
-    from mmrepvgg.analysis import build_from_spec as build_model
-    from mmrepvgg.analysis.complexity import model_complexity
-    from mmrepvgg.analysis.models import resolve_name
+    from projects.benchmark.models import build_from_spec as build_model
+    from projects.benchmark.complexity import model_complexity
+    from projects.benchmark.models import resolve_name
     assert resolve_name('QARepVGG-A0') == ('qarepvgg', 'A0')
     assert resolve_name('qarepvgg_b1g2') == ('qarepvgg', 'B1g2')
     assert resolve_name('RepVGG-A0') == ('repvgg', 'A0')
@@ -107,7 +107,7 @@ def test_qarepvgg_names_build_and_count_as_the_plain_repvgg():
 
 
 def test_validate_specs_checks_names_and_config_paths():
-    from mmrepvgg.analysis.models import validate_specs
+    from projects.benchmark.models import validate_specs
     validate_specs(['A0', 'RepVGG-b1g2', 'QARepVGG-A0', 'resnet-50',
                     'configs/repvgg-a0_in1k.py'])
     with pytest.raises(KeyError, match="Unknown model 'Z9'"):
@@ -116,3 +116,12 @@ def test_validate_specs_checks_names_and_config_paths():
         validate_specs(['timm:A0'])
     with pytest.raises(FileNotFoundError, match='Config not found: configs/no_such.py'):
         validate_specs(['configs/no_such.py'])
+
+
+def test_a_config_is_counted_at_its_own_test_size():
+    """A config without --shape is counted at its test size (issue 22), not 713x713."""
+    from projects.benchmark.complexity import model_complexity
+    from tests.helpers import ROOT
+    config = ROOT / 'configs' / 'demo' / 'pspnet_repvgg-small_tiny-cityscapes.py'
+    assert model_complexity(str(config))['input_shape'] == [128, 256]
+    assert model_complexity(str(config), shape=(64, 64))['input_shape'] == [64, 64]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.fusion import fuse_conv_bn
+from mmrepvgg.models.fusion import fuse_conv_bn
 
 
 def find_conv_bn_pairs(model: nn.Module, run: Callable[[], object]) -> list[tuple[str, str]]:
