@@ -17,11 +17,12 @@ from pathlib import Path
 from mmengine.logging import print_log
 
 from mmrepvgg.checkpoint import install_mmengine_loader
+from mmrepvgg.deploy import load_model
+from mmrepvgg.deploy.onnx import ExportOptions
 from mmrepvgg.deploy.onnx_eval import evaluate_export
-from mmrepvgg.deploy.quant_report import summary_lines
-from mmrepvgg.deploy.ptq import quantize_checkpoint
-from mmrepvgg.deploy.quantize import QuantSettings
-from mmrepvgg.utils.fileio import fresh_work_dir
+from mmrepvgg.deploy.quantize import QuantizeOptions, QuantSettings, summary_lines
+from mmrepvgg.utils.fileio import fresh_work_dir, write_bytes_atomic
+from tools.quantize import quantize_file
 
 from .demos import (
     CLS_DEMO_CONFIG,
@@ -143,11 +144,12 @@ def run_int8_demo(work_dir: str | Path = 'work_dirs/demo_int8',
     t = time.time()
     cfg = load_demo_config(CLS_DEMO_CONFIG, cls_work / 'digits')
     report_path = out / 'digits_int8.json'
-    result.report = quantize_checkpoint(
-        cfg, ckpt, out / 'digits_int8.onnx', QuantSettings(calib_method, per_channel),
-        keep_float=keep_float, run_eval=True, report=report_path,
-        fp32_out=out / 'digits_fp32.onnx', shape=(32, 32), threads=nthreads,
-        command='make demo-int8')
+    options = QuantizeOptions(QuantSettings(calib_method, per_channel), keep_float=keep_float,
+                              run_eval=True, threads=nthreads,
+                              export=ExportOptions(shape=(32, 32)))
+    result.report = quantize_file(cfg, ckpt, out / 'digits_int8.onnx', options,
+                                  report=report_path, fp32_out=out / 'digits_fp32.onnx',
+                                  command='make demo-int8')
     result.report_path = str(report_path)
     result.seconds['quantize'] = time.time() - t
 
@@ -162,8 +164,12 @@ def run_int8_demo(work_dir: str | Path = 'work_dirs/demo_int8',
         print_log(f'[3/3] Tiny Cityscapes PSPNet {seg_ckpt}: ONNX vs PyTorch mIoU',
                   logger='current')
         seg_cfg = load_demo_config(SEG_DEMO_CONFIG, seg_work / 'tiny_cityscapes')
-        result.seg = evaluate_export(seg_cfg, seg_ckpt, str(out / 'pspnet_tiny.onnx'),
-                                     threads=nthreads)
+        seg = evaluate_export(seg_cfg, *load_model(seg_cfg, seg_ckpt), threads=nthreads)
+        export, seg['out'] = seg.pop('export'), str(out / 'pspnet_tiny.onnx')
+        write_bytes_atomic(seg['out'], export.proto.SerializeToString())
+        export.out = seg['out']
+        print_log(export.summary(), logger='current')
+        result.seg = seg
         result.seconds['pspnet'] = time.time() - t
     result.seconds['total'] = time.time() - t0
     print(result.summary(), flush=True)

@@ -28,7 +28,7 @@ import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from torch import nn
 
-from ..deploy.forward import TensorForward
+from ..deploy.build import TensorForward
 from ..models import reparameterize
 from ..utils.markdown import fmt
 from .conv_bn import fuse_conv_bn_pairs
@@ -108,7 +108,7 @@ def count_complexity(model: nn.Module, inputs: torch.Tensor | tuple) -> Complexi
 
     Args:
         model: The module to count; it is called as ``model(*inputs)`` under a jit trace,
-            so wrap OpenMMLab models in :class:`mmrepvgg.deploy.forward.TensorForward`.
+            so wrap OpenMMLab models in :class:`mmrepvgg.deploy.build.TensorForward`.
         inputs: One tensor or a tuple of inputs. Counts scale with the batch size; use 1.
 
     Returns:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import is_optional_key
 from ..deploy.build import build_model_cfg
-from ..deploy.forward import TensorForward
+from ..deploy.build import TensorForward
 from ..deploy.keymaps import SOURCES, convert_key
 from ..deploy.verify import compare_outputs
 from ..models.arch import ARCH_ZOO, arch_name, get_arch

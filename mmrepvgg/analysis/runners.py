@@ -9,10 +9,8 @@ from torch import Tensor, nn
 
 from mmengine.logging import print_log
 
-from ..deploy.onnx_export import export_module
-from ..deploy.ort import create_session
-from ..deploy.ort_graph import check_integer_convs, executed_convs
-from ..deploy.quantize import quantize_for_timing
+from ..deploy.onnx import create_session, export_module
+from ..deploy.quantize import check_integer_convs, executed_convs, quantize_for_timing
 from ..utils.precision import DTYPES
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 from mmengine.logging import print_log
 from torch import nn
 
-from ..deploy.forward import TensorForward
+from ..deploy.build import TensorForward
 from ..models import reparameterize
 from .conv_bn import fuse_conv_bn_pairs
 from .models import build_from_spec, example_input, resolve_name, validate_specs

@@ -30,7 +30,7 @@ from mmrepvgg.analysis.peers import check_same_outputs, copy_weights, parse_peer
 from mmrepvgg.analysis.report import device_line
 from mmrepvgg.analysis.runners import make_runner
 from mmrepvgg.analysis.variants import prepare_variants
-from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.deploy.build import TensorForward
 from mmrepvgg.utils.device import backend_supported, device_info, device_sync, resolve_device
 from mmrepvgg.utils.precision import cudnn_benchmark, float32_precision, precision_label, tf32_state
 from mmrepvgg.utils.timing import time_interleaved

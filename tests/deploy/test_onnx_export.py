@@ -17,10 +17,9 @@ import torch
 from mmengine.config import Config
 
 import mmrepvgg  # noqa: F401
-from mmrepvgg.deploy import build_model, convert_checkpoint, input_shape_from_config
-from mmrepvgg.deploy.onnx_export import check_against_pytorch, export_onnx
-from mmrepvgg.deploy.ort import create_session, read_metadata
-from mmrepvgg.deploy.pools import pool_friendly_sizes, probe
+from mmrepvgg.deploy import build_model, input_shape_from_config
+from mmrepvgg.deploy.onnx import (check_against_pytorch, create_session, pool_friendly_sizes,
+                                  probe, read_metadata)
 from mmrepvgg.utils.errors import (
     MissingDependencyError,
     PoolShapeError,
@@ -28,6 +27,7 @@ from mmrepvgg.utils.errors import (
     VerificationError,
 )
 from mmrepvgg.utils.optional import require
+from tests.deploy.helpers import convert_checkpoint, export_onnx
 from tests.helpers import load_tool, never_called, one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,7 +215,7 @@ def test_existing_output_is_refused_without_force(cls_files, tmp_path, capsys, m
     out = tmp_path / 'cls.onnx'
     out.write_bytes(b'keep me')
     # refused before any work: the exporter is never reached
-    monkeypatch.setattr('mmrepvgg.deploy.onnx_export.load_model', never_called)
+    monkeypatch.setattr(export_tool, 'load_model', never_called)
     assert export_tool.main([str(cfg_file), str(ckpt), str(out)]) == 1
     assert out.read_bytes() == b'keep me'
     assert capsys.readouterr().err.strip() == (f'error: {out} exists; pass --force (force=True) '
@@ -340,7 +340,7 @@ def test_a_bug_is_not_reported_as_bad_input(cls_files, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError('a bug in the session code')
 
-    monkeypatch.setattr('mmrepvgg.deploy.onnx_export.create_session', broken)
+    monkeypatch.setattr('mmrepvgg.deploy.onnx.create_session', broken)
     with pytest.raises(RuntimeError, match='a bug in the session code'):
         export_tool.main([str(cfg_file), str(ckpt), str(tmp_path / 'a.onnx')])
     assert not (tmp_path / 'a.onnx').exists()

@@ -9,7 +9,7 @@ from mmengine.runner import find_latest_checkpoint
 from torch import nn
 
 from ...checkpoint import check_state_dict, extract_state_dict, is_deployed_state
-from ...deploy.convert import check_block_type
+from ...deploy.build import check_block_type
 from ...models import RepBlockBase, prepare_state_dict
 from ...registry import HOOKS
 from ...utils.errors import CheckpointError
