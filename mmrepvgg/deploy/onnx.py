@@ -565,7 +565,8 @@ def _check_keep_ratio_shape(scale: Sequence[int], shape: tuple[int, int], where:
         f'{where}: the test pipeline resizes every image keeping its aspect ratio until it '
         f'fits {scale[0]}x{scale[1]} (one edge {top} or {low}), so no image gives a '
         f'{shape[0]}x{shape[1]} input: pass --shape with one edge at that limit (e.g. '
-        f'{low} {top}), or omit --shape')
+        f'{low} {top}), omit --shape, or pass --no-runtime-meta for a graph that '
+        'tools/infer_onnx.py will not run')
 
 
 # ----------------------------------------------------------------------- export
