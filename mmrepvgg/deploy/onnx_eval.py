@@ -1,4 +1,5 @@
-"""Run an exported ONNX model on a config's data: evaluation, calibration inputs, CPU timing.
+"""Run an exported ONNX model on a config's data: evaluation, calibration inputs (from a split
+or a folder of images), CPU timing.
 
 The ONNX graph computes ``model(x, mode='tensor')`` (see :mod:`.onnx`). Everything
 around it comes from the config's own model, built without weights: the data
@@ -16,6 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from mmengine.config import Config
@@ -25,10 +27,12 @@ from mmengine.registry import DATASETS, FUNCTIONS, init_default_scope
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from mmrepvgg_runtime.files import collect_images
+
 from ..utils.errors import ConfigError, DataError, DataNotFoundError, InputSizeError
 from ..utils.timing import time_interleaved
-from .onnx import (ExportOptions, create_session, export_onnx, innermost_dataset, run_session,
-                   session_batch, task_of, test_pipeline)
+from .onnx import ExportOptions, create_session, export_onnx, run_session, session_batch
+from .runtime_meta import innermost_dataset, task_of, test_pipeline
 
 #: The metric reported first, per task.
 MAIN_METRICS = ('accuracy/top1', 'mIoU')
@@ -181,6 +185,30 @@ def evaluate(cfg: Config, predictor: Callable[[dict], list], split: str = 'test'
     for data in tqdm(loader, desc=desc, unit='batch', disable=not progress, leave=False):
         evaluator.process(data_samples=predictor(data), data_batch=data)
     return {k: float(v) for k, v in evaluator.evaluate(n).items()}
+
+
+def calib_images(folder: str | os.PathLike) -> list[Path]:
+    """The images of ``folder`` (``--calib-dir``; recursively, sorted by path).
+
+    Raises:
+        FileNotFoundError: No such folder.
+        NotADirectoryError: It is a file.
+        DataNotFoundError: It holds no images.
+        DataError: A file that no OpenCV decoder reads (e.g. text named ``a.png``).
+    """
+    path = Path(os.path.expanduser(os.fspath(folder)))
+    if not path.exists():
+        raise FileNotFoundError(f'--calib-dir {path} does not exist')
+    if not path.is_dir():
+        raise NotADirectoryError(f'--calib-dir {path} is not a directory')
+    try:
+        images = collect_images([path])
+    except ValueError as err:  # RuntimeInputError: no images
+        raise DataNotFoundError(f'--calib-dir: {err}') from None
+    for image in images:  # the header only: a file no decoder knows is refused before any work
+        if not cv2.haveImageReader(str(image)):
+            raise DataError(f'--calib-dir: {image} is not an image that OpenCV can read')
+    return images
 
 
 def _load_image(pipeline: Any, image: Path) -> dict:

@@ -1,28 +1,14 @@
-"""int8 post-training quantization with ONNX Runtime: checkpoint model -> verified fp32 ONNX
--> int8 QDQ ONNX that really runs integer convolutions, with sensitivity, evaluation and a
-report.
+"""int8 post-training quantization with ONNX Runtime (QDQ): a loaded model -> verified fp32
+ONNX -> int8 ONNX that really runs integer convolutions, with sensitivity and evaluation.
 
-The library behind ``tools/quantize.py`` (which owns the paths, ``--force`` and printing)
-and ``make demo-int8``; :func:`quantize_for_timing` is the benchmark's int8 backend. The
-recipe of :func:`quantize_model`:
-
-1. export the folded fp32 model (:func:`~mmrepvgg.deploy.onnx.export_onnx`, verified against
-   PyTorch) and run ONNX Runtime's quantization pre-processing on it;
-2. **calibration inputs**: a seeded random subset of the **train** split (or the images of
-   a folder), through the config's test pipeline and the model's own inference (a
-   segmentor's slide windows included): exactly the tensors the deployed model is fed;
-3. **calibration**: ONNX Runtime's calibrator (``minmax``, ``entropy`` or ``percentile``),
-   once; its tensor ranges are cached and reused by every quantization below;
-4. **sensitivity** (optional): every weighted layer (Conv, Gemm, MatMul) is quantized *alone*
-   and ranked by the SQNR of the model's output against fp32 (lower = more sensitive);
-5. **quantization**: ``quantize_static`` in QDQ format, keeping the K most sensitive layers
-   or named ones in float (partial quantization as in YOLOv6);
-6. **really int8**: the graph the session optimized for this CPU is read back
-   (:func:`executed_convs`) and every quantized Conv must run as an integer convolution,
-   else :class:`~mmrepvgg.utils.errors.QuantizationError`; the metadata describes the
-   layers that are int8, and a request that leaves none int8 is refused;
-7. **evaluation** (optional): fp32 and int8 ONNX on the config's val/test split with its
-   evaluator, and their CPU speed in the same run, interleaved.
+The library behind ``tools/quantize.py`` (which owns the paths and ``--force``) and
+``make demo-int8``; :func:`quantize_for_timing` is the benchmark's int8 backend.
+:func:`quantize_model` exports and pre-processes the fp32 model, calibrates once on the
+tensors the deployed model is fed (train images, or a folder's, through the test pipeline
+and the model's own inference), ranks the layers by output SQNR with each one alone int8,
+quantizes keeping the K most sensitive (or named) layers float, reads back the graph the
+session optimized for this CPU (every quantized Conv must run as an integer conv), and
+evaluates and times fp32 against int8 on the val/test split.
 """
 from __future__ import annotations
 
@@ -37,7 +23,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import cv2
 import numpy as np
 import torch
 from mmengine.config import Config
@@ -45,17 +30,16 @@ from mmengine.logging import print_log
 from torch import nn
 from tqdm import tqdm
 
-from mmrepvgg_runtime.files import collect_images
 from mmrepvgg_runtime.metadata import RUNTIME_KEY
 
 from ..utils.device import device_info
-from ..utils.errors import DataError, DataNotFoundError, QuantizationError
+from ..utils.errors import QuantizationError
 from ..utils.metrics import tensor_sqnr_db
 from ..utils.optional import require
-from .onnx import (ExportOptions, create_session, export_onnx, graph_summary, input_name,
-                   node_module, read_metadata, run_session, set_metadata)
-from .onnx_eval import (OnnxPredictor, capture_inputs, eval_split, evaluate, main_metric,
-                        time_sessions)
+from .onnx import (ExportOptions, as_proto, create_session, export_onnx, graph_summary,
+                   input_name, node_module, read_metadata, run_session, set_metadata)
+from .onnx_eval import (OnnxPredictor, calib_images, capture_inputs, eval_split, evaluate,
+                        main_metric, time_sessions)
 
 #: Calibration methods (ONNX Runtime's ``CalibrationMethod`` names).
 CALIBRATORS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percentile'}
@@ -63,7 +47,6 @@ CALIBRATORS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percenti
 ACTIVATION_TYPES = {'int8': 'QInt8', 'uint8': 'QUInt8'}
 #: Ops whose weights are quantized; each is a "layer" of the sensitivity ranking.
 WEIGHTED_OPS = ('Conv', 'ConvTranspose', 'Gemm', 'MatMul')
-
 
 
 def _q() -> Any:
@@ -116,9 +99,7 @@ class _Reader:
 
 def weighted_layers(model: str | os.PathLike | Any) -> list[tuple[str, str]]:
     """``(node name, op)`` of every node with a constant weight (Conv/Gemm/MatMul), in order."""
-    onnx = require('onnx')
-    if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(str(model))
+    model = as_proto(model)
     weights = {i.name for i in model.graph.initializer}
     return [(n.name, n.op_type) for n in model.graph.node
             if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in weights]
@@ -240,9 +221,7 @@ def qdq_summary(model: str | os.PathLike | Any) -> dict:
     ``DequantizeLinear`` of an int8 initializer; ``max_weight_scales`` is the most scales
     such a weight has (its output channels per channel, 1 per tensor; 0 if none).
     """
-    onnx = require('onnx')
-    if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(str(model))
+    onnx, model = require('onnx'), as_proto(model)
     inits = {i.name: i for i in model.graph.initializer}
     int8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
     dq_of = {n.output[0]: n for n in model.graph.node if n.op_type == 'DequantizeLinear'}
@@ -265,10 +244,8 @@ def qdq_summary(model: str | os.PathLike | Any) -> dict:
 
 
 def quantize_for_timing(proto: Any, example: np.ndarray, batches: int = 4) -> Any:
-    """int8 QDQ quantization calibrated on random inputs: for timing only, not accuracy.
-
-    Used by the benchmark's ``onnxruntime-int8`` backend; accuracy numbers come from
-    :func:`quantize_model` with real calibration data.
+    """int8 QDQ quantization calibrated on random inputs: for timing only (the benchmark's
+    ``onnxruntime-int8`` backend), not accuracy.
 
     Args:
         proto: The fp32 ``ModelProto`` (dynamic batch).
@@ -292,32 +269,6 @@ def quantize_for_timing(proto: Any, example: np.ndarray, batches: int = 4) -> An
         return onnx.load(dst)
 
 
-# ----------------------------------------------------------------------- calibration folder
-
-def calib_images(folder: str | os.PathLike) -> list[Path]:
-    """The images of ``folder`` (``--calib-dir``; recursively, sorted by path).
-
-    Raises:
-        FileNotFoundError: No such folder.
-        NotADirectoryError: It is a file.
-        DataNotFoundError: It holds no images.
-        DataError: A file that no OpenCV decoder reads (e.g. text named ``a.png``).
-    """
-    path = Path(os.path.expanduser(os.fspath(folder)))
-    if not path.exists():
-        raise FileNotFoundError(f'--calib-dir {path} does not exist')
-    if not path.is_dir():
-        raise NotADirectoryError(f'--calib-dir {path} is not a directory')
-    try:
-        images = collect_images([path])
-    except ValueError as err:  # RuntimeInputError: no images
-        raise DataNotFoundError(f'--calib-dir: {err}') from None
-    for image in images:  # the header only: a file no decoder knows is refused before any work
-        if not cv2.haveImageReader(str(image)):
-            raise DataError(f'--calib-dir: {image} is not an image that OpenCV can read')
-    return images
-
-
 # ----------------------------------------------------------------------- what really runs
 
 #: Ops that are integer convolutions (any domain).
@@ -328,11 +279,8 @@ FLOAT_CONV_OPS = ('Conv', 'FusedConv')
 
 @dataclasses.dataclass
 class ConvExecution:
-    """Convolutions in the graph ONNX Runtime optimized for this CPU.
-
-    A QDQ int8 file is only fast if ONNX Runtime fuses every ``DequantizeLinear -> Conv ->
-    QuantizeLinear`` into an integer convolution; when it cannot (e.g. a conv bias that is
-    not an initializer), the Conv runs in float between Quantize/Dequantize pairs.
+    """Convolutions in the graph ONNX Runtime optimized for this CPU (a QDQ Conv it cannot
+    fuse into an integer conv runs in float between Quantize/Dequantize pairs).
 
     Args:
         integer: Integer convolutions.
@@ -418,7 +366,7 @@ def check_integer_convs(execution: ConvExecution, kept_float: int = 0, strict: b
 
 @dataclasses.dataclass
 class QuantizeOptions:
-    """What ``tools/quantize.py`` asks for besides the export (checked when made).
+    """What ``tools/quantize.py`` asks for (checked when made).
 
     Args:
         settings: Calibrator, weight scales, activation type (default: the measured best).
@@ -699,9 +647,8 @@ def summary_lines(result: dict, top: int = 3) -> list[str]:
 
 def _spread(speed: dict) -> str:
     """`` (min-max over rounds)`` of the per-round fp32/int8 ratio, where the report has it."""
-    if 'ratio_min' not in speed:
-        return ''
-    return f' (rounds {speed["ratio_min"]:.2f}-{speed["ratio_max"]:.2f}x)'
+    return (f' (rounds {speed["ratio_min"]:.2f}-{speed["ratio_max"]:.2f}x)'
+            if 'ratio_min' in speed else '')
 
 
 def report_markdown(result: dict, top: int = 10) -> str:

@@ -132,7 +132,7 @@ def test_calib_dir(trained_digits, tmp_path, monkeypatch):
 
 
 def test_calib_dir_messages(tmp_path):
-    from mmrepvgg.deploy.quantize import calib_images
+    from mmrepvgg.deploy.onnx_eval import calib_images
     with pytest.raises(FileNotFoundError, match='does not exist'):
         calib_images(tmp_path / 'nope')
     (tmp_path / 'empty').mkdir()

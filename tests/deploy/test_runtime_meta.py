@@ -178,7 +178,7 @@ def test_a_shape_no_image_gives_under_a_keep_ratio_resize_is_refused(tmp_path, c
     """issue 23 item 9: the demo PSPNet resizes keeping the ratio to fit 256x128, so every
     network input has its long edge at 256 or its short edge at 128; a 64x64 graph was
     exported, and then the runtime refused every image."""
-    from mmrepvgg.deploy.onnx import check_runtime_shape, runtime_spec
+    from mmrepvgg.deploy.runtime_meta import check_runtime_shape, runtime_spec
     cfg = demo_seg_config()
     cfg_file, ckpt = save(cfg, tmp_path, 'whole')
     out = tmp_path / 'x.onnx'
