@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
