@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmengine.config import Config
 from mmengine.logging import print_log
 
 from mmrepvgg.checkpoint import install_mmengine_loader
@@ -86,6 +87,18 @@ class Int8DemoResult:
             f'{k} {v:.0f}' for k, v in self.seconds.items()))
         lines.append('=' * 72)
         return '\n'.join(lines)
+
+
+def export_and_evaluate(cfg: Config, checkpoint: str, out: str | Path,
+                        threads: int | None = None) -> dict:
+    """The checkpoint's model exported to ``out`` and its mIoU as ONNX and as PyTorch
+    (:func:`mmrepvgg.deploy.onnx_eval.evaluate_export`)."""
+    result = evaluate_export(cfg, *load_model(cfg, checkpoint), threads=threads)
+    export = result.pop('export')
+    write_bytes_atomic(out, export.proto.SerializeToString())
+    export.out = result['out'] = str(out)
+    print_log(export.summary(), logger='current')
+    return result
 
 
 def _reusable(work_dir: Path, data: str) -> str | None:
@@ -164,12 +177,8 @@ def run_int8_demo(work_dir: str | Path = 'work_dirs/demo_int8',
         print_log(f'[3/3] Tiny Cityscapes PSPNet {seg_ckpt}: ONNX vs PyTorch mIoU',
                   logger='current')
         seg_cfg = load_demo_config(SEG_DEMO_CONFIG, seg_work / 'tiny_cityscapes')
-        seg = evaluate_export(seg_cfg, *load_model(seg_cfg, seg_ckpt), threads=nthreads)
-        export, seg['out'] = seg.pop('export'), str(out / 'pspnet_tiny.onnx')
-        write_bytes_atomic(seg['out'], export.proto.SerializeToString())
-        export.out = seg['out']
-        print_log(export.summary(), logger='current')
-        result.seg = seg
+        result.seg = export_and_evaluate(seg_cfg, seg_ckpt, out / 'pspnet_tiny.onnx',
+                                         threads=nthreads)
         result.seconds['pspnet'] = time.time() - t
     result.seconds['total'] = time.time() - t0
     print(result.summary(), flush=True)
