@@ -164,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                    + ((eval_split(cfg), ) if args.eval else ()))
         options = QuantizeOptions(
             QuantSettings(args.calib_method, not args.per_tensor, args.activation_type),
-            args.calib_images, args.calib_dir, args.keep_float, args.keep_float_layers,
-            not args.no_sensitivity, args.sensitivity_images, args.eval, args.max_eval_images,
-            args.threads, args.speed_iters, args.speed_rounds, args.seed,
+            calib_images=args.calib_images, calib_dir=args.calib_dir,
+            keep_float=args.keep_float, keep_float_layers=args.keep_float_layers,
+            sensitivity=not args.no_sensitivity, sensitivity_images=args.sensitivity_images,
+            run_eval=args.eval, max_eval_images=args.max_eval_images, threads=args.threads,
+            speed_iters=args.speed_iters, speed_rounds=args.speed_rounds, seed=args.seed,
             export=ExportOptions(tuple(args.shape) if args.shape else None,
                                  exporter=args.exporter, opset=args.opset))
         results.append(quantize_file(cfg, args.checkpoint, args.out, options, args.force,
