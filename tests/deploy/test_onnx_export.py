@@ -195,8 +195,9 @@ def test_pools_that_cannot_export_give_one_line_with_the_sizes_that_work(seg_fil
     # the command line: the same line, no traceback, exit 1
     proc = subprocess.run([sys.executable, 'tools/export_onnx.py', str(cfg_file), str(ckpt),
                            str(tmp_path / 'y.onnx'), '--shape', '40', '40', '--exporter',
-                           'torchscript', '--no-runtime-meta'], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1'))
+                           'torchscript', '--no-runtime-meta'], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                              OMP_NUM_THREADS='1'))
     assert proc.returncode == 1
     assert 'Traceback' not in proc.stderr + proc.stdout
     assert 'error: Cannot export at 40x40' in proc.stderr
