@@ -14,14 +14,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmengine.config import Config
 from mmengine.logging import print_log
 
 from mmrepvgg.checkpoint import install_mmengine_loader
+from mmrepvgg.deploy import load_model
+from mmrepvgg.deploy.onnx import ExportOptions
 from mmrepvgg.deploy.onnx_eval import evaluate_export
-from mmrepvgg.deploy.quant_report import summary_lines
-from mmrepvgg.deploy.ptq import quantize_checkpoint
-from mmrepvgg.deploy.quantize import QuantSettings
-from mmrepvgg.utils.fileio import fresh_work_dir
+from mmrepvgg.deploy.quantize import QuantizeOptions, QuantSettings, summary_lines
+from mmrepvgg.utils.fileio import fresh_work_dir, write_bytes_atomic
+from tools.quantize import quantize_file
 
 from .demos import (
     CLS_DEMO_CONFIG,
@@ -87,6 +89,18 @@ class Int8DemoResult:
         return '\n'.join(lines)
 
 
+def export_and_evaluate(cfg: Config, checkpoint: str, out: str | Path,
+                        threads: int | None = None) -> dict:
+    """The checkpoint's model exported to ``out`` and its mIoU as ONNX and as PyTorch
+    (:func:`mmrepvgg.deploy.onnx_eval.evaluate_export`)."""
+    result = evaluate_export(cfg, *load_model(cfg, checkpoint), threads=threads)
+    export = result.pop('export')
+    write_bytes_atomic(out, export.proto.SerializeToString())
+    export.out = result['out'] = str(out)
+    print_log(export.summary(), logger='current')
+    return result
+
+
 def _reusable(work_dir: Path, data: str) -> str | None:
     """The checkpoint a previous demo left in ``work_dir`` (with its data), else None."""
     marker = work_dir / 'train' / 'last_checkpoint'
@@ -143,11 +157,12 @@ def run_int8_demo(work_dir: str | Path = 'work_dirs/demo_int8',
     t = time.time()
     cfg = load_demo_config(CLS_DEMO_CONFIG, cls_work / 'digits')
     report_path = out / 'digits_int8.json'
-    result.report = quantize_checkpoint(
-        cfg, ckpt, out / 'digits_int8.onnx', QuantSettings(calib_method, per_channel),
-        keep_float=keep_float, run_eval=True, report=report_path,
-        fp32_out=out / 'digits_fp32.onnx', shape=(32, 32), threads=nthreads,
-        command='make demo-int8')
+    options = QuantizeOptions(QuantSettings(calib_method, per_channel), keep_float=keep_float,
+                              run_eval=True, threads=nthreads,
+                              export=ExportOptions(shape=(32, 32)))
+    result.report = quantize_file(cfg, ckpt, out / 'digits_int8.onnx', options,
+                                  report=report_path, fp32_out=out / 'digits_fp32.onnx',
+                                  command='make demo-int8')
     result.report_path = str(report_path)
     result.seconds['quantize'] = time.time() - t
 
@@ -162,8 +177,8 @@ def run_int8_demo(work_dir: str | Path = 'work_dirs/demo_int8',
         print_log(f'[3/3] Tiny Cityscapes PSPNet {seg_ckpt}: ONNX vs PyTorch mIoU',
                   logger='current')
         seg_cfg = load_demo_config(SEG_DEMO_CONFIG, seg_work / 'tiny_cityscapes')
-        result.seg = evaluate_export(seg_cfg, seg_ckpt, str(out / 'pspnet_tiny.onnx'),
-                                     threads=nthreads)
+        result.seg = export_and_evaluate(seg_cfg, seg_ckpt, out / 'pspnet_tiny.onnx',
+                                         threads=nthreads)
         result.seconds['pspnet'] = time.time() - t
     result.seconds['total'] = time.time() - t0
     print(result.summary(), flush=True)

@@ -23,33 +23,45 @@ from .logits import label_map, resize_bilinear, softmax
 from .metadata import RuntimeSpec, check_graph, spec_from_metadata
 
 
-def create_session(path: str | os.PathLike, threads: int | None = None,
-                   optimized_model: str | os.PathLike | None = None) -> Any:
-    """An ONNX Runtime CPU session.
+def create_session(model: str | os.PathLike | bytes | Any, threads: int | None = None,
+                   optimized_model: str | os.PathLike | None = None,
+                   stop_spinning: bool = False) -> Any:
+    """An ONNX Runtime CPU session: the one session factory of the runtime and the package.
 
     Args:
-        path: The ONNX file.
-        threads: Intra-op threads (None: ONNX Runtime's default).
+        model: The ONNX file, its serialized bytes, or an ``onnx.ModelProto``.
+        threads: Intra-op threads (None: ONNX Runtime's default); one inter-op thread.
         optimized_model: Also write the graph ONNX Runtime optimized for this CPU there.
+        stop_spinning: Let the worker threads stop spinning when a run ends
+            (``session.force_spinning_stop``). ONNX Runtime's default (False) keeps them
+            spinning for the next run, right for one session alone; sessions of one process
+            run in turns (an fp32 and an int8 model timed against each other) would take
+            each other's cores (measured in docs/int8.md).
 
     Raises:
         FileNotFoundError: No such file.
         ModelLoadError: ONNX Runtime cannot load it.
     """
     ort = onnxruntime()
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'No such model file: {path}')
+    if hasattr(model, 'SerializeToString'):
+        model = model.SerializeToString()
+    name = 'the model (in memory)' if isinstance(model, bytes) else os.fspath(model)
+    if not isinstance(model, bytes) and not os.path.isfile(model):
+        raise FileNotFoundError(f'No such model file: {model}')
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if stop_spinning:
+        opts.add_session_config_entry('session.force_spinning_stop', '1')
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     if optimized_model:
         opts.optimized_model_filepath = os.fspath(optimized_model)
     try:
-        return ort.InferenceSession(os.fspath(path), opts, providers=['CPUExecutionProvider'])
+        return ort.InferenceSession(model if isinstance(model, bytes) else name, opts,
+                                    providers=['CPUExecutionProvider'])
     except Exception as err:  # InvalidProtobuf, Fail, ...: one line
-        raise ModelLoadError(f'ONNX Runtime cannot load {path}: {error_message(err)}') from None
+        raise ModelLoadError(f'ONNX Runtime cannot load {name}: {error_message(err)}') from None
 
 
 class OnnxModel:

@@ -76,7 +76,7 @@ def seg_run(tmp_path_factory) -> dict[str, Path]:
     """The seg demo config on a tiny Cityscapes, trained 30 iterations with checkpoints every
     20 and ``save_last=False`` (the issue's case: the last regular checkpoint is iteration
     20, the model folded after training is iteration 30); the converted iter_20.pth."""
-    from mmrepvgg.deploy.convert import convert_checkpoint
+    from tests.deploy.helpers import convert_checkpoint
     root = tmp_path_factory.mktemp('seg_paths')
     _run([PY, 'tools/make_tiny_cityscapes.py', str(root / 'cs'), '--num-train', '4',
           '--num-val', '2', '--size', '64', '128', '--prepare'])
@@ -161,7 +161,7 @@ def test_the_deploy_tools_refuse_another_geometry(seg_run, tmp_path, capsys, too
 
 @pytest.fixture(scope='module')
 def cls_files(digits_classifier, tmp_path_factory) -> dict[str, Path]:
-    from mmrepvgg.deploy.convert import convert_checkpoint
+    from tests.deploy.helpers import convert_checkpoint
     root = tmp_path_factory.mktemp('cls_paths')
     config = _dump('configs/demo/repvgg-small_digits.py', digits_classifier / 'digits',
                    root / 'digits.py')

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
+from mmengine.logging import print_log
+
 import mmrepvgg  # noqa: F401
+from mmrepvgg.checkpoint import is_deployed_state, save_checkpoint_atomic
 from mmrepvgg.cli import add_checkpoint_args, run_tool
-from mmrepvgg.deploy import convert_backbone_weights
-from mmrepvgg.utils.errors import user_errors
+from mmrepvgg.deploy import backbone_checkpoint, load_mapped_state
+from mmrepvgg.utils.errors import CheckpointError, user_errors
+from mmrepvgg.utils.fileio import check_output_path
 
 
 def arch_arg(text: str) -> str | dict:
@@ -45,6 +50,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         '1, 2.5]}\' (default: inferred from the shapes)')
     add_checkpoint_args(parser, force_help='overwrite OUT', cfg_options=False)
     return parser.parse_args(argv)
+
+
+def convert_backbone_weights(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                             source: str | None = None, arch: str | dict | None = None,
+                             force: bool = False, trust: bool = False) -> dict:
+    """ImageNet weights (official, mmpretrain, timm or ours) -> backbone weights in ``out``.
+
+    Args:
+        checkpoint: Training-time weights.
+        out: Destination; never the input, never an existing file unless ``force``.
+        source: Layout; None: detect it.
+        arch: RepVGG arch (name or spec); None: infer it from the shapes.
+        force: Overwrite ``out``.
+        trust: Allow full unpickling of the checkpoint.
+
+    Returns:
+        The written ``meta``.
+    """
+    check_output_path(out, force, [checkpoint])
+    state, source, _ = load_mapped_state(checkpoint, source, trust)
+    if is_deployed_state(state):
+        raise CheckpointError(f'{checkpoint} holds deployed (folded) weights; a backbone to '
+                              'fine-tune needs the training-time (multi-branch) ones')
+    result = backbone_checkpoint(state, f'{checkpoint} ({source} layout)', arch)
+    result['meta'].update(source=source, source_checkpoint=str(checkpoint))
+    save_checkpoint_atomic(result, out, force=force, inputs=[checkpoint])
+    meta = result['meta']
+    print_log(f'Wrote {len(result["state_dict"])} backbone tensors (RepVGG-{meta["arch"]}, '
+              f'{meta["block"]}) to {out}', logger='current')
+    return meta
 
 
 def main(argv: list[str] | None = None) -> int:

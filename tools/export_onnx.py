@@ -16,11 +16,19 @@ See docs/export.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Any
+
+from mmengine.config import Config
+from mmengine.logging import print_log
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
 from mmrepvgg.cli import add_checkpoint_args, load_tool_config, positive_int, run_tool
-from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS, export_onnx
+from mmrepvgg.deploy import load_model, source_files
+from mmrepvgg.deploy.onnx import (DEFAULT_OPSET, EXPORTERS, ExportOptions, ExportReport,
+                                  export_onnx)
+from mmrepvgg.utils.fileio import check_output_path, write_bytes_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,17 +57,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def export_file(config: str | Config, checkpoint: str | os.PathLike, out: str | os.PathLike,
+                force: bool = False, trust: bool = False, source: str | None = None,
+                **options: Any) -> ExportReport:
+    """Checkpoint -> folded model -> verified ONNX file, written atomically.
+
+    Args:
+        config: mmseg or mmpretrain config (path or Config) with a RepVGG backbone.
+        checkpoint: Training-time or deployed checkpoint (any layout).
+        out: The ONNX file; never the checkpoint or the config, never an existing file
+            unless ``force`` (checked before any work).
+        force: Overwrite ``out``.
+        trust: Allow full unpickling of the checkpoint.
+        source: Checkpoint layout; None: detect it.
+        **options: :class:`~mmrepvgg.deploy.onnx.ExportOptions` fields.
+
+    Returns:
+        The :class:`~mmrepvgg.deploy.onnx.ExportReport` (printed).
+    """
+    sources = source_files(config, checkpoint)
+    check_output_path(out, force, sources)
+    opts = ExportOptions(**options)
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    model, deployed, meta = load_model(cfg, checkpoint, source, trust)
+    report = export_onnx(model, cfg, opts, deployed, meta, str(checkpoint))
+    write_bytes_atomic(out, report.proto.SerializeToString(), force=force, inputs=sources)
+    report.out = str(out)
+    print_log(report.summary(), logger='current')
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Export; bad input prints one ``error:`` line and returns 1."""
     args = parse_args(argv)
 
     def work() -> None:
         cfg = load_tool_config(args)
-        export_onnx(cfg, args.checkpoint, args.out,
-                    shape=tuple(args.shape) if args.shape else None, batch=args.batch,
-                    dynamic_batch=args.dynamic_batch, opset=args.opset, fp16=args.fp16,
-                    exporter=args.exporter, force=args.force, trust=args.trust_checkpoint,
-                    source=args.source, tolerance=args.tolerance,
+        export_file(cfg, args.checkpoint, args.out, args.force, args.trust_checkpoint,
+                    args.source, shape=tuple(args.shape) if args.shape else None,
+                    batch=args.batch, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                    fp16=args.fp16, exporter=args.exporter, tolerance=args.tolerance,
                     runtime_meta=not args.no_runtime_meta)
 
     return run_tool(work)

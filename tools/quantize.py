@@ -17,7 +17,13 @@ See docs/export.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+from typing import Any
+
+from mmengine.config import Config
+from mmengine.logging import print_log
 
 import mmrepvgg  # noqa: F401  (registers the backbone)
 from mmrepvgg.cli import (
@@ -27,10 +33,15 @@ from mmrepvgg.cli import (
     positive_int,
     run_tool,
 )
-from mmrepvgg.deploy.onnx_export import DEFAULT_OPSET, EXPORTERS
-from mmrepvgg.deploy.quant_report import summary_lines
-from mmrepvgg.deploy.ptq import quantize_checkpoint
-from mmrepvgg.deploy.quantize import ACTIVATION_TYPES, CALIBRATORS, QuantSettings
+from mmrepvgg.deploy import load_model, source_files
+from mmrepvgg.deploy.onnx import DEFAULT_OPSET, EXPORTERS, ExportOptions
+from mmrepvgg.deploy.onnx_eval import eval_split
+from mmrepvgg.deploy.quantize import (ACTIVATION_TYPES, CALIBRATORS, QuantizeOptions,
+                                      QuantSettings, quantize_model, report_markdown,
+                                      summary_lines)
+from mmrepvgg.runner.prepare import check_data
+from mmrepvgg.utils.fileio import (check_output_paths, sigterm_unwinds, write_bytes_atomic,
+                                   write_json_atomic)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,6 +90,67 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def quantize_file(config: str | Config, checkpoint: str | os.PathLike, out: str | os.PathLike,
+                  options: QuantizeOptions | None = None, force: bool = False,
+                  trust: bool = False, source: str | None = None,
+                  report: str | os.PathLike | None = None,
+                  fp32_out: str | os.PathLike | None = None, command: str | None = None) -> dict:
+    """Checkpoint -> int8 ONNX file, its report (json + markdown) and optionally the fp32 file.
+
+    Every output is checked before any work and written at the very end, so a failure
+    leaves nothing partial; SIGTERM unwinds like an error (temporary files removed).
+
+    Args:
+        config: mmseg or mmpretrain config (path or Config).
+        checkpoint: Training-time or deployed checkpoint.
+        out: The int8 ONNX file.
+        options: :class:`~mmrepvgg.deploy.quantize.QuantizeOptions` (the export's included).
+        force: Overwrite existing outputs.
+        trust: Allow full unpickling of the checkpoint.
+        source: Checkpoint layout (None: detect).
+        report: The json report (a ``.md`` beside it); default ``out`` with ``.json``.
+        fp32_out: Also write the fp32 ONNX there.
+        command: The command line, recorded in the report.
+
+    Returns:
+        The report.
+    """
+    options = options or QuantizeOptions()
+    out = Path(out)
+    report_json = Path(report) if report else out.with_suffix('.json')
+    sources = source_files(config, checkpoint)
+    check_output_paths([out, report_json, report_json.with_suffix('.md'), fp32_out], force,
+                       sources)
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    result: dict[str, Any] = dict(command=command, config=cfg.filename, checkpoint=str(checkpoint),
+                                  int8_onnx=str(out),
+                                  fp32_onnx=str(fp32_out) if fp32_out else None)
+    with sigterm_unwinds():
+        model, deployed, meta = load_model(cfg, checkpoint, source, trust)
+        made = quantize_model(model, cfg, options, deployed, meta, str(out))
+        result.update(made.report)
+        # everything is known: write the outputs, all of them or (on an error) none more
+        write_bytes_atomic(out, made.int8.SerializeToString(), force=force, inputs=sources)
+        if fp32_out:
+            write_bytes_atomic(fp32_out, made.fp32.SerializeToString(), force=force,
+                               inputs=sources)
+        graph = result['graph']
+        print_log(f'Wrote {out}: {len(graph["quantized_layers"])} int8 layers, '
+                  f'{len(graph["float_layers"])} float; output SQNR vs fp32 '
+                  f'{result["output_sqnr_db"]:.1f} dB; {graph["executed"]["summary"]}',
+                  logger='current')
+        write_report(result, report_json, force, sources)
+    return result
+
+
+def write_report(result: dict, path: Path, force: bool, inputs: list) -> None:
+    """The report as json and as markdown beside it (``.md``), atomically."""
+    write_json_atomic(path, result, force=force, inputs=inputs)
+    write_bytes_atomic(path.with_suffix('.md'), report_markdown(result), force=force,
+                       inputs=inputs)
+    print_log(f'Wrote {path} and {path.with_suffix(".md")}', logger='current')
+
+
 def main(argv: list[str] | None = None) -> int:
     """Quantize; bad input prints one ``error:`` line and returns 1."""
     args = parse_args(argv)
@@ -87,17 +159,21 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         cfg = load_tool_config(args)
-        settings = QuantSettings(args.calib_method, not args.per_tensor, args.activation_type)
-        results.append(quantize_checkpoint(
-            cfg, args.checkpoint, args.out, settings, calib_images=args.calib_images,
+        # the data first: a missing dataset is one line before minutes of export and calibration
+        check_data(cfg, (() if args.calib_dir else ('train', ))
+                   + ((eval_split(cfg), ) if args.eval else ()))
+        options = QuantizeOptions(
+            QuantSettings(args.calib_method, not args.per_tensor, args.activation_type),
+            calib_images=args.calib_images, calib_dir=args.calib_dir,
             keep_float=args.keep_float, keep_float_layers=args.keep_float_layers,
             sensitivity=not args.no_sensitivity, sensitivity_images=args.sensitivity_images,
-            run_eval=args.eval, max_eval_images=args.max_eval_images, report=args.report,
-            fp32_out=args.fp32_out, shape=tuple(args.shape) if args.shape else None,
-            exporter=args.exporter, opset=args.opset, threads=args.threads,
-            speed_iters=args.speed_iters, speed_rounds=args.speed_rounds, force=args.force,
-            trust=args.trust_checkpoint, source=args.source, seed=args.seed, command=command,
-            calib_dir=args.calib_dir))
+            run_eval=args.eval, max_eval_images=args.max_eval_images, threads=args.threads,
+            speed_iters=args.speed_iters, speed_rounds=args.speed_rounds, seed=args.seed,
+            export=ExportOptions(tuple(args.shape) if args.shape else None,
+                                 exporter=args.exporter, opset=args.opset))
+        results.append(quantize_file(cfg, args.checkpoint, args.out, options, args.force,
+                                     args.trust_checkpoint, args.source, args.report,
+                                     args.fp32_out, command))
 
     status = run_tool(work)
     if status == 0:

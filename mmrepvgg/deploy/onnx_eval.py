@@ -1,6 +1,7 @@
-"""Run an exported ONNX model on a config's data: evaluation, calibration inputs, CPU timing.
+"""Run an exported ONNX model on a config's data: evaluation, calibration inputs (from a split
+or a folder of images), CPU timing.
 
-The ONNX graph computes ``model(x, mode='tensor')`` (see :mod:`.onnx_export`). Everything
+The ONNX graph computes ``model(x, mode='tensor')`` (see :mod:`.onnx`). Everything
 around it comes from the config's own model, built without weights: the data
 preprocessor (normalization, padding) before it, and after it the head's post-processing
 (a classifier's softmax and label; a segmentor's resize to the image, its slide or whole
@@ -12,34 +13,30 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import statistics
-from typing import Any, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.dataset import pseudo_collate
+from mmengine.dataset import Compose, pseudo_collate
 from mmengine.evaluator import Evaluator
 from mmengine.registry import DATASETS, FUNCTIONS, init_default_scope
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..utils.errors import ConfigError, DataNotFoundError, InputSizeError
-from ..utils.fileio import check_output_path
+from mmrepvgg_runtime.files import collect_images
+
+from ..utils.errors import ConfigError, DataError, DataNotFoundError, InputSizeError
 from ..utils.timing import time_interleaved
-from .convert import load_model, source_files
-from .metadata import task_of
-from .onnx_export import export_onnx
-from .ort import create_session, run_session, session_batch
+from .onnx import ExportOptions, create_session, export_onnx, run_session, session_batch
+from .runtime_meta import innermost_dataset, task_of, test_pipeline
 
 #: The metric reported first, per task.
 MAIN_METRICS = ('accuracy/top1', 'mIoU')
-
-
-def _innermost(dataset_cfg: dict) -> dict:
-    while 'pipeline' not in dataset_cfg and isinstance(dataset_cfg.get('dataset'), dict):
-        dataset_cfg = dataset_cfg['dataset']
-    return dataset_cfg
 
 
 def _loader_cfg(cfg: Config, split: str) -> dict:
@@ -65,11 +62,11 @@ def build_dataset(cfg: Config, split: str, test_pipeline: bool = True) -> Any:
     """
     dataset_cfg = dict(_loader_cfg(cfg, split)['dataset'])
     if test_pipeline:
-        test_ds = _innermost(dict(_loader_cfg(cfg, 'test')['dataset']))
+        test_ds = innermost_dataset(dict(_loader_cfg(cfg, 'test')['dataset']))
         pipeline = test_ds.get('pipeline') or cfg.get('test_pipeline')
         if pipeline is None:
             raise ConfigError(f'{cfg.filename or "The config"} has no test pipeline')
-        _innermost(dataset_cfg)['pipeline'] = copy.deepcopy(pipeline)
+        innermost_dataset(dataset_cfg)['pipeline'] = copy.deepcopy(pipeline)
     init_default_scope(cfg.get('default_scope') or 'mmengine')
     return DATASETS.build(dataset_cfg)
 
@@ -151,6 +148,12 @@ class OnnxPredictor:
                 del model.encode_decode
 
 
+def eval_split(cfg: Config) -> str:
+    """The split an evaluation runs on: ``'test'`` if the config has a test loader, else
+    ``'val'``."""
+    return 'test' if cfg.get('test_dataloader') else 'val'
+
+
 def main_metric(metrics: Mapping[str, float]) -> str:
     """The headline metric's key: top-1 for classifiers, mIoU for segmentors."""
     return next((k for k in MAIN_METRICS if k in metrics), next(iter(metrics)))
@@ -185,12 +188,59 @@ def evaluate(cfg: Config, predictor: Callable[[dict], list], split: str = 'test'
     return {k: float(v) for k, v in evaluator.evaluate(n).items()}
 
 
-def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split: str = 'train',
-                   seed: int = 0, progress: bool = True) -> list[np.ndarray]:
-    """The first ``num`` tensors the exported model is fed on a random subset of a split.
+def calib_images(folder: str | os.PathLike) -> list[Path]:
+    """The images of ``folder`` (``--calib-dir``; recursively, sorted by path).
 
-    The split's images go through the config's test pipeline and the model's own inference
-    (a segmentor's slide windows included), so these are exactly the inputs the ONNX model
+    Raises:
+        FileNotFoundError: No such folder.
+        NotADirectoryError: It is a file.
+        DataNotFoundError: It holds no images.
+        DataError: A file that no OpenCV decoder reads (e.g. text named ``a.png``).
+    """
+    path = Path(os.path.expanduser(os.fspath(folder)))
+    if not path.exists():
+        raise FileNotFoundError(f'--calib-dir {path} does not exist')
+    if not path.is_dir():
+        raise NotADirectoryError(f'--calib-dir {path} is not a directory')
+    try:
+        images = collect_images([path])
+    except ValueError as err:  # RuntimeInputError: no images
+        raise DataNotFoundError(f'--calib-dir: {err}') from None
+    for image in images:  # the header only: a file no decoder knows is refused before any work
+        if not cv2.haveImageReader(str(image)):
+            raise DataError(f'--calib-dir: {image} is not an image that OpenCV can read')
+    return images
+
+
+def _load_image(pipeline: Any, image: Path) -> dict:
+    """One image through the test pipeline; an unreadable file is one line naming it."""
+    try:
+        data = pipeline(dict(img_path=str(image)))
+    except Exception as err:  # mmcv asserts on a file it cannot decode: name the file
+        raise DataError(f'--calib-dir: cannot read {image} as an image') from err
+    if data is None:
+        raise DataError(f'--calib-dir: the test pipeline drops {image}')
+    return data
+
+
+def _image_batches(cfg: Config, task: str, images: Sequence[Path],
+                   order: Sequence[int]) -> Iterator[dict]:
+    """Batches of one image each, through the test pipeline (annotations dropped)."""
+    init_default_scope(cfg.get('default_scope') or 'mmengine')
+    pipeline = Compose([s for s in test_pipeline(cfg, task)
+                        if str(s.get('type', '')).split('.')[-1] != 'LoadAnnotations'])
+    for index in order:
+        yield pseudo_collate([_load_image(pipeline, images[index])])
+
+
+def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split: str = 'train',
+                   seed: int = 0, progress: bool = True,
+                   images: Sequence[Path] | None = None) -> list[np.ndarray]:
+    """The first ``num`` tensors the exported model is fed on a random subset of a split (or
+    of ``images``, a folder's files).
+
+    The images go through the config's test pipeline and the model's own inference (a
+    segmentor's slide windows included), so these are exactly the inputs the ONNX model
     sees when deployed, taken from images it is never evaluated on (``train``).
 
     Args:
@@ -198,15 +248,23 @@ def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split:
         model: The config's model (for preprocessing and inference logic).
         session: The fp32 session (its static batch sets the chunk size).
         num: How many inputs.
-        split: Where the images come from.
+        split: Where the images come from (without ``images``).
         seed: Order of the images.
         progress: Show a progress bar.
+        images: Image files to use instead of the split.
 
     Returns:
         Up to ``num`` arrays of the session's input shape (batch 1 if its batch is dynamic).
+
+    Raises:
+        DataError: An image of ``images`` the pipeline cannot read.
+        InputSizeError: An image the graph's input size does not fit (from the session).
     """
-    dataset = build_dataset(cfg, split)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    dataset = build_dataset(cfg, split) if images is None else None
+    count = len(dataset) if images is None else len(images)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = (make_loader(cfg, dataset, split, order, batch_size=1) if images is None else
+               _image_batches(cfg, task_of(model), images, order))
     rows = session_batch(session) or 1
     captured: list[np.ndarray] = []
 
@@ -217,10 +275,10 @@ def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split:
 
     predictor = OnnxPredictor(model, session, record)
     # images read, out of those that can be needed (one input or more per image: a
-    # segmentor's slide windows), never more than the split has
-    bar = tqdm(total=min(num, len(dataset)), desc=f'calibration images ({split})',
-               unit='image', disable=not progress, leave=False)
-    for data in make_loader(cfg, dataset, split, order, batch_size=1):
+    # segmentor's slide windows), never more than there are
+    bar = tqdm(total=min(num, count), desc=f'calibration images ({split})', unit='image',
+               disable=not progress, leave=False)
+    for data in batches:
         predictor(data)
         bar.update(1)
         if len(captured) >= num:
@@ -285,45 +343,37 @@ def deployed_input_shape(cfg: Config, model: nn.Module) -> tuple[int, int]:
     return tuple(int(s) for s in inputs.shape[-2:])
 
 
-def evaluate_export(cfg: Config, checkpoint: str, out: str, shape: tuple[int, int] | None = None,
+def evaluate_export(cfg: Config, model: nn.Module, deployed: bool = False,
+                    checkpoint_meta: Mapping | None = None, shape: tuple[int, int] | None = None,
                     split: str = 'test', max_images: int | None = None,
-                    threads: int | None = None, force: bool = False,
-                    progress: bool = True, trust: bool = False,
-                    source: str | None = None) -> dict:
-    """Export a checkpoint to ONNX and evaluate the ONNX model and the PyTorch one alike.
+                    threads: int | None = None, progress: bool = True) -> dict:
+    """Export a loaded model to ONNX and evaluate the ONNX model and the PyTorch one alike.
 
-    The PyTorch reference is the model the checkpoint holds (training-time or deployed),
-    run with its own ``test_step``; the ONNX model runs inside the same pre- and
-    post-processing (:class:`OnnxPredictor`).
+    The PyTorch reference is the model as loaded (training-time or deployed), run with its
+    own ``test_step``; then it is folded and exported, and the ONNX model runs inside the
+    same pre- and post-processing (:class:`OnnxPredictor`).
 
     Args:
         cfg: The config (data roots set).
-        checkpoint: Training-time or deployed checkpoint.
-        out: The ONNX file to write.
+        model: The model (:func:`~mmrepvgg.deploy.build.load_model`); folded in place.
+        deployed: The model is already folded.
+        checkpoint_meta: The checkpoint's meta (class names in the ONNX metadata).
         shape: Graph input size (default: :func:`deployed_input_shape`).
         split: ``'test'`` or ``'val'``.
         max_images: Only the first N images.
         threads: ONNX Runtime threads.
-        force: Overwrite ``out``.
         progress: Show progress bars.
-        trust: Allow full unpickling of the checkpoint.
-        source: Checkpoint layout; None: detect it.
 
     Returns:
-        ``dict(metric, pytorch, onnx, diff, shape, out)`` with both metric dicts.
+        ``dict(metric, pytorch, onnx, diff, shape, export)`` with both metric dicts and the
+        :class:`~mmrepvgg.deploy.onnx.ExportReport` (``export.proto``: the model to write).
     """
-    check_output_path(out, force, source_files(cfg, checkpoint))  # before the evaluation
-    loaded = load_model(cfg, checkpoint, source, trust)
-    model = loaded[0]
     shape = tuple(shape or deployed_input_shape(cfg, model))
-    # the checkpoint's own model first: the export folds it in place (its pre- and
-    # post-processing, which the ONNX model runs inside, stay the same)
     torch_metrics = evaluate(cfg, TorchPredictor(model), split, max_images, 'eval PyTorch',
                              progress)
-    export_onnx(cfg, checkpoint, out, shape=shape, force=force, trust=trust, source=source,
-                loaded=loaded)
-    onnx_metrics = evaluate(cfg, OnnxPredictor(model, create_session(out, threads)), split,
-                            max_images, 'eval ONNX', progress)
+    report = export_onnx(model, cfg, ExportOptions(shape=shape), deployed, checkpoint_meta)
+    onnx_metrics = evaluate(cfg, OnnxPredictor(model, create_session(report.proto, threads)),
+                            split, max_images, 'eval ONNX', progress)
     key = main_metric(torch_metrics)
     return dict(metric=key, pytorch=torch_metrics, onnx=onnx_metrics, shape=list(shape),
-                diff=onnx_metrics[key] - torch_metrics[key], out=str(out))
+                diff=onnx_metrics[key] - torch_metrics[key], export=report)

@@ -28,7 +28,7 @@ import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from torch import nn
 
-from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.deploy.build import TensorForward
 from mmrepvgg.models import reparameterize
 
 from .conv_bn import fuse_conv_bn_pairs
@@ -109,7 +109,7 @@ def count_complexity(model: nn.Module, inputs: torch.Tensor | tuple) -> Complexi
 
     Args:
         model: The module to count; it is called as ``model(*inputs)`` under a jit trace,
-            so wrap OpenMMLab models in :class:`mmrepvgg.deploy.forward.TensorForward`.
+            so wrap OpenMMLab models in :class:`mmrepvgg.deploy.build.TensorForward`.
         inputs: One tensor or a tuple of inputs. Counts scale with the batch size; use 1.
 
     Returns:

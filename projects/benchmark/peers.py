@@ -28,8 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mmrepvgg.checkpoint import is_optional_key
-from mmrepvgg.deploy.build import build_model_cfg
-from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.deploy.build import TensorForward, build_model_cfg
 from mmrepvgg.deploy.keymaps import SOURCES, convert_key
 from mmrepvgg.deploy.verify import compare_outputs
 from mmrepvgg.models.arch import ARCH_ZOO, arch_name, get_arch

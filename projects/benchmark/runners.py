@@ -9,10 +9,8 @@ from torch import Tensor, nn
 
 from mmengine.logging import print_log
 
-from mmrepvgg.deploy.onnx_export import export_module
-from mmrepvgg.deploy.ort import create_session
-from mmrepvgg.deploy.ort_graph import check_integer_convs, executed_convs
-from mmrepvgg.deploy.quantize import quantize_for_timing
+from mmrepvgg.deploy.onnx import create_session, export_module
+from mmrepvgg.deploy.quantize import check_integer_convs, executed_convs, quantize_for_timing
 
 from .device import DTYPES
 

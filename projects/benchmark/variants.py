@@ -9,7 +9,7 @@ from typing import Sequence
 from mmengine.logging import print_log
 from torch import nn
 
-from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.deploy.build import TensorForward
 from mmrepvgg.models import reparameterize
 
 from .conv_bn import fuse_conv_bn_pairs

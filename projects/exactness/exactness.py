@@ -16,9 +16,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmrepvgg.deploy.build import input_shape_from_config
-from mmrepvgg.deploy.convert import load_model
-from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.deploy.build import TensorForward, input_shape_from_config, load_model
 from mmrepvgg.deploy.onnx_eval import build_dataset, make_loader
 from mmrepvgg.deploy.verify import compare_outputs
 from mmrepvgg.models import RepVGG, reparameterize

@@ -11,7 +11,7 @@ benchmark's ``onnxruntime-int8`` makes it) three ways:
 - ``in turns, default``: both sessions in one process, timed in interleaved rounds, with
   ONNX Runtime's default threads (per-session pools that keep spinning);
 - ``in turns, stop spinning``: the same with ``session.force_spinning_stop=1``, the
-  setting of :func:`mmrepvgg.deploy.ort.create_session`.
+  setting of :func:`mmrepvgg.deploy.onnx.create_session`.
 
 Timing as the benchmark's loop does it (:func:`mmrepvgg.utils.timing.time_interleaved`):
 a round is ``--calls`` calls back to back, timed as a whole. Per mode: the median ms per
@@ -102,8 +102,8 @@ def export_a0(tmp: str, batch: int) -> dict:
     import torch
 
     from projects.benchmark.models import build_from_spec
-    from mmrepvgg.deploy.forward import TensorForward
-    from mmrepvgg.deploy.onnx_export import export_module
+    from mmrepvgg.deploy.build import TensorForward
+    from mmrepvgg.deploy.onnx import export_module
     from mmrepvgg.deploy.quantize import quantize_for_timing
     torch.manual_seed(0)
     module = TensorForward(build_from_spec('A0', deploy=True).model).eval()

@@ -31,11 +31,9 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from demo.demos import CLS_DEMO_CONFIG, load_demo_config, run_cls_demo
-from mmrepvgg.deploy.convert import load_model
-from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.deploy.build import TensorForward, load_model
 from mmrepvgg.deploy.onnx_eval import build_dataset, make_loader
-from mmrepvgg.deploy.onnx_export import check_against_pytorch, export_module
-from mmrepvgg.deploy.ort import create_session, run_session
+from mmrepvgg.deploy.onnx import check_against_pytorch, create_session, export_module, run_session
 from mmrepvgg.deploy.quantize import (
     QuantSettings,
     calibrate,

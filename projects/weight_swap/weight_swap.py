@@ -25,7 +25,7 @@ from typing import Sequence
 from mmengine.logging import print_log
 from torch import nn
 
-from mmrepvgg.deploy.forward import TensorForward
+from mmrepvgg.deploy.build import TensorForward
 from mmrepvgg.utils.timing import time_interleaved
 from projects.benchmark.benchmark import BenchmarkSettings
 from projects.benchmark.device import (backend_supported, cudnn_benchmark, device_info,

@@ -36,7 +36,7 @@ def test_demo_int8_runs_from_any_folder(tmp_path, monkeypatch, pristine_loader, 
     _previous_demo(seg_work, 'tiny_cityscapes')
     seen = {}
 
-    def quantize_checkpoint(cfg, checkpoint, out, settings, **kwargs):
+    def quantize_file(cfg, checkpoint, out, options, **kwargs):
         seen['cls'] = cfg
         speed = dict(fp32_ms=1.0, int8_ms=0.5, fp32_over_int8=2.0, rounds=5, threads=1)
         return dict(int8_onnx=str(out), quantization=dict(kept_float=[]),
@@ -48,8 +48,8 @@ def test_demo_int8_runs_from_any_folder(tmp_path, monkeypatch, pristine_loader, 
         return dict(pytorch={'mIoU': 10.0}, onnx={'mIoU': 10.0}, diff=0.0, shape=[128, 256],
                     out=out)
 
-    monkeypatch.setattr('demo.demo_int8.quantize_checkpoint', quantize_checkpoint)
-    monkeypatch.setattr('demo.demo_int8.evaluate_export', evaluate_export)
+    monkeypatch.setattr('demo.demo_int8.quantize_file', quantize_file)
+    monkeypatch.setattr('demo.demo_int8.export_and_evaluate', evaluate_export)
     monkeypatch.chdir(tmp_path)  # not the repository: no configs/demo here
     result = run_int8_demo('int8', cls_work, seg_work, threads=1)
     assert result.ok and not result.trained_now

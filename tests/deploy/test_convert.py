@@ -17,16 +17,10 @@ from mmengine.config import Config
 
 import mmrepvgg  # noqa: F401
 from mmrepvgg.checkpoint import load_checkpoint_file
-from mmrepvgg.deploy import (
-    build_model,
-    convert_backbone_weights,
-    convert_checkpoint,
-    convert_keys,
-    detect_block_type,
-    detect_source,
-)
+from mmrepvgg.deploy import build_model, convert_keys, detect_block_type, detect_source
 from mmrepvgg.models import RepVGG
 from mmrepvgg.utils.errors import CheckpointError
+from tests.deploy.helpers import convert_backbone_weights, convert_checkpoint
 from tests.helpers import load_tool, one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -455,8 +449,7 @@ def test_bad_inputs_are_one_line_errors(trained, capsys, monkeypatch):
         assert deploy_convert.main(args) == 1, args
         assert match in _one_line_error(capsys)
     # an output that cannot be written fails before any work is done
-    import mmrepvgg.deploy.convert as convert_module
-    monkeypatch.setattr(convert_module, 'load_mapped_state',
+    monkeypatch.setattr(deploy_convert, 'load_model',
                         lambda *a, **k: pytest.fail('the conversion ran'))
     for bad_out, match in ((str(tmp), 'is a directory'), (str(tmp / 'a_file' / 'o.pth'),
                                                            'is a file, not a directory')):

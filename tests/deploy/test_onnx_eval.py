@@ -9,8 +9,8 @@ import torch
 from mmengine.config import Config
 
 from demo.datasets import make_tiny_cityscapes, prepare_cityscapes
-from mmrepvgg.deploy import build_model
-from mmrepvgg.deploy.convert import load_model
+from mmrepvgg.deploy import build_model, load_model
+from mmrepvgg.deploy.onnx import create_session
 from mmrepvgg.deploy.onnx_eval import (
     OnnxPredictor,
     TorchPredictor,
@@ -18,7 +18,6 @@ from mmrepvgg.deploy.onnx_eval import (
     evaluate_export,
     make_loader,
 )
-from mmrepvgg.deploy.ort import create_session
 from tests.helpers import randomize_bn_
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,20 +43,8 @@ def tiny_psp(tmp_path_factory) -> tuple[Config, Path]:
 
 def test_tiny_cityscapes_pspnet_onnx_miou_equals_pytorch(tiny_psp, tmp_path, monkeypatch):
     cfg, ckpt = tiny_psp
-    import mmrepvgg.deploy.convert as convert
-    loads = []
-
-    def load_mapped_state(checkpoint, source=None, trust=False):
-        loads.append((checkpoint, source, trust))
-        return real_load(checkpoint, source, trust)
-
-    real_load = convert.load_mapped_state
-    monkeypatch.setattr(convert, 'load_mapped_state', load_mapped_state)
-    result = evaluate_export(cfg, str(ckpt), str(tmp_path / 'psp.onnx'), progress=False,
-                             source='mmrepvgg')
-    monkeypatch.undo()
-    # the checkpoint is read once (the export folds that model), with the caller's options
-    assert loads == [(str(ckpt), 'mmrepvgg', False)]
+    # the loaded model is evaluated, then folded and exported (the checkpoint is read once)
+    result = evaluate_export(cfg, *load_model(cfg, ckpt, 'mmrepvgg'), progress=False)
     # whole-image inference: the test pipeline resizes the 64x128 images to 128x256, whose
     # 16x32 map PSPNet's 3x3 and 6x6 pools do not divide (exported exactly as gathers)
     assert result['shape'] == [128, 256] and result['metric'] == 'mIoU'
@@ -65,7 +52,7 @@ def test_tiny_cityscapes_pspnet_onnx_miou_equals_pytorch(tiny_psp, tmp_path, mon
     assert result['pytorch']['mIoU'] > 0
     # the same pixels, not only the same score
     model, _, _ = load_model(cfg, ckpt)
-    session = create_session(tmp_path / 'psp.onnx')
+    session = create_session(result['export'].proto)
     data = next(iter(make_loader(cfg, build_dataset(cfg, 'test'), 'test', [0, 1])))
     expected = [s.pred_sem_seg.data for s in TorchPredictor(model)(data)]
     got = [s.pred_sem_seg.data for s in OnnxPredictor(model, session)(data)]
@@ -78,19 +65,19 @@ def test_slide_inference_feeds_windows_of_the_graph_size(tiny_psp, tmp_path):
     whole_cfg, ckpt = tiny_psp
     cfg = copy.deepcopy(whole_cfg)
     cfg.model.test_cfg = dict(mode='slide', crop_size=(64, 96), stride=(48, 80))
-    result = evaluate_export(cfg, str(ckpt), str(tmp_path / 'slide.onnx'), progress=False)
+    result = evaluate_export(cfg, *load_model(cfg, ckpt), progress=False)
     assert result['shape'] == [64, 96]
     assert abs(result['diff']) <= 0.1
     # whole-image inference feeds 128x256: a 64x96 graph is a clear error
     model, _, _ = load_model(whole_cfg, ckpt)
     data = next(iter(make_loader(whole_cfg, build_dataset(whole_cfg, 'test'), 'test', [0])))
     with pytest.raises(ValueError, match='export it with --shape 128 256'):
-        OnnxPredictor(model, create_session(tmp_path / 'slide.onnx'))(data)
+        OnnxPredictor(model, create_session(result['export'].proto))(data)
 
 
 def test_digits_onnx_top1_equals_pytorch(trained_digits, tmp_path):
     cfg, ckpt = trained_digits
-    result = evaluate_export(cfg, ckpt, str(tmp_path / 'digits.onnx'), progress=False)
+    result = evaluate_export(cfg, *load_model(cfg, ckpt), progress=False)
     assert result['shape'] == [32, 32] and result['metric'] == 'accuracy/top1'
     assert result['pytorch']['accuracy/top1'] > 60
     assert abs(result['diff']) <= 100 / 450 + 1e-6  # at most one of 450 digits flips

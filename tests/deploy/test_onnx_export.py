@@ -17,10 +17,9 @@ import torch
 from mmengine.config import Config
 
 import mmrepvgg  # noqa: F401
-from mmrepvgg.deploy import build_model, convert_checkpoint, input_shape_from_config
-from mmrepvgg.deploy.onnx_export import check_against_pytorch, export_onnx
-from mmrepvgg.deploy.ort import create_session, read_metadata
-from mmrepvgg.deploy.pools import pool_friendly_sizes, probe
+from mmrepvgg.deploy import build_model, input_shape_from_config
+from mmrepvgg.deploy.onnx import (check_against_pytorch, create_session, pool_friendly_sizes,
+                                  probe, read_metadata)
 from mmrepvgg.utils.errors import (
     MissingDependencyError,
     PoolShapeError,
@@ -28,6 +27,7 @@ from mmrepvgg.utils.errors import (
     VerificationError,
 )
 from mmrepvgg.utils.optional import require
+from tests.deploy.helpers import convert_checkpoint, export_onnx
 from tests.helpers import load_tool, never_called, one_error_line, randomize_bn_, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,8 +137,9 @@ def test_deployed_checkpoint_and_dynamic_batch(cls_files, tmp_path):
     deployed = tmp_path / 'deployed.pth'
     convert_checkpoint(str(cfg_file), ckpt, deployed)
     out = tmp_path / 'dyn.onnx'
+    # (no runtime metadata: the test pipeline fits images to 32, no image gives 40x48)
     report = export_onnx(str(cfg_file), deployed, out, shape=(40, 48), dynamic_batch=True,
-                         exporter='torchscript')
+                         exporter='torchscript', runtime_meta=False)
     assert report.deployed_checkpoint and report.fold is None
     x = torch.randn(3, 3, 40, 48)
     assert rel_err(ort_logits(out, x), logits(model, x)) <= 1e-4
@@ -180,7 +181,7 @@ def test_pools_that_cannot_export_give_one_line_with_the_sizes_that_work(seg_fil
     cfg_file, ckpt, model = seg_files
     with pytest.raises(PoolShapeError) as err:
         export_onnx(str(cfg_file), ckpt, tmp_path / 'x.onnx', shape=(40, 40),
-                    exporter='torchscript')
+                    exporter='torchscript', runtime_meta=False)  # (no image gives 40x40)
     message = str(err.value)
     assert '\n' not in message and '5x5 map at 40x40' in message
     # the map must be a multiple of 6: 6x6 from 41-48; below 40 none (3x3 is odd)
@@ -194,8 +195,9 @@ def test_pools_that_cannot_export_give_one_line_with_the_sizes_that_work(seg_fil
     # the command line: the same line, no traceback, exit 1
     proc = subprocess.run([sys.executable, 'tools/export_onnx.py', str(cfg_file), str(ckpt),
                            str(tmp_path / 'y.onnx'), '--shape', '40', '40', '--exporter',
-                           'torchscript'], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1'))
+                           'torchscript', '--no-runtime-meta'], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                              OMP_NUM_THREADS='1'))
     assert proc.returncode == 1
     assert 'Traceback' not in proc.stderr + proc.stdout
     assert 'error: Cannot export at 40x40' in proc.stderr
@@ -204,7 +206,7 @@ def test_pools_that_cannot_export_give_one_line_with_the_sizes_that_work(seg_fil
 def test_dynamo_exports_those_pools_exactly(seg_files, tmp_path):
     cfg_file, ckpt, model = seg_files
     out = tmp_path / 'seg40.onnx'
-    report = export_onnx(str(cfg_file), ckpt, out, shape=(40, 40))
+    report = export_onnx(str(cfg_file), ckpt, out, shape=(40, 40), runtime_meta=False)
     assert 'exported exactly as gathers' in report.note
     x = torch.randn(1, 3, 40, 40)
     assert rel_err(ort_logits(out, x), logits(model, x)) <= 1e-4
@@ -215,7 +217,7 @@ def test_existing_output_is_refused_without_force(cls_files, tmp_path, capsys, m
     out = tmp_path / 'cls.onnx'
     out.write_bytes(b'keep me')
     # refused before any work: the exporter is never reached
-    monkeypatch.setattr('mmrepvgg.deploy.onnx_export.load_model', never_called)
+    monkeypatch.setattr(export_tool, 'load_model', never_called)
     assert export_tool.main([str(cfg_file), str(ckpt), str(out)]) == 1
     assert out.read_bytes() == b'keep me'
     assert capsys.readouterr().err.strip() == (f'error: {out} exists; pass --force (force=True) '
@@ -340,7 +342,7 @@ def test_a_bug_is_not_reported_as_bad_input(cls_files, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError('a bug in the session code')
 
-    monkeypatch.setattr('mmrepvgg.deploy.onnx_export.create_session', broken)
+    monkeypatch.setattr('mmrepvgg.deploy.onnx.create_session', broken)
     with pytest.raises(RuntimeError, match='a bug in the session code'):
         export_tool.main([str(cfg_file), str(ckpt), str(tmp_path / 'a.onnx')])
     assert not (tmp_path / 'a.onnx').exists()

@@ -1,4 +1,5 @@
-"""``create_session``: the one ONNX Runtime session factory of the package."""
+"""``create_session``: the one ONNX Runtime session factory (the runtime's), as the package
+uses it (threads stop spinning between runs) and as the runtime does (ONNX Runtime's default)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 
-from mmrepvgg.deploy.ort import create_session, run_session  # noqa: E402
+from mmrepvgg.deploy.onnx import create_session, run_session  # noqa: E402
 
 
 def _relu_model():
@@ -30,3 +31,12 @@ def test_threads_stop_spinning_when_a_run_ends():
 
 def test_default_threads_are_onnxruntime_s():
     assert create_session(_relu_model()).get_session_options().intra_op_num_threads == 0
+
+
+def test_the_runtime_keeps_onnxruntime_s_spinning_default(tmp_path):
+    from mmrepvgg_runtime import create_session as runtime_session
+    path = tmp_path / 'relu.onnx'
+    onnx.save(_relu_model(), str(path))
+    opts = runtime_session(path).get_session_options()
+    with pytest.raises(RuntimeError, match='does not have configuration'):
+        opts.get_session_config_entry('session.force_spinning_stop')

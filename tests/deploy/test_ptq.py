@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmrepvgg.deploy.ort import read_metadata
-from mmrepvgg.deploy.ort_graph import check_integer_convs, executed_convs
-from mmrepvgg.deploy.ptq import quantize_checkpoint
-from mmrepvgg.deploy.quantize import qdq_summary
+from mmrepvgg.deploy.onnx import read_metadata
+from mmrepvgg.deploy.quantize import check_integer_convs, executed_convs, qdq_summary
 from mmrepvgg.utils.errors import DataNotFoundError, QuantizationError
 from mmrepvgg_runtime import RUNTIME_KEY
-from tests.helpers import load_tool, never_called
+from tests.deploy.helpers import quantize_checkpoint
+from tests.helpers import load_tool, never_called, one_error_line
 
 ROOT = Path(__file__).resolve().parents[2]
 quantize_tool = load_tool('quantize')
@@ -99,7 +98,7 @@ def test_a_default_shape_that_does_not_fit_writes_nothing(trained_digits, tmp_pa
 def test_failure_late_in_the_run_leaves_nothing(trained_digits, tmp_path, monkeypatch):
     """An error after the int8 graph is made (here: in the evaluation) writes no output."""
     cfg, ckpt = trained_digits
-    monkeypatch.setattr('mmrepvgg.deploy.ptq._eval_and_time', never_called)
+    monkeypatch.setattr('mmrepvgg.deploy.quantize._eval_and_time', never_called)
     with pytest.raises(AssertionError):
         quantize_checkpoint(cfg, ckpt, tmp_path / 'a.onnx', calib_images=4, sensitivity=False,
                             run_eval=True, shape=(32, 32), threads=1, progress=False,
@@ -120,7 +119,7 @@ def test_calib_dir(trained_digits, tmp_path, monkeypatch):
     calib = result['quantization']['calibration']
     assert calib['inputs'] == 8 and 'my images (12 images)' in calib['split']
     # bad folders fail before any work (the exporter is never reached), in one line
-    monkeypatch.setattr('mmrepvgg.deploy.ptq.export_onnx', never_called)
+    monkeypatch.setattr('mmrepvgg.deploy.quantize.export_onnx', never_called)
     cfg_file = tmp_path / 'digits.py'
     cfg.dump(str(cfg_file))
     (tmp_path / 'empty').mkdir()
@@ -133,7 +132,7 @@ def test_calib_dir(trained_digits, tmp_path, monkeypatch):
 
 
 def test_calib_dir_messages(tmp_path):
-    from mmrepvgg.deploy.calib import calib_images
+    from mmrepvgg.deploy.onnx_eval import calib_images
     with pytest.raises(FileNotFoundError, match='does not exist'):
         calib_images(tmp_path / 'nope')
     (tmp_path / 'empty').mkdir()
@@ -177,7 +176,7 @@ def _folded_repvgg(path: Path, exporter: str) -> Path:
     import torch
 
     from mmrepvgg import reparameterize
-    from mmrepvgg.deploy.onnx_export import export_module
+    from mmrepvgg.deploy.onnx import export_module
     from mmrepvgg.models import RepVGG
 
     class Last(torch.nn.Module):
@@ -231,3 +230,53 @@ def test_a_conv_left_float_is_caught(tmp_path):
     assert (fp32.integer, fp32.float) == (0, 5)
     with pytest.raises(QuantizationError, match='no convolution runs as an integer'):
         check_integer_convs(fp32, kept_float=5)
+
+
+# ------------------------------------------------------------------ refused before any work
+
+def _no_data_config(tmp_path: Path) -> tuple[Path, Path]:
+    """A small classifier config whose dataset folders do not exist, and a checkpoint."""
+    from tests.deploy.test_runtime_meta import cls_config, save
+    cfg = cls_config()
+    for split in ('train', 'val', 'test'):
+        cfg[f'{split}_dataloader'].dataset.data_root = str(tmp_path / 'no_data')
+    return save(cfg, tmp_path, 'cls')
+
+
+def _image_folder(folder: Path, count: int = 2) -> Path:
+    import cv2
+    folder.mkdir()
+    for i in range(count):
+        cv2.imwrite(str(folder / f'{i}.png'), np.full((40, 40, 3), 40 * i, np.uint8))
+    return folder
+
+
+def test_eval_without_the_dataset_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """issue 22: ``--eval`` without the dataset failed only after the export and calibration;
+    now one line with tools/test.py's data-root hint, before the checkpoint is read."""
+    import torch
+    cfg_file, ckpt = _no_data_config(tmp_path)
+    monkeypatch.setattr(torch, 'load', never_called)
+    out = tmp_path / 'x.onnx'
+    calib = _image_folder(tmp_path / 'calib')  # calibration data there: only --eval lacks it
+    assert quantize_tool.main([str(cfg_file), str(ckpt), str(out), '--eval', '--calib-dir',
+                               str(calib), '--shape', '32', '32']) == 1
+    line = one_error_line(capsys)
+    assert 'Dataset folder not found' in line and 'test_dataloader.dataset.data_root=DIR' in line
+    # calibrating on the train split needs it too
+    assert quantize_tool.main([str(cfg_file), str(ckpt), str(out), '--shape', '32', '32']) == 1
+    assert 'train_dataloader.dataset.data_root=DIR' in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_calib_dir_file_that_is_no_image_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    """issue 23 item 8: a text file named a.png gave mmcv's AssertionError traceback."""
+    import torch
+    cfg_file, ckpt = _no_data_config(tmp_path)
+    folder = _image_folder(tmp_path / 'calib')
+    (folder / 'a.png').write_text('not an image')
+    monkeypatch.setattr(torch, 'load', never_called)
+    assert quantize_tool.main([str(cfg_file), str(ckpt), str(tmp_path / 'x.onnx'),
+                               '--calib-dir', str(folder), '--shape', '32', '32']) == 1
+    line = one_error_line(capsys)
+    assert str(folder / 'a.png') in line and 'not an image' in line

@@ -14,12 +14,10 @@ import torch
 from projects.qa_digits.quant_error import quantize_symmetric
 from projects.qa_digits.quant_error import sqnr_db as weight_sqnr_db
 from mmrepvgg.deploy.onnx_eval import build_dataset, capture_inputs
-from mmrepvgg.deploy.onnx_export import export_onnx
-from mmrepvgg.deploy.ort import create_session, read_metadata
-from mmrepvgg.deploy.quant_report import report_markdown
-from mmrepvgg.deploy.ptq import quantize_checkpoint
-from mmrepvgg.deploy.quantize import QuantSettings, qdq_summary, weighted_layers
+from mmrepvgg.deploy.onnx import create_session, read_metadata
+from mmrepvgg.deploy.quantize import QuantSettings, qdq_summary, report_markdown, weighted_layers
 from mmrepvgg.utils.metrics import tensor_sqnr_db
+from tests.deploy.helpers import export_onnx, quantize_checkpoint
 from tests.helpers import load_tool, never_called, one_error_line
 
 quantize_tool = load_tool('quantize')
@@ -76,17 +74,15 @@ def test_partial_per_tensor_quantization_keeps_the_most_sensitive_layers(
         trained_digits, tmp_path, monkeypatch):
     cfg, ckpt = trained_digits
     out = tmp_path / 'partial.onnx'
-    import mmrepvgg.deploy.ptq as ptq
     import mmrepvgg.deploy.quantize as quantize
     sessions = []
 
-    def create_session(model, threads=None):
+    def create_session(model, threads=None, **kwargs):
         sessions.append(Path(model).name if isinstance(model, (str, Path)) else 'proto')
-        return real_create_session(model, threads)
+        return real_create_session(model, threads, **kwargs)
 
     real_create_session = quantize.create_session
     monkeypatch.setattr(quantize, 'create_session', create_session)
-    monkeypatch.setattr(ptq, 'create_session', create_session)
     result = quantize_checkpoint(cfg, ckpt, out, QuantSettings('percentile', per_channel=False),
                                  calib_images=16, sensitivity_images=4, keep_float=2,
                                  keep_float_layers=['head.fc'], shape=(32, 32), threads=1,
@@ -124,7 +120,7 @@ def test_cli_refusals(trained_digits, tmp_path, capsys, monkeypatch):
         return lines[-1]
 
     # every output path is checked before the export: the exporter is never reached
-    monkeypatch.setattr('mmrepvgg.deploy.ptq.export_onnx', never_called)
+    monkeypatch.setattr('mmrepvgg.deploy.quantize.export_onnx', never_called)
     out = tmp_path / 'int8.onnx'
     out.write_bytes(b'keep')
     assert 'exists; pass --force' in refused(out)
@@ -165,7 +161,7 @@ def test_cli_refusals(trained_digits, tmp_path, capsys, monkeypatch):
             f'error: argument {bad[0]}: {message}')
     monkeypatch.undo()
     # a layer name that does not exist fails after the export, before the calibration
-    monkeypatch.setattr('mmrepvgg.deploy.ptq.calibrate', never_called)
+    monkeypatch.setattr('mmrepvgg.deploy.quantize.calibrate', never_called)
     assert 'No weighted layer' in refused(tmp_path / 'b.onnx', '--keep-float-layers',
                                           'backbone.nope', early=False)
     assert not (tmp_path / 'b.onnx').exists()

@@ -15,11 +15,11 @@ from mmengine.config import Config
 
 import mmrepvgg  # noqa: F401
 from mmrepvgg.deploy import build_model
-from mmrepvgg.deploy.onnx_export import export_onnx
-from mmrepvgg.deploy.ort import read_metadata
+from mmrepvgg.deploy.onnx import read_metadata
 from mmrepvgg.utils.errors import ExportError, RuntimeMetaError
 from mmrepvgg_runtime import RUNTIME_KEY
-from tests.helpers import load_tool, randomize_bn_
+from tests.deploy.helpers import export_onnx
+from tests.helpers import load_tool, one_error_line, randomize_bn_
 from tests.runtime import onnx_models as om
 from tests.runtime.test_cli import assert_torch_free, run_blocked
 
@@ -174,6 +174,26 @@ def test_a_shape_the_test_behaviour_never_feeds_is_refused(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_shape_no_image_gives_under_a_keep_ratio_resize_is_refused(tmp_path, capsys):
+    """issue 23 item 9: the demo PSPNet resizes keeping the ratio to fit 256x128, so every
+    network input has its long edge at 256 or its short edge at 128; a 64x64 graph was
+    exported, and then the runtime refused every image."""
+    from mmrepvgg.deploy.runtime_meta import check_runtime_shape, runtime_spec
+    cfg = demo_seg_config()
+    cfg_file, ckpt = save(cfg, tmp_path, 'whole')
+    out = tmp_path / 'x.onnx'
+    assert export_tool.main([str(cfg_file), str(ckpt), str(out), '--shape', '64', '64']) == 1
+    line = one_error_line(capsys)
+    assert 'keeping its aspect ratio' in line and 'no image gives a 64x64 input' in line
+    assert not out.exists()
+    spec = runtime_spec(cfg, build_model(cfg))
+    for fits in ((128, 256), (128, 200), (100, 256), (256, 128), (128, 128)):
+        assert check_runtime_shape(spec, fits, 'cfg') == fits
+    for never in ((64, 64), (129, 256), (128, 257), (200, 200)):
+        with pytest.raises(RuntimeMetaError, match='no image gives'):
+            check_runtime_shape(spec, never, 'cfg')
+
+
 @pytest.fixture(scope='module')
 def tiny_cls(tmp_path_factory):
     return save(cls_config(), tmp_path_factory.mktemp('opset'), 'cls')
@@ -197,8 +217,8 @@ def test_opset_is_refused_where_not_honoured(tiny_cls, tmp_path, capsys, exporte
     out = tmp_path / 'a.onnx'
     assert export_tool.main([str(cfg_file), str(ckpt), str(out), '--opset', str(opset),
                              '--exporter', exporter]) == 1
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith('error: ') and f'{opset}' in line, line
+    line = one_error_line(capsys)  # only ours: no converter traceback before it (issue 23)
+    assert f'{opset}' in line, line
     assert not out.exists()
     with pytest.raises(ExportError):
         export_onnx(str(cfg_file), ckpt, out, exporter=exporter, opset=opset)

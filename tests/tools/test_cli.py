@@ -72,9 +72,9 @@ def test_a_device_that_is_not_there_is_refused_before_any_model_is_built(
     exit 1, and nothing built or loaded first."""
     import torch
 
+    import mmrepvgg.deploy.build as build
     import projects.benchmark.models as models
     import projects.benchmark.peers as peers
-    import mmrepvgg.deploy.onnx_export as onnx_export
     from mmrepvgg.models.backbone import RepVGG
 
     def built(*args, **kwargs):
@@ -85,7 +85,7 @@ def test_a_device_that_is_not_there_is_refused_before_any_model_is_built(
     monkeypatch.setattr(models, 'build_model', built)  # every config
     monkeypatch.setattr(peers, 'build_model_cfg', built)  # every mmpretrain peer
     monkeypatch.setattr(RepVGG, '__init__', built)  # every backbone
-    monkeypatch.setattr(onnx_export, 'load_model', built)  # a checkpoint
+    monkeypatch.setattr(build, 'load_mapped_state', built)  # a checkpoint
     monkeypatch.chdir(ROOT)
     assert run_script(monkeypatch, tool, *argv, '--device', device) == 1
     assert one_error_line(capsys).startswith(f'error: {match}')

@@ -193,11 +193,11 @@ def test_update_docs_writes_through_a_link(tmp_path, monkeypatch, capsys):
 # -- item 9: outputs that cannot be written fail before the work ----------------------------
 
 def test_a_dangling_link_output_fails_before_the_export(chain, tmp_path, monkeypatch, capsys):
-    from mmrepvgg.deploy import onnx_export
+    from mmrepvgg.deploy import build
     from tests.helpers import never_called
     dangling = tmp_path / 'out.onnx'
     dangling.symlink_to(tmp_path / 'missing' / 'target.onnx')
-    monkeypatch.setattr(onnx_export, 'load_model', never_called, raising=False)
+    monkeypatch.setattr(build, 'load_mapped_state', never_called)
     status = load_tool('export_onnx').main([str(chain['leaf']), str(chain['ckpt']),
                                             str(dangling)])
     line = one_error_line(capsys)

@@ -221,7 +221,7 @@ def test_achieved_tflops_and_fraction_of_peak(report):
     from projects.benchmark.complexity import count_complexity
     from projects.benchmark.models import build_from_spec as build_model
     from projects.benchmark.models import example_input
-    from mmrepvgg.deploy.forward import TensorForward
+    from mmrepvgg.deploy.build import TensorForward
     r = next(r for r in report['results'] if r['variant'] == 'train')
     macs = count_complexity(TensorForward(build_model('A0').model), example_input((32, 32))).flops
     assert r['gmacs_per_example'] == pytest.approx(macs / 1e9)
@@ -337,7 +337,7 @@ def test_peers_in_the_same_run():
 def _deployed_pair(arch, spec, num_classes=10):
     from projects.benchmark.models import build_from_spec as build_model
     from projects.benchmark.peers import build_peer
-    from mmrepvgg.deploy.forward import TensorForward
+    from mmrepvgg.deploy.build import TensorForward
     from mmrepvgg.models import reparameterize
     ours = TensorForward(reparameterize(build_model(arch, num_classes=num_classes).model)).eval()
     return ours, TensorForward(build_peer(spec, num_classes).model).eval()
@@ -456,7 +456,7 @@ def test_peer_d2se_timm_matches_and_mmpretrain_is_another_network():
     from projects.benchmark.models import classifier_cfg
     from projects.benchmark.peers import check_same_outputs, copy_weights
     from mmrepvgg.deploy.build import build_model_cfg
-    from mmrepvgg.deploy.forward import TensorForward
+    from mmrepvgg.deploy.build import TensorForward
     ours, timm_peer = _deployed_pair('D2se', 'timm:D2se')
     assert copy_weights(ours, timm_peer, 'mmrepvgg', 'timm') == 290
     assert check_same_outputs(ours, timm_peer, (32, 32)) <= 1e-5
