@@ -23,9 +23,9 @@ from torch.nn.modules.batchnorm import _NormBase
 from ..checkpoint import (check_state_dict, drop_config_code, extract_state_dict,
                           installed_trust, is_deployed_state, is_optional_key,
                           save_checkpoint_atomic)
-from ..deploy import (DEFAULT_TOLERANCE, FoldReport, check_block_type, check_finite_state,
-                      count_blocks, deploy_meta, fold_and_verify)
-from ..deploy.convert import plain_value
+from ..deploy import (DEFAULT_TOLERANCE, FoldReport, check_finite_state, count_blocks,
+                      deploy_meta, fold_and_verify, plain_value)
+from ..deploy.build import check_block_type
 from ..models import RepBlockBase, prepare_state_dict, reparameterize
 from ..registry import HOOKS, register_alias
 from ..utils.errors import CheckpointError, FoldError, VerificationError
