@@ -16,7 +16,7 @@ an :class:`ExportReport` holding the ``onnx.ModelProto``. Graph contract:
 Two exporters: ``dynamo`` (``torch.export``, the default; needs ``onnxscript``) and
 ``torchscript``. Adaptive average pools (PSPNet's pyramid pooling) are plain
 ``AveragePool`` only where their input size is a multiple of their output size; otherwise
-the TorchScript exporter refuses (:class:`PoolShapeError`, listing the sizes that work) and
+the TorchScript exporter refuses (:class:`ExportError`, listing the sizes that work) and
 the dynamo exporter writes them exactly as gathers (a note lists the friendlier sizes).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from mmrepvgg_runtime.errors import ModelLoadError, error_message
 from mmrepvgg_runtime.model import create_session as _runtime_session
 
-from ..utils.errors import ExportError, PoolShapeError, VerificationError
+from ..utils.errors import ExportError, VerificationError
 from ..utils.optional import require
 from .build import TensorForward, find_backbone, input_shape_from_config, tensor_outputs
 from .convert import deploy_meta
@@ -281,7 +281,7 @@ def check_adaptive_pools(model: nn.Module, shape: tuple[int, int], exporter: str
         None if every pool divides its input; else (dynamo) a one-line note.
 
     Raises:
-        PoolShapeError: For the TorchScript exporter, with the sizes that work.
+        ExportError: For the TorchScript exporter, with the sizes that work.
     """
     seen = seen or probe(model, shape)
     bad = [p for p in seen.pools if not (p.divides(0) and p.divides(1))]
@@ -297,7 +297,7 @@ def check_adaptive_pools(model: nn.Module, shape: tuple[int, int], exporter: str
             f'{bad[0].input_size[0]}x{bad[0].input_size[1]} map at {shape[0]}x{shape[1]}, '
             'not a multiple of their output sizes')
     if exporter == 'torchscript':
-        raise PoolShapeError(f'Cannot export at {shape[0]}x{shape[1]} with the TorchScript '
+        raise ExportError(f'Cannot export at {shape[0]}x{shape[1]} with the TorchScript '
                              f'exporter: {what}. Sizes that work: {where} (--shape H W), or '
                              'use --exporter dynamo, which exports them exactly as gathers')
     return (f'{what}: exported exactly as gathers and means (slower than AveragePool); '
@@ -659,8 +659,8 @@ def export_onnx(model: nn.Module, cfg: Config, options: ExportOptions | None = N
             the graph is not the folded one.
         ExportError: The exporter fails, cannot write the opset, or ``onnx.checker`` rejects
             the graph.
-        PoolShapeError: The TorchScript exporter cannot export the adaptive pools at the size.
-        RuntimeMetaError: ``runtime_meta`` and the test behaviour (or ``shape``) has no
+        ExportError: The TorchScript exporter cannot export the adaptive pools at the size.
+        ExportError: ``runtime_meta`` and the test behaviour (or ``shape``) has no
             runtime equivalent.
         MissingDependencyError: onnx, onnxruntime (or onnxscript for dynamo) is missing.
     """

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from mmrepvgg_runtime.files import collect_images
 
-from ..utils.errors import ConfigError, DataError, DataNotFoundError, InputSizeError
+from ..utils.errors import ConfigError, DataError, ExportError
 from ..utils.timing import time_interleaved
 from .onnx import ExportOptions, create_session, export_onnx, run_session, session_batch
 from .runtime_meta import innermost_dataset, task_of, test_pipeline
@@ -121,7 +121,7 @@ class OnnxPredictor:
     def run(self, x: Tensor) -> Tensor:
         """The session on a preprocessed batch (float32 logits)."""
         if all(isinstance(s, int) for s in self.shape) and tuple(x.shape[2:]) != self.shape:
-            raise InputSizeError(
+            raise ExportError(
                 f'The model is fed {x.shape[2]}x{x.shape[3]} inputs but the ONNX graph takes '
                 f'{self.shape[0]}x{self.shape[1]}: export it with --shape {x.shape[2]} '
                 f'{x.shape[3]}')
@@ -194,7 +194,7 @@ def calib_images(folder: str | os.PathLike) -> list[Path]:
     Raises:
         FileNotFoundError: No such folder.
         NotADirectoryError: It is a file.
-        DataNotFoundError: It holds no images.
+        FileNotFoundError: It holds no images.
         DataError: A file that no OpenCV decoder reads (e.g. text named ``a.png``).
     """
     path = Path(os.path.expanduser(os.fspath(folder)))
@@ -205,7 +205,7 @@ def calib_images(folder: str | os.PathLike) -> list[Path]:
     try:
         images = collect_images([path])
     except ValueError as err:  # RuntimeInputError: no images
-        raise DataNotFoundError(f'--calib-dir: {err}') from None
+        raise FileNotFoundError(f'--calib-dir: {err}') from None
     for image in images:  # the header only: a file no decoder knows is refused before any work
         if not cv2.haveImageReader(str(image)):
             raise DataError(f'--calib-dir: {image} is not an image that OpenCV can read')
@@ -258,7 +258,7 @@ def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split:
 
     Raises:
         DataError: An image of ``images`` the pipeline cannot read.
-        InputSizeError: An image the graph's input size does not fit (from the session).
+        ExportError: An image the graph's input size does not fit (from the session).
     """
     dataset = build_dataset(cfg, split) if images is None else None
     count = len(dataset) if images is None else len(images)
@@ -285,7 +285,7 @@ def capture_inputs(cfg: Config, model: nn.Module, session: Any, num: int, split:
             break
     bar.close()
     if not captured:
-        raise DataNotFoundError(f'No {split} images to calibrate on')
+        raise FileNotFoundError(f'No {split} images to calibrate on')
     return captured
 
 

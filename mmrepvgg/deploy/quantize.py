@@ -33,7 +33,7 @@ from tqdm import tqdm
 from mmrepvgg_runtime.metadata import RUNTIME_KEY
 
 from ..utils.device import device_info
-from ..utils.errors import QuantizationError
+from ..utils.errors import ExportError
 from ..utils.metrics import tensor_sqnr_db
 from ..utils.optional import require
 from .onnx import (ExportOptions, as_proto, create_session, export_onnx, graph_summary,
@@ -197,7 +197,7 @@ def resolve_layers(names: Sequence[str], layers: Sequence[tuple[str, str]]) -> l
     """Node names for layer names given as ONNX node names or module paths.
 
     Raises:
-        QuantizationError: For a name that is neither, listing a few valid ones.
+        ExportError: For a name that is neither, listing a few valid ones.
     """
     by_node = {n for n, _ in layers}
     by_module = {node_module(n): n for n, _ in layers}
@@ -209,7 +209,7 @@ def resolve_layers(names: Sequence[str], layers: Sequence[tuple[str, str]]) -> l
             out.append(by_module[name])
         else:
             examples = ', '.join(node_module(n) for n, _ in layers[:3])
-            raise QuantizationError(f'No weighted layer {name!r} in the graph; give module '
+            raise ExportError(f'No weighted layer {name!r} in the graph; give module '
                                     f'paths such as {examples} (or ONNX node names)')
     return list(dict.fromkeys(out))
 
@@ -338,7 +338,7 @@ def check_integer_convs(execution: ConvExecution, kept_float: int = 0, strict: b
         The summary line (with the kept-float count).
 
     Raises:
-        QuantizationError: ``strict`` and more convolutions run in float than were kept
+        ExportError: ``strict`` and more convolutions run in float than were kept
             float, or none runs as an integer convolution.
     """
     line = execution.summary()
@@ -357,7 +357,7 @@ def check_integer_convs(execution: ConvExecution, kept_float: int = 0, strict: b
                         'Runtime')
     for message in problems:
         if strict:
-            raise QuantizationError(message)
+            raise ExportError(message)
         print_log(f'WARNING: {message}', logger='current', level=30)
     return line
 
@@ -387,8 +387,8 @@ class QuantizeOptions:
 
     Raises:
         ValueError: A count out of range.
-        QuantizationError: ``keep_float`` without ``sensitivity``.
-        FileNotFoundError, NotADirectoryError, DataNotFoundError, DataError: A bad
+        ExportError: ``keep_float`` without ``sensitivity``.
+        FileNotFoundError, NotADirectoryError, FileNotFoundError, DataError: A bad
             ``calib_dir`` (:func:`calib_images`).
     """
 
@@ -417,7 +417,7 @@ class QuantizeOptions:
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f'{name} must be an int >= {least}, got {value!r}')
         if self.keep_float and not self.sensitivity:
-            raise QuantizationError('--keep-float K keeps the K most sensitive layers: it '
+            raise ExportError('--keep-float K keeps the K most sensitive layers: it '
                                     'needs the sensitivity ranking')
         if self.calib_dir is not None:
             self.calib_files = calib_images(self.calib_dir)
@@ -467,7 +467,7 @@ def _quantize_checked(prepared: Path, cache: Path, opts: QuantizeOptions, kept: 
     proto = require('onnx').load(str(int8_path))
     summary = qdq_summary(proto)
     if not summary['quantized_layers'] or not summary['int8_initializers']:
-        raise QuantizationError(f'No layer of {where} would be int8 (quantized layers: '
+        raise ExportError(f'No layer of {where} would be int8 (quantized layers: '
                                 f'{len(summary["quantized_layers"])}, int8 tensors: '
                                 f'{summary["int8_initializers"]})')
     ops = dict(layers)
@@ -523,9 +523,9 @@ def quantize_model(model: nn.Module, cfg: Config, options: QuantizeOptions | Non
         :class:`Quantized`.
 
     Raises:
-        QuantizationError: A ``keep_float_layers`` name the graph does not have; no layer
+        ExportError: A ``keep_float_layers`` name the graph does not have; no layer
             left to quantize; a quantized Conv that ONNX Runtime runs in float.
-        ExportError, RuntimeMetaError, InputSizeError: From the export.
+        ExportError, ExportError, ExportError: From the export.
     """
     opts = options or QuantizeOptions()
     fp32_report = export_onnx(model, cfg, opts.export, deployed, checkpoint_meta)
@@ -539,7 +539,7 @@ def quantize_model(model: nn.Module, cfg: Config, options: QuantizeOptions | Non
         layers = weighted_layers(prepared)
         requested = resolve_layers(opts.keep_float_layers, layers)  # a typo fails first
         if opts.keep_float >= len(layers) or len(set(requested)) >= len(layers):
-            raise QuantizationError(
+            raise ExportError(
                 f'--keep-float {opts.keep_float}{" --keep-float-layers" if requested else ""} '
                 f'keeps all {len(layers)} weighted layers in float: nothing would be int8')
         fp32 = create_session(prepared, opts.threads)

@@ -6,7 +6,7 @@ model, without torch or OpenMMLab: the test pipeline's resize and crop, the data
 preprocessor's mean, std and channel order, the segmentor's whole or sliding-window
 inference and ``align_corners``, the class names and palette. Only what the runtime
 reproduces exactly is accepted; anything else is refused in one line
-(:class:`RuntimeMetaError`) naming the step.
+(:class:`ExportError`) naming the step.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from mmrepvgg_runtime.metadata import RUNTIME_KEY, RuntimeSpec
 
-from ..utils.errors import RuntimeMetaError
+from ..utils.errors import ExportError
 
 __all__ = ['RUNTIME_KEY', 'runtime_spec', 'check_runtime_shape', 'runtime_input_shape',
            'test_pipeline', 'dataset_info', 'task_of', 'preprocessing', 'innermost_dataset']
@@ -83,13 +83,13 @@ def test_pipeline(cfg: Config, task: str) -> list[dict]:
     inferencer (else ``cfg.test_pipeline``).
 
     Raises:
-        RuntimeMetaError: The config has none.
+        ExportError: The config has none.
     """
     from_loader = _test_dataset(cfg).get('pipeline')
     top = cfg.get('test_pipeline')
     pipeline = (top or from_loader) if task == 'segmentation' else (from_loader or top)
     if not pipeline:
-        raise RuntimeMetaError(f'{cfg.filename or "the config"} has no test pipeline: the '
+        raise ExportError(f'{cfg.filename or "the config"} has no test pipeline: the '
                                'runtime cannot know how to preprocess images')
     return [dict(step) for step in pipeline]
 
@@ -107,12 +107,12 @@ def convert_step(step: Mapping, where: str) -> dict | None:
     """One test-pipeline transform as a runtime step (None: nothing to do).
 
     Raises:
-        RuntimeMetaError: A transform (or option) the runtime does not reproduce.
+        ExportError: A transform (or option) the runtime does not reproduce.
     """
     kind = str(step.get('type', '')).split('.')[-1]
 
-    def refuse(why: str) -> RuntimeMetaError:
-        return RuntimeMetaError(f'{where}: the test pipeline step {dict(step)} {why}; '
+    def refuse(why: str) -> ExportError:
+        return ExportError(f'{where}: the test pipeline step {dict(step)} {why}; '
                                 'mmrepvgg_runtime (tools/infer_onnx.py) cannot run this model '
                                 'as the config tests it')
 
@@ -152,10 +152,10 @@ def _check_no_padding(cfg: Config, where: str) -> None:
     pre = dict(cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {})
     test_cfg = dict(pre.get('test_cfg') or {})
     if test_cfg.get('size') or test_cfg.get('size_divisor'):
-        raise RuntimeMetaError(f'{where}: the data preprocessor pads test images '
+        raise ExportError(f'{where}: the data preprocessor pads test images '
                                f'(test_cfg={test_cfg}); mmrepvgg_runtime does not')
     if int(pre.get('pad_size_divisor', 1) or 1) > 1:
-        raise RuntimeMetaError(f'{where}: the data preprocessor pads images to a multiple of '
+        raise ExportError(f'{where}: the data preprocessor pads images to a multiple of '
                                f'{pre["pad_size_divisor"]}; mmrepvgg_runtime does not')
 
 
@@ -164,7 +164,7 @@ def _segmentation_spec(model: nn.Module, where: str) -> dict:
     test_cfg = dict(getattr(model, 'test_cfg', None) or {})
     mode = test_cfg.get('mode', 'whole')
     if mode not in ('slide', 'whole'):
-        raise RuntimeMetaError(f'{where}: test_cfg mode {mode!r} is not whole or slide')
+        raise ExportError(f'{where}: test_cfg mode {mode!r} is not whole or slide')
     raw: dict[str, Any] = dict(inference=dict(mode='whole'),
                                align_corners=bool(getattr(head, 'align_corners', False)))
     if mode == 'slide':
@@ -188,7 +188,7 @@ def runtime_spec(cfg: Config, model: nn.Module, classes: Sequence[str] | None = 
         precision: ``'fp32'``, ``'fp16'`` or ``'int8'``.
 
     Raises:
-        RuntimeMetaError: The test behaviour has no exact runtime equivalent.
+        ExportError: The test behaviour has no exact runtime equivalent.
     """
     where = cfg.filename or 'the config'
     task = task_of(model)
@@ -208,7 +208,7 @@ def runtime_spec(cfg: Config, model: nn.Module, classes: Sequence[str] | None = 
     try:
         return RuntimeSpec.from_dict(raw, where)
     except ValueError as err:
-        raise RuntimeMetaError(str(err)) from None
+        raise ExportError(str(err)) from None
 
 
 def runtime_input_shape(spec: RuntimeSpec) -> tuple[int, int] | None:
@@ -238,14 +238,14 @@ def check_runtime_shape(spec: RuntimeSpec, shape: Sequence[int] | None,
         ``(H, W)``.
 
     Raises:
-        RuntimeMetaError: No default (the test pipeline keeps each image's own size), or a
+        ExportError: No default (the test pipeline keeps each image's own size), or a
             ``shape`` the test behaviour never feeds (not the slide window, not the size a
             center crop or a fixed resize gives).
     """
     fixed = runtime_input_shape(spec)
     if shape is None:
         if fixed is None:
-            raise RuntimeMetaError(
+            raise ExportError(
                 f'{where}: the test pipeline ({spec.describe()}) does not fix the input size, '
                 'the network sees each image at its own size: pass --shape H W, the size of '
                 'your images after the test pipeline')
@@ -256,7 +256,7 @@ def check_runtime_shape(spec: RuntimeSpec, shape: Sequence[int] | None,
                                                        and not spec.pipeline[-1]['keep_ratio'])))
     if strict and fixed is not None and shape != fixed:
         what = ('slide inference feeds' if spec.mode == 'slide' else 'the test pipeline gives')
-        raise RuntimeMetaError(
+        raise ExportError(
             f'{where}: {what} {fixed[0]}x{fixed[1]} inputs, so a {shape[0]}x{shape[1]} graph '
             'cannot run as the config tests the model: omit --shape (or pass '
             '--no-runtime-meta for a graph that tools/infer_onnx.py will not run)')
@@ -277,7 +277,7 @@ def _check_keep_ratio_shape(scale: Sequence[int], shape: tuple[int, int], where:
     long, short = max(shape), min(shape)
     if (long == top and short <= low) or (short == low and long <= top):
         return
-    raise RuntimeMetaError(
+    raise ExportError(
         f'{where}: the test pipeline resizes every image keeping its aspect ratio until it '
         f'fits {scale[0]}x{scale[1]} (one edge {top} or {low}), so no image gives a '
         f'{shape[0]}x{shape[1]} input: pass --shape with one edge at that limit (e.g. '

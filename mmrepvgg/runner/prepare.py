@@ -19,7 +19,7 @@ from mmengine.logging import print_log
 from ..checkpoint import check_checkpoint_path
 from ..utils.config import (SYNC_BN_TYPES, config_files, load_config, replace_sync_bn, scope_of,
                             walk_dicts)
-from ..utils.errors import ConfigError, DataNotFoundError, PretrainedNotFoundError, SameFileError
+from ..utils.errors import ConfigError, SameFileError
 from ..utils.fileio import check_output_path
 
 
@@ -90,7 +90,7 @@ def check_data(cfg: Config, loaders: tuple[str, ...] = ('train', 'val', 'test'))
     image folder of its ``data_prefix``.
 
     Raises:
-        DataNotFoundError: Naming the folder, the config key and how to fix it.
+        FileNotFoundError: Naming the folder, the config key and how to fix it.
     """
     for loader in loaders:
         loader_cfg = cfg.get(f'{loader}_dataloader')
@@ -106,7 +106,7 @@ def check_data(cfg: Config, loaders: tuple[str, ...] = ('train', 'val', 'test'))
             folder = root if not osp.isdir(root) or not isinstance(sub, str) or \
                 osp.isabs(sub) else osp.join(root, sub)
             if not osp.isdir(folder):
-                raise DataNotFoundError(
+                raise FileNotFoundError(
                     f'Dataset folder not found: {folder} ({loader}_dataloader.dataset, '
                     f'data_root={root!r}). Cityscapes: unzip gtFine_trainvaltest.zip and '
                     'leftImg8bit_trainvaltest.zip there and run tools/prepare_cityscapes.py; '
@@ -128,11 +128,11 @@ def pretrained_files(model_cfg: Any) -> list[str]:
 
 
 def check_pretrained(cfg: Config) -> None:
-    """Fail early if a pretrained file of the model is missing (:class:`PretrainedNotFoundError`
+    """Fail early if a pretrained file of the model is missing (:class:`FileNotFoundError`
     naming every missing file and what to do)."""
     missing = [f for f in pretrained_files(cfg.get('model', {})) if not osp.isfile(f)]
     if missing:
-        raise PretrainedNotFoundError(
+        raise FileNotFoundError(
             'Pretrained weights not found: ' + ', '.join(missing) + '.\n'
             '  RepVGG: convert ImageNet weights (official, mmpretrain or timm) into '
             'checkpoints/ with tools/convert_weights.py, or train one with '

@@ -11,10 +11,9 @@ from __future__ import annotations
 from mmrepvgg_runtime.errors import (USER_ERRORS, MissingDependencyError, SameFileError,
                                      UserError, error_message)
 
-__all__ = ['CheckpointError', 'SameFileError', 'FoldError', 'VerificationError',
-           'MissingDependencyError', 'ExportError', 'InputSizeError', 'RuntimeMetaError',
-           'PoolShapeError', 'QuantizationError', 'ConfigError', 'PretrainedNotFoundError',
-           'DataNotFoundError', 'DataError', 'UserError', 'user_errors', 'error_message']
+__all__ = ['CheckpointError', 'FoldError', 'VerificationError', 'ExportError', 'ConfigError',
+           'DataError', 'SameFileError', 'MissingDependencyError', 'UserError', 'user_errors',
+           'error_message']
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -31,42 +30,20 @@ class VerificationError(UserError, RuntimeError):
 
 
 class ExportError(UserError, RuntimeError):
-    """The model cannot be exported as asked: the exporter fails on it, ``onnx.checker``
-    rejects the graph, or the input size does not suit the model or the data."""
-
-
-class InputSizeError(ExportError, ValueError):
-    """An input size the exported graph cannot take (or the data does not give it)."""
-
-
-class RuntimeMetaError(ExportError):
-    """The config's test behaviour (or the requested input size) has no exact equivalent in
-    ``mmrepvgg_runtime``: the exported file could not be run as the config tests the model."""
-
-
-class PoolShapeError(InputSizeError):
-    """The adaptive pools cannot be exported at the requested input size."""
-
-
-class QuantizationError(UserError, ValueError):
-    """A quantization request the graph cannot meet (a layer to keep in float that it does
-    not have, ``keep_float`` without the sensitivity ranking that picks the layers)."""
+    """The model cannot be exported or quantized as asked: the exporter fails on it,
+    ``onnx.checker`` rejects the graph, the input size does not suit the model or the data
+    (or the adaptive pools), the config's test behaviour has no exact runtime equivalent, or
+    a quantization request the graph cannot meet."""
 
 
 class ConfigError(UserError, ValueError):
     """The config (with its ``--cfg-options``) does not build a valid runner or model."""
 
 
-class PretrainedNotFoundError(UserError, FileNotFoundError):
-    """A pretrained file named by the model's ``init_cfg`` does not exist."""
-
-
-class DataNotFoundError(UserError, FileNotFoundError):
-    """A dataset folder named by the config does not exist."""
-
-
 class DataError(UserError, ValueError):
-    """A dataset file is corrupt or malformed (a Cityscapes polygon file that is not JSON)."""
+    """A dataset or calibration file is corrupt or malformed (a Cityscapes polygon file that
+    is not JSON, a file named ``.png`` that no decoder reads). A missing folder or file is
+    a ``FileNotFoundError``."""
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -17,7 +17,7 @@ import pytest
 
 from mmrepvgg.deploy.onnx import read_metadata
 from mmrepvgg.deploy.quantize import check_integer_convs, executed_convs, qdq_summary
-from mmrepvgg.utils.errors import DataNotFoundError, QuantizationError
+from mmrepvgg.utils.errors import ExportError
 from mmrepvgg_runtime import RUNTIME_KEY
 from tests.deploy.helpers import quantize_checkpoint
 from tests.helpers import load_tool, never_called, one_error_line
@@ -71,7 +71,7 @@ def test_keep_float_everything_is_refused_not_labelled_int8(trained_digits, tmp_
     """--keep-float 1000 used to write a model with 0 int8 tensors labelled 'int8 per-channel'."""
     cfg, ckpt = trained_digits
     out = tmp_path / 'all_float.onnx'
-    with pytest.raises(QuantizationError, match=f'keeps all {LAYERS} weighted layers in float'):
+    with pytest.raises(ExportError, match=f'keeps all {LAYERS} weighted layers in float'):
         quantize_checkpoint(cfg, ckpt, out, calib_images=4, keep_float=1000, shape=(32, 32),
                             threads=1, progress=False, fp32_out=tmp_path / 'f.onnx')
     assert sorted(p.name for p in tmp_path.iterdir()) == []
@@ -136,7 +136,7 @@ def test_calib_dir_messages(tmp_path):
     with pytest.raises(FileNotFoundError, match='does not exist'):
         calib_images(tmp_path / 'nope')
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(DataNotFoundError, match='--calib-dir: No images'):
+    with pytest.raises(FileNotFoundError, match='--calib-dir: No images'):
         calib_images(tmp_path / 'empty')
 
 
@@ -222,13 +222,13 @@ def test_a_conv_left_float_is_caught(tmp_path):
     bad = executed_convs(_qdq(_folded_repvgg(tmp_path / 'b.onnx', 'torchscript'),
                               tmp_path / 'b8.onnx'))
     assert bad.float >= 1 and bad.float_nodes and bad.integer + bad.float == 5
-    with pytest.raises(QuantizationError, match='run in float in ONNX Runtime'):
+    with pytest.raises(ExportError, match='run in float in ONNX Runtime'):
         check_integer_convs(bad, where='b8.onnx')
     check_integer_convs(bad, strict=False)  # warns, returns the summary
     assert check_integer_convs(bad, kept_float=bad.float).startswith('ONNX Runtime runs')
     fp32 = executed_convs(tmp_path / 'a.onnx')
     assert (fp32.integer, fp32.float) == (0, 5)
-    with pytest.raises(QuantizationError, match='no convolution runs as an integer'):
+    with pytest.raises(ExportError, match='no convolution runs as an integer'):
         check_integer_convs(fp32, kept_float=5)
 
 

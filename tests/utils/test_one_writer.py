@@ -23,13 +23,18 @@ def test_the_package_writes_and_reports_through_the_runtime():
 
 @pytest.mark.parametrize('cls', [errors.CheckpointError, errors.FoldError, errors.ConfigError,
                                  errors.VerificationError, errors.ExportError,
-                                 errors.InputSizeError, errors.RuntimeMetaError,
-                                 errors.PoolShapeError, errors.QuantizationError,
-                                 errors.PretrainedNotFoundError, errors.DataNotFoundError,
-                                 errors.DataError, errors.SameFileError,
+                                 errors.DataError, errors.SameFileError, FileNotFoundError,
                                  errors.MissingDependencyError, rt_errors.MetadataError])
 def test_every_error_class_is_bad_input(cls):
     assert issubclass(cls, errors.user_errors())
+
+
+def test_the_package_has_at_most_six_exception_classes():
+    """One home for errors (issue 24): the package defines at most six classes of its own."""
+    import inspect
+    own = [c for _, c in inspect.getmembers(errors, inspect.isclass)
+           if issubclass(c, BaseException) and c.__module__ == errors.__name__]
+    assert len(own) <= 6, own
 
 
 def test_error_message():
