@@ -170,19 +170,17 @@ class RepBlockBase(BaseModule):
             self._build_branches(norm_cfg)
         self.se = SEModule(out_channels) if use_se else None
         self.act = _build_act(act_cfg)
+        # :attr:`geometry` under the name of its state-dict key, so that key-to-attribute
+        # mappers (torch.distributed.checkpoint) find the key; a buffer, so that a model
+        # whose BNs all went on loading a deployed state still has one (DDP asserts on a
+        # model without buffers). Not persistent: saving and loading it is done below.
+        self.register_buffer(GEOMETRY_KEY, torch.tensor(self.geometry), persistent=False)
 
     @property
     def geometry(self) -> tuple[int, int, int, int]:
         """``(block type code, stride, dilation, groups)``: what a state dict records under
         :data:`~mmrepvgg.checkpoint.GEOMETRY_KEY` (see :func:`~.loading.prepare_blocks`)."""
         return (self.block_code, self.stride, self.dilation, self.groups)
-
-    @property
-    def rep_geometry(self) -> Tensor:
-        """:attr:`geometry` as the tensor saved under ``rep_geometry`` (the
-        :data:`~mmrepvgg.checkpoint.GEOMETRY_KEY`): an attribute of that name lets key-to-
-        attribute mappers such as ``torch.distributed.checkpoint`` find the key."""
-        return torch.tensor(self.geometry, dtype=torch.int64)
 
     @property
     def has_identity(self) -> bool:
@@ -214,6 +212,9 @@ class RepBlockBase(BaseModule):
         return self.se(out) if self.se is not None else out
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.deployed_by_load and self.training and torch.is_grad_enabled():
+            # training what was loaded folded (DDP would fail on the replaced parameters)
+            raise CheckpointError(deployed_training_message(type(self).__name__))
         if self.with_cp and x.requires_grad:
             out = cp.checkpoint(self._branches, x, use_reentrant=False)
         else:
@@ -269,8 +270,9 @@ class RepBlockBase(BaseModule):
         with torch.device('meta'):  # no random init of weights that are replaced at once
             reparam = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride,
                                 self.dilation, self.dilation, self.groups, bias=True)
-        reparam.weight = nn.Parameter(kernel.detach(), requires_grad=requires_grad)
-        reparam.bias = nn.Parameter(bias.detach(), requires_grad=requires_grad)
+        reparam.weight, reparam.bias = (
+            t if isinstance(t, nn.Parameter) else
+            nn.Parameter(t.detach(), requires_grad=requires_grad) for t in (kernel, bias))
         reparam.train(self.training)
         for name in self._branch_names:
             delattr(self, name)
@@ -281,7 +283,7 @@ class RepBlockBase(BaseModule):
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + GEOMETRY_KEY] = self.rep_geometry
+        destination[prefix + GEOMETRY_KEY] = torch.tensor(self.geometry)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict,
                               strict: bool, missing_keys: list, unexpected_keys: list,
@@ -355,9 +357,13 @@ class RepBlockBase(BaseModule):
     def take_deployed_form(self) -> None:
         """Switch to the deployed form, an all-zero ``branch_reparam`` that a deployed state
         is about to fill; the block then refuses training mode."""
-        weight = self.branch_3x3.conv.weight
-        shape = (self.out_channels, self.in_channels // self.groups, 3, 3)
-        self._take_folded(weight.new_zeros(shape), weight.new_zeros(self.out_channels))
+        # the same parameter objects, which the state then fills: a wrapper built on the
+        # training-time model (DDP) keeps holding what the block uses
+        weight, norm = self.branch_3x3.conv.weight, self.branch_3x3.norm
+        bias = getattr(norm, 'bias', None)
+        self._take_folded(weight, bias if isinstance(bias, nn.Parameter) else
+                          nn.Parameter(weight.new_zeros(self.out_channels),
+                                       requires_grad=weight.requires_grad))
         self.deployed_by_load = True
 
 

@@ -48,7 +48,8 @@ def test_deploy_block_has_the_folded_keys():
     state = block.state_dict()
     assert set(state) == {'branch_reparam.weight', 'branch_reparam.bias', 'rep_geometry'}
     assert state['rep_geometry'].tolist() == [1, 1, 2, 1]  # RepVGGBlock, stride, dilation, groups
-    assert 'rep_geometry' not in dict(block.named_buffers())  # a record, not a buffer
+    assert 'rep_geometry' in dict(block.named_buffers())  # (a non-persistent buffer:
+    assert 'rep_geometry' in block._non_persistent_buffers_set  # saved by the block)
 
 
 def test_training_mode_is_refused_and_model_untouched():

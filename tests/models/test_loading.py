@@ -332,3 +332,22 @@ def test_a_block_on_its_own_refuses_eval_after_another_geometry_as_its_log_says(
         block.eval()
     block.train()  # trained from here on
     block.eval()
+
+
+def test_ddp_training_model_given_a_deployed_state_works_in_eval_or_says_why_not(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0,
+                            world_size=1)
+    try:
+        source = trained()
+        model = DistributedDataParallel(RepVGG(ARCH, out_indices=(2, 3)))
+        model.load_state_dict({f'module.{k}': v for k, v in deployed_state(source).items()})
+        with torch.no_grad():
+            out = torch.cat([o.flatten() for o in model.eval()(X)])
+        assert rel_err(out, outputs(source)) <= 1e-5
+        model.module.stem.training = True  # (as a model left in training mode)
+        with pytest.raises(CheckpointError, match='no branches left to train'):
+            model(X)
+    finally:
+        dist.destroy_process_group()
