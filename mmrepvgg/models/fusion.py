@@ -191,18 +191,14 @@ def fuse_branches(conv3x3: tuple[Tensor, _BatchNorm],
     """The single 3x3 kernel and bias equal to a block's branches (Eq. 1), for both blocks.
 
     RepVGG (Eq. 1-4): ``bn3(conv3(x)) + bn1(conv1(x)) + bn0(x)``. QARepVGG (Chu et al. 2022,
-    its ``QARepVGGBlockV2``): ``post_norm(bn3(conv3(x)) + conv1(x) + x)``, a 1x1 branch and an
-    identity without BN and one BN on the sum. Both are affine in ``x``, so both fold into
-    one 3x3 conv with bias: the branches are summed as below, then a post BN with
-    ``post(y) = y * s + t`` scales that kernel by ``s`` and maps its bias ``b`` to
-    ``b * s + t`` (the same as shifting the BN's running mean by ``-b``).
+    its ``QARepVGGBlockV2``): ``post_norm(bn3(conv3(x)) + conv1(x) + x)``. Both are affine in
+    ``x``, so both fold into one 3x3 conv with bias: the branches are summed, then a post BN
+    ``post(y) = y * s + t`` scales that kernel by ``s`` and maps its bias ``b`` to ``b * s + t``.
 
     The padded 1x1 kernel (:func:`pad_to_3x3`) and the identity kernel
     (:func:`identity_kernel`) are zero except at the centre tap, so their (BN-scaled) values
-    are added to the centre tap of the scaled 3x3 kernel directly: the same float64 sums as
-    adding the padded kernels. Each output channel's fused kernel depends only on that
-    channel's weights and statistics, so the kernel is scaled in slices of output channels
-    (:data:`_SLICE_ELEMENTS`).
+    are added to the centre tap directly: the same float64 sums as adding the padded kernels,
+    done per slice of output channels (:data:`_SLICE_ELEMENTS`).
 
     Args:
         conv3x3: Kernel and BN of the 3x3 branch.
@@ -219,8 +215,7 @@ def fuse_branches(conv3x3: tuple[Tensor, _BatchNorm],
     Raises:
         FoldError: If a kernel or BN holds NaN/Inf or a BN has ``running_var + eps <= 0``.
     """
-    kernel3, norm3 = conv3x3
-    kernel3 = kernel3.detach()
+    kernel3, norm3 = conv3x3[0].detach(), conv3x3[1]
     channels, per_group = kernel3.shape[:2]
     if kernel3.shape[-2:] != (3, 3):
         raise ValueError(f'expected a 3x3 kernel, got {tuple(kernel3.shape)}')
@@ -249,11 +244,10 @@ def fuse_branches(conv3x3: tuple[Tensor, _BatchNorm],
         inputs.append((None, post_norm, ''))
         post_scale, post_shift = bn_scale_shift(post_norm)
         bias = bias * post_scale + post_shift
-    fused = torch.empty_like(kernel3)
+    fused, sums = torch.empty_like(kernel3), []  # (a slice's sum is NaN/Inf if any value is)
     step = max(1, _SLICE_ELEMENTS // max(1, kernel3[0].numel()))
     cols = torch.arange(channels, device=kernel3.device) % per_group  # identity taps
     rows = torch.arange(step, device=kernel3.device)
-    sums = []  # each slice's sum: NaN/Inf anywhere make it non-finite
     for k3, out, s3, k1_, s1, eye_, cols_, post in zip(*(
             _split(t, step) for t in (kernel3, fused, scale.reshape(-1, 1, 1, 1), k1,
                                       scale1, eye, cols, post_scale))):
