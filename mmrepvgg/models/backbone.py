@@ -16,7 +16,7 @@ from ..registry import MODELS, register_alias
 from ..utils.errors import CheckpointError
 from .arch import ArchLike, PlanLike, arch_name, get_arch, layer_specs, resolve_dilation_plan
 from .block import RepBlockBase, build_block, reparameterize
-from .loading import LoadSummary, adapt_blocks_to_state, deployed_training_message
+from .loading import LoadSummary, deployed_training_message, prepare_blocks
 
 
 def _is_int(value: object) -> bool:
@@ -91,9 +91,6 @@ class RepVGG(BaseModule):
                           'checkpoint=...)', DeprecationWarning)
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg)
-        #: Set when weights of another geometry were loaded in training mode: evaluating
-        #: them is refused (this message) until the model is put in training mode.
-        self._geometry_pending: str | None = None
         self.arch = get_arch(arch)
         self.arch_name = arch_name(self.arch)
         self.layout = resolve_dilation_plan(dilation_plan, self.arch.num_blocks)
@@ -157,10 +154,13 @@ class RepVGG(BaseModule):
             for param in module.parameters():
                 param.requires_grad = False
 
+    def _blocks(self) -> dict[str, RepBlockBase]:
+        return {name: m for name, m in self.named_modules() if isinstance(m, RepBlockBase)}
+
     @property
     def deployed_by_load(self) -> bool:
         """Whether loading a deployed state switched blocks of this model to the deployed form."""
-        return any(m.deployed_by_load for m in self.modules() if isinstance(m, RepBlockBase))
+        return any(m.deployed_by_load for m in self._blocks().values())
 
     def _who(self, prefix: str = '') -> str:
         return f'RepVGG-{self.arch_name}' + (f' ({prefix[:-1]})' if prefix else '')
@@ -168,10 +168,10 @@ class RepVGG(BaseModule):
     def train(self, mode: bool = True) -> 'RepVGG':
         if mode and self.deployed_by_load:
             raise CheckpointError(deployed_training_message(self._who()))
-        if not mode and self._geometry_pending:
-            raise CheckpointError(self._geometry_pending)
-        if mode:
-            self._geometry_pending = None  # trained from here: the paper's fine-tuning
+        pending = next((m.geometry_pending for m in self._blocks().values()
+                        if m.geometry_pending), None)
+        if not mode and pending:  # (checked before any module changes mode)
+            raise CheckpointError(pending)
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
@@ -180,61 +180,26 @@ class RepVGG(BaseModule):
                     m.eval()
         return self
 
-    def adapt_state_dict(self, state_dict: dict, prefix: str = '',
-                         purpose: str | None = None) -> LoadSummary:
-        """Make the model and a state about to be loaded fit (both forms, geometry checked).
-
-        What every loader runs (through :meth:`_load_from_state_dict`); see
-        :func:`~mmrepvgg.models.loading.adapt_blocks_to_state`. Logs one line if blocks
-        were switched or folded or a geometry change was accepted.
-
-        Args:
-            state_dict: The state (changed in place: folded kernels, geometry keys removed).
-            prefix: The backbone's key prefix in it (``'backbone.'``).
-            purpose: ``'train'``, ``'init'`` or ``'eval'``; None: ``'train'`` in training
-                mode, else ``'eval'``.
-
-        Returns:
-            The summary.
-        """
-        who = self._who(prefix)
+    def _prepare(self, state_dict: dict, prefix: str = '',
+                 purpose: str | None = None) -> LoadSummary:
+        """:func:`~mmrepvgg.models.loading.prepare_blocks` for every block (``purpose``
+        None: ``'train'`` in training mode, else ``'eval'``)."""
         purpose = purpose or ('train' if self.training else 'eval')
-        blocks = {name: m for name, m in self.named_modules() if isinstance(m, RepBlockBase)}
-        summary = adapt_blocks_to_state(blocks, state_dict, prefix, purpose, who)
-        if summary.loaded:  # new weights: what was pending is about the old ones
-            self._geometry_pending = None
-        lines = []
-        if summary.switched:
-            lines.append(f'loaded a deployed (folded) state into a training-time model: '
-                         f'{len(summary.switched)} blocks switched to the deployed form')
-        if summary.folded:
-            lines.append(f'loaded a training-time state into a deployed model: '
-                         f'{len(summary.folded)} blocks folded on the way in')
-        if summary.geometry_changed:
-            line = summary.geometry_line(who, init=purpose == 'init')
-            lines.append(line[len(who) + 2:])
-            if purpose == 'train':
-                self._geometry_pending = (
-                    f'{who}: the weights loaded were trained under another geometry '
-                    f'({summary.geometries()}) and the model has not been trained since: '
-                    'evaluating them is refused; use the config they were trained with, '
-                    'or fine-tune them first')
-        if lines:
-            print_log(f'{who}: ' + '; '.join(lines), logger='current')
-        return summary
+        return prepare_blocks(self._blocks(), state_dict, prefix, purpose, self._who(prefix))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict,
                               strict: bool, missing_keys: list, unexpected_keys: list,
                               error_msgs: list) -> None:
         # mmengine's and torch's loaders call this before loading the children, so the
         # blocks can be switched (and the state folded) here
-        self.adapt_state_dict(state_dict, prefix)
+        self._prepare(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 
     def switch_to_deploy(self) -> None:
-        """Fold every block (the method name mmdeploy and mmpretrain call)."""
-        reparameterize(self)
+        """Fold every block, in any mode (the name mmdeploy, mmyolo and timm call; see
+        :meth:`RepBlockBase.switch_to_deploy`): the eval-mode model."""
+        reparameterize(self, refuse_training=False)
 
     def init_weights(self) -> None:
         """Initialize, or load pretrained weights for ``init_cfg=dict(type='Pretrained')``.
@@ -258,7 +223,7 @@ class RepVGG(BaseModule):
                 'tools/convert_weights.py (README, "Pretrained weights"), or train from '
                 'scratch with --cfg-options model.backbone.init_cfg=None') from err
         state = dict(extract_state_dict(obj, cfg.get('prefix')))
-        self.adapt_state_dict(state, purpose='init')
+        self._prepare(state, purpose='init')
         load_state_dict_strict(self, state, source=str(path))
         self._is_init = True
         print_log(f'RepVGG-{self.arch_name}: loaded {len(state)} tensors from {path}',
@@ -269,8 +234,8 @@ def prepare_state_dict(model: nn.Module, state: Mapping[str, Tensor],
                        purpose: str | None = None) -> dict[str, Tensor]:
     """Adapt ``model`` to a state about to be loaded, and return the state as it will load.
 
-    What loading does anyway (:meth:`RepVGG.adapt_state_dict` for every RepVGG in
-    ``model``, and the blocks outside one), done first so that
+    What loading does anyway (:func:`~mmrepvgg.models.loading.prepare_blocks` for every
+    RepVGG in ``model``, and the blocks outside one), done first so that
     :func:`mmrepvgg.checkpoint.check_state_dict` can then check the keys strictly: blocks
     are switched to the deployed form for a deployed state, training-time states of
     deployed blocks are folded, and geometries are checked (and their keys removed).
@@ -291,12 +256,12 @@ def prepare_state_dict(model: nn.Module, state: Mapping[str, Tensor],
     adapted: set[int] = set()
     for name, module in model.named_modules():
         if isinstance(module, RepVGG):
-            module.adapt_state_dict(state, f'{name}.' if name else '', purpose)
+            module._prepare(state, f'{name}.' if name else '', purpose)
             adapted.update(id(m) for m in module.modules())
     for name, module in model.named_modules():
         if isinstance(module, RepBlockBase) and id(module) not in adapted:
             who = f'{type(module).__name__} {name}'.strip()
-            adapt_blocks_to_state({'': module}, state, f'{name}.' if name else '',
+            prepare_blocks({'': module}, state, f'{name}.' if name else '',
                                   purpose or ('train' if module.training else 'eval'), who)
     return state
 

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from ..checkpoint import GEOMETRY_KEY
 from ..registry import MODELS
 from ..utils.errors import CheckpointError
-from .fusion import FoldError, fold_problem, fuse_branches, nonfinite_problem
-from .loading import BLOCK_CODES, adapt_blocks_to_state, deployed_training_message
+from .fusion import FoldError, all_finite, fold_problem, fuse_branches, nonfinite_problem
+from .loading import deployed_training_message, prepare_blocks
 
 
 def _conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: int,
@@ -65,6 +65,11 @@ class SEModule(nn.Module):
         return x * w
 
 
+#: Every block type by name, filled by declaring one (see :class:`RepBlockBase`): what
+#: ``RepVGG(block_cfg=...)`` accepts and what a deployed block folds on loading.
+BLOCK_TYPES: dict[str, type['RepBlockBase']] = {}
+
+
 class RepBlockBase(BaseModule):
     """What every re-parameterizable block shares: arguments, forward, folding, deploy form.
 
@@ -72,11 +77,16 @@ class RepBlockBase(BaseModule):
     sum that a subclass defines, and ``act(se(branch_reparam(x)))`` once folded:
     ``branch_reparam`` is one 3x3 conv with bias (keys ``branch_reparam.{weight,bias}``),
     the same for every block type, so deployed checkpoints of the same arch are
-    interchangeable. A subclass builds its branches (:meth:`_build_branches`), sums them
-    (:meth:`_body`), lists its BNs (:meth:`_norms`) and says how they fold
-    (:meth:`_fuse`, which must go through :func:`mmrepvgg.models.fusion.fuse_branches`);
-    :meth:`switch_to_deploy`, :meth:`equivalent_kernel_bias`, :meth:`norms` and the
-    training-mode refusal are shared.
+    interchangeable.
+
+    A block type is declared by one class, ``class MyBlock(RepBlockBase, code=3)``: it
+    builds its branches (:meth:`_build_branches`, named in :attr:`_branch_names`), sums them
+    (:meth:`_body`), lists its BNs (:meth:`_norms`) and says how they fold (:meth:`_fuse`,
+    through :func:`mmrepvgg.models.fusion.fuse_branches`). ``code`` is the block type's
+    number in the geometry a state records; declaring the class registers it in
+    :data:`BLOCK_TYPES` and mmrepvgg's ``MODELS``. A subclass that defines no branches of
+    its own inherits its parent's code. Forward, folding, the deployed form and loading
+    either form are shared.
 
     The 1x1 branch has the same stride and groups as the 3x3 one and padding 0; with
     dilation ``d`` the 3x3 conv pads by ``d`` so the 1x1 kernel stays on its centre tap. The
@@ -100,6 +110,25 @@ class RepBlockBase(BaseModule):
     _branch_names: tuple[str, ...] = ()
     #: Why the block refuses ``use_se`` (None: it takes SE and still folds exactly).
     no_se_reason: str | None = None
+    #: The block type's number in a geometry (set by the class declaration).
+    block_code: int | None = None
+
+    def __init_subclass__(cls, code: int | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is None:
+            if cls.block_code is None or '_fuse' in vars(cls):
+                raise TypeError(f'{cls.__name__} is a new block type: declare its geometry '
+                                f'code, class {cls.__name__}(RepBlockBase, code=N), N not in '
+                                f'{sorted(c.block_code for c in BLOCK_TYPES.values())}')
+            return  # a variant of its parent's block type
+        other = next((c for c in BLOCK_TYPES.values() if c.block_code == code
+                      and c.__name__ != cls.__name__), None)
+        if not isinstance(code, int) or code < 1 or other is not None:
+            raise TypeError(f'{cls.__name__}: code must be a positive int not used by another '
+                            f'block type, got {code!r}' + (f' ({other.__name__})' if other else ''))
+        cls.block_code = code
+        MODELS.register_module(module=cls, force=cls.__name__ in BLOCK_TYPES)
+        BLOCK_TYPES[cls.__name__] = cls
 
     def __init__(self,
                  in_channels: int,
@@ -131,6 +160,9 @@ class RepBlockBase(BaseModule):
         #: Whether loading a deployed state switched this block to the deployed form (it
         #: then refuses training mode: there are no branches left to train).
         self.deployed_by_load = False
+        #: Why evaluating is refused: weights of another geometry were loaded in training
+        #: mode and not trained since (cleared by training mode or by its own weights).
+        self.geometry_pending: str | None = None
         if deploy:
             self.branch_reparam = nn.Conv2d(in_channels, out_channels, 3, stride, dilation,
                                             dilation, groups, bias=True)
@@ -138,13 +170,17 @@ class RepBlockBase(BaseModule):
             self._build_branches(norm_cfg)
         self.se = SEModule(out_channels) if use_se else None
         self.act = _build_act(act_cfg)
+        # :attr:`geometry` under the name of its state-dict key, so that key-to-attribute
+        # mappers (torch.distributed.checkpoint) find the key; a buffer, so that a model
+        # whose BNs all went on loading a deployed state still has one (DDP asserts on a
+        # model without buffers). Not persistent: saving and loading it is done below.
+        self.register_buffer(GEOMETRY_KEY, torch.tensor(self.geometry), persistent=False)
 
     @property
     def geometry(self) -> tuple[int, int, int, int]:
         """``(block type code, stride, dilation, groups)``: what a state dict records under
-        :data:`~mmrepvgg.checkpoint.GEOMETRY_KEY` (see :func:`adapt_blocks_to_state`)."""
-        return (BLOCK_CODES.get(type(self).__name__, 0), self.stride, self.dilation,
-                self.groups)
+        :data:`~mmrepvgg.checkpoint.GEOMETRY_KEY` (see :func:`~.loading.prepare_blocks`)."""
+        return (self.block_code, self.stride, self.dilation, self.groups)
 
     @property
     def has_identity(self) -> bool:
@@ -176,6 +212,9 @@ class RepBlockBase(BaseModule):
         return self.se(out) if self.se is not None else out
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.deployed_by_load and self.training and torch.is_grad_enabled():
+            # training what was loaded folded (DDP would fail on the replaced parameters)
+            raise CheckpointError(deployed_training_message(type(self).__name__))
         if self.with_cp and x.requires_grad:
             out = cp.checkpoint(self._branches, x, use_reentrant=False)
         else:
@@ -185,91 +224,11 @@ class RepBlockBase(BaseModule):
     def train(self, mode: bool = True) -> 'RepBlockBase':
         if mode and self.deployed_by_load:
             raise CheckpointError(deployed_training_message(type(self).__name__))
+        if not mode and self.geometry_pending:
+            raise CheckpointError(self.geometry_pending)
+        if mode:
+            self.geometry_pending = None  # trained from here: the paper's fine-tuning
         return super().train(mode)
-
-    # ------------------------------------------------------- state dicts: both forms load
-
-    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + GEOMETRY_KEY] = torch.tensor(self.geometry, dtype=torch.int64)
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict,
-                              strict: bool, missing_keys: list, unexpected_keys: list,
-                              error_msgs: list) -> None:
-        # A block inside a RepVGG backbone was adapted by it already (no geometry key and
-        # the form of the block left); a block on its own adapts here.
-        who = f'{type(self).__name__} {prefix[:-1]}'.strip()
-        summary = adapt_blocks_to_state({'': self}, state_dict, prefix,
-                                        purpose='train' if self.training else 'eval',
-                                        owner=who)
-        if summary.geometry_changed:
-            print_log(summary.geometry_line(who), logger='current', level=logging.WARNING)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
-
-    def _incoming_state(self, state_dict: Mapping[str, Tensor],
-                        key_prefix: str) -> dict[str, Tensor]:
-        """The entries of ``state_dict`` under ``key_prefix`` that belong to the branches of
-        either form of any block type (keys relative to the block; SE and the geometry
-        key are not among them)."""
-        names = {'branch_reparam'}.union(*(cls._branch_names for cls in _block_classes()))
-        rel = {}
-        for key, value in state_dict.items():
-            if key.startswith(key_prefix):
-                sub = key[len(key_prefix):]
-                if sub.split('.', 1)[0] in names:
-                    rel[sub] = value
-        return rel
-
-    def _incoming_training_class(self, rel: Mapping[str, Tensor]) -> type | None:
-        """The block type whose training-time keys (and shapes) ``rel`` holds, if any."""
-        for cls in dict.fromkeys((type(self), *_block_classes())):
-            with torch.device('meta'):
-                probe = cls(self.in_channels, self.out_channels, self.stride, self.dilation,
-                            self.groups, norm_cfg=self.norm_cfg, act_cfg=None)
-            expected = {k: v for k, v in probe.state_dict().items()
-                        if k.split('.', 1)[0] in cls._branch_names}
-            required = {k for k in expected if not k.endswith('num_batches_tracked')}
-            if (set(rel) <= set(expected) and required <= set(rel)
-                    and all(rel[k].shape == expected[k].shape for k in rel)):
-                return cls
-        return None
-
-    def _fold_incoming(self, cls: type, rel: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """The folded kernel and bias of a training-time state of block type ``cls``."""
-        with torch.device('meta'):  # the state's tensors replace every value that folds
-            branches = cls(self.in_channels, self.out_channels, self.stride, self.dilation,
-                           self.groups, norm_cfg=self.norm_cfg, act_cfg=None)
-        branches.load_state_dict(dict(rel), strict=False, assign=True)
-        with torch.no_grad():
-            return branches.eval()._fuse()
-
-    def _reparam_fits(self, rel: Mapping[str, Tensor]) -> bool:
-        weight, bias = rel.get('branch_reparam.weight'), rel.get('branch_reparam.bias')
-        return (set(rel) == {'branch_reparam.weight', 'branch_reparam.bias'}
-                and tuple(weight.shape) == (self.out_channels,
-                                            self.in_channels // self.groups, 3, 3)
-                and tuple(bias.shape) == (self.out_channels, ))
-
-    def _switch_to_deployed_form(self) -> None:
-        """Replace the branches by an (all-zero) ``branch_reparam`` that a deployed state is
-        about to fill; the block then refuses training mode."""
-        weight = self.branch_3x3.conv.weight
-        with torch.device('meta'):
-            reparam = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride,
-                                self.dilation, self.dilation, self.groups, bias=True)
-        reparam.weight = nn.Parameter(
-            torch.zeros(reparam.weight.shape, dtype=weight.dtype, device=weight.device),
-            requires_grad=weight.requires_grad)
-        reparam.bias = nn.Parameter(
-            torch.zeros(self.out_channels, dtype=weight.dtype, device=weight.device),
-            requires_grad=weight.requires_grad)
-        reparam.train(self.training)
-        for name in self._branch_names:
-            delattr(self, name)
-        self.branch_reparam = reparam
-        self.deploy = True
-        self.deployed_by_load = True
 
     def norms(self) -> list[nn.Module]:
         """The BN layers that folding would consume (empty once deployed)."""
@@ -279,6 +238,10 @@ class RepBlockBase(BaseModule):
         """The 3x3 kernel and bias of the equivalent plain conv; the block is not changed.
 
         Uses the BN running statistics (see :mod:`mmrepvgg.models.fusion`).
+
+        Raises:
+            FoldError: If a kernel or BN of the block is broken (NaN/Inf,
+                ``running_var + eps <= 0``).
         """
         if self.deploy:
             return self.branch_reparam.weight.detach(), self.branch_reparam.bias.detach()
@@ -286,36 +249,125 @@ class RepBlockBase(BaseModule):
             return self._fuse()
 
     def switch_to_deploy(self) -> None:
-        """Fold the branches into one 3x3 conv in place (idempotent).
+        """Fold the branches into one 3x3 conv in place (idempotent), in any mode.
+
+        The name other libraries' deploy hooks call (mmyolo's ``SwitchToDeployHook``,
+        mmdeploy, timm's ``reparameterize_model``), often before ``model.eval()``: the
+        folded block is what the block computes in eval mode, with the BN running
+        statistics (a BN in training mode normalizes with batch statistics, which no conv
+        can). To fold only a model whose outputs stay the same, use
+        :func:`reparameterize`, which refuses BNs in training mode.
 
         Raises:
-            RuntimeError: If a BN of the block is in training mode; call ``model.eval()``.
+            FoldError: If a kernel or BN of the block is broken.
         """
-        if self.deploy:
-            return
-        if any(norm.training for norm in self.norms()):
-            raise RuntimeError(
-                f'{type(self).__name__}.switch_to_deploy() folds the BN running statistics, '
-                'but a BN of this block is in training mode, where it normalizes with batch '
-                'statistics: the folded block would not give the same outputs. Call '
-                'model.eval() first.')
-        kernel, bias = self.equivalent_kernel_bias()
-        conv3 = self.branch_3x3.conv
+        if not self.deploy:
+            self._take_folded(*self.equivalent_kernel_bias())
+
+    def _take_folded(self, kernel: Tensor, bias: Tensor) -> None:
+        """Replace the branches by ``branch_reparam`` holding ``kernel`` and ``bias``."""
+        requires_grad = self.branch_3x3.conv.weight.requires_grad  # frozen stays frozen
         with torch.device('meta'):  # no random init of weights that are replaced at once
             reparam = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride,
-                                conv3.padding, conv3.dilation, self.groups, bias=True)
-        requires_grad = conv3.weight.requires_grad  # a frozen stage stays frozen
-        reparam.weight = nn.Parameter(kernel.detach(), requires_grad=requires_grad)
-        reparam.bias = nn.Parameter(bias.detach(), requires_grad=requires_grad)
+                                self.dilation, self.dilation, self.groups, bias=True)
+        reparam.weight, reparam.bias = (
+            t if isinstance(t, nn.Parameter) else
+            nn.Parameter(t.detach(), requires_grad=requires_grad) for t in (kernel, bias))
         reparam.train(self.training)
         for name in self._branch_names:
             delattr(self, name)
         self.branch_reparam = reparam
         self.deploy = True
 
+    # ---------------------------------------- loading either form (see .loading, the caller)
 
-@MODELS.register_module()
-class RepVGGBlock(RepBlockBase):
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + GEOMETRY_KEY] = torch.tensor(self.geometry)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict,
+                              strict: bool, missing_keys: list, unexpected_keys: list,
+                              error_msgs: list) -> None:
+        # A block inside a RepVGG backbone was prepared by it already (no geometry key and
+        # the form of the block left); a block on its own is prepared here.
+        prepare_blocks({'': self}, state_dict, prefix,
+                       purpose='train' if self.training else 'eval',
+                       owner=f'{type(self).__name__} {prefix[:-1]}'.strip())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+    def branch_state(self, state_dict: Mapping[str, Tensor],
+                     key_prefix: str) -> dict[str, Tensor]:
+        """The entries of ``state_dict`` under ``key_prefix`` that belong to the branches of
+        either form of any block type, keys relative to the block (SE and the geometry key
+        are not among them)."""
+        names = {'branch_reparam'}.union(*(c._branch_names for c in BLOCK_TYPES.values()),
+                                         self._branch_names)
+        return {key[len(key_prefix):]: value for key, value in state_dict.items()
+                if key.startswith(key_prefix)
+                and key[len(key_prefix):].split('.', 1)[0] in names}
+
+    def state_form(self, rel: Mapping[str, Tensor]) -> str | None:
+        """``'deployed'`` or ``'training'`` if ``rel`` (:meth:`branch_state`) is a whole
+        state of that form that fits this block, else None (partial, mixed, foreign)."""
+        if any(k.startswith('branch_reparam.') for k in rel):
+            shapes = {k: tuple(v.shape) for k, v in rel.items()}
+            return 'deployed' if shapes == {
+                'branch_reparam.weight': (self.out_channels, self.in_channels // self.groups,
+                                          3, 3),
+                'branch_reparam.bias': (self.out_channels, )} else None
+        return 'training' if self._branches_of(rel) is not None else None
+
+    def _branches_of(self, rel: Mapping[str, Tensor]) -> RepBlockBase | None:
+        """A meta block of the block type whose training-time keys and shapes ``rel`` holds."""
+        for cls in dict.fromkeys((type(self), *BLOCK_TYPES.values())):
+            with torch.device('meta'):
+                probe = cls(self.in_channels, self.out_channels, self.stride, self.dilation,
+                            self.groups, norm_cfg=self.norm_cfg, act_cfg=None)
+            expected = {k: v for k, v in probe.state_dict().items()
+                        if k.split('.', 1)[0] in cls._branch_names}
+            required = {k for k in expected if not k.endswith('num_batches_tracked')}
+            if (set(rel) <= set(expected) and required <= set(rel)
+                    and all(rel[k].shape == expected[k].shape for k in rel)):
+                return probe
+        return None
+
+    def fold_state(self, rel: Mapping[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+        """The folded kernel and bias of a training-time state (of any block type), in
+        this block's dtype; None if ``rel`` is not one.
+
+        The fold is done in float64 whatever the state's dtype, then rounded once to the
+        dtype of this block's weights (a bf16 state folded into a float32 model keeps float32
+        accuracy).
+
+        Raises:
+            FoldError: If the state is broken (NaN/Inf, ``running_var + eps <= 0``).
+        """
+        branches = self._branches_of(rel)
+        if branches is None:
+            return None
+        dtype = (self.branch_reparam.weight if self.deploy else
+                 self.branch_3x3.conv.weight).dtype
+        branches.load_state_dict({k: v.double() if v.is_floating_point() else v
+                                  for k, v in rel.items()}, strict=False, assign=True)
+        with torch.no_grad():
+            kernel, bias = branches.eval()._fuse()
+        return kernel.to(dtype), bias.to(dtype)
+
+    def take_deployed_form(self) -> None:
+        """Switch to the deployed form, an all-zero ``branch_reparam`` that a deployed state
+        is about to fill; the block then refuses training mode."""
+        # the same parameter objects, which the state then fills: a wrapper built on the
+        # training-time model (DDP) keeps holding what the block uses
+        weight, norm = self.branch_3x3.conv.weight, self.branch_3x3.norm
+        bias = getattr(norm, 'bias', None)
+        self._take_folded(weight, bias if isinstance(bias, nn.Parameter) else
+                          nn.Parameter(weight.new_zeros(self.out_channels),
+                                       requires_grad=weight.requires_grad))
+        self.deployed_by_load = True
+
+
+class RepVGGBlock(RepBlockBase, code=1):
     """RepVGG block: ``act(bn(conv3x3(x)) + bn(conv1x1(x)) + bn(x))``, or one 3x3 conv.
 
     Branches: ``branch_3x3`` (conv + BN), ``branch_1x1`` (conv + BN) and ``branch_norm``
@@ -350,8 +402,7 @@ class RepVGGBlock(RepBlockBase):
                              self.branch_norm, self.groups)
 
 
-@MODELS.register_module()
-class QARepVGGBlock(RepBlockBase):
+class QARepVGGBlock(RepBlockBase, code=2):
     """Quantization-friendly RepVGG block: ``act(post_norm(bn(conv3x3(x)) + conv1x1(x) + x))``.
 
     QARepVGG (Chu et al. 2022, "Make RepVGG Greater Again: A Quantization-aware Approach";
@@ -393,15 +444,6 @@ class QARepVGGBlock(RepBlockBase):
                              post_norm=self.post_norm)
 
 
-#: The block types ``RepVGG(block_cfg=...)`` accepts, by registered name.
-BLOCK_TYPES = ('RepVGGBlock', 'QARepVGGBlock')
-
-
-def _block_classes() -> tuple[type[RepBlockBase], ...]:
-    """The block types whose training-time state a deployed block folds on loading."""
-    return (RepVGGBlock, QARepVGGBlock)
-
-
 def build_block(block_cfg: dict | None, **kwargs) -> RepBlockBase:
     """Build a block from ``block_cfg`` (its ``type`` and extra options) and ``kwargs``.
 
@@ -429,22 +471,27 @@ def build_block(block_cfg: dict | None, **kwargs) -> RepBlockBase:
     return cls(**kwargs, **cfg)
 
 
-def reparameterize(model: nn.Module, verbose: bool = False) -> nn.Module:
+def reparameterize(model: nn.Module, verbose: bool = False,
+                   refuse_training: bool = True) -> nn.Module:
     """Fold every RepVGG block (any :class:`RepBlockBase`) in ``model`` in place; return it.
 
     Works on any module holding blocks: a block, a backbone, a classifier, a segmentor.
-    It is idempotent and keeps each block's dtype and device. It checks every block before
-    folding any, so a refused call leaves the model untouched.
+    It is idempotent and keeps each block's dtype and device. Every block is folded before
+    any is changed, so a refused call leaves the model untouched.
 
     Args:
         model: The module to fold.
         verbose: Log how many blocks were folded.
+        refuse_training: Refuse blocks whose BNs are in training mode, where the folded
+            model (which uses the running statistics) would not give the same outputs.
+            The duck-typed ``switch_to_deploy`` passes False: it folds the eval-mode model.
 
     Returns:
         The same ``model``, now plain.
 
     Raises:
-        RuntimeError: If a BN of a block to fold is in training mode (call ``model.eval()``).
+        RuntimeError: If ``refuse_training`` and a BN of a block to fold is in training
+            mode (call ``model.eval()``).
         FoldError: If a block's weights or BN statistics are non-finite or a BN's
             ``running_var + eps <= 0`` (a diverged run, a damaged checkpoint); the message
             names the layer.
@@ -452,29 +499,41 @@ def reparameterize(model: nn.Module, verbose: bool = False) -> nn.Module:
     blocks = {name: m for name, m in model.named_modules()
               if isinstance(m, RepBlockBase) and not m.deploy}
     training = [name for name, m in blocks.items() if any(n.training for n in m.norms())]
-    if training:
+    if training and refuse_training:
         raise RuntimeError(
             f'reparameterize() uses the BN running statistics, but {len(training)} block(s) '
             f'have BNs in training mode (first: {training[0] or type(model).__name__}); the '
             'folded model would not match. Call model.eval() first.')
-    problems = []
+    folded, problems = {}, []
     for name, block in blocks.items():
-        prefix = f'{name}.' if name else ''
-        for sub, module in block.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                problem = fold_problem(None, module)
-            else:
-                problem = next(filter(None, (nonfinite_problem(p, 'weight')
-                                             for p in module.parameters(recurse=False))), None)
-            if problem:
-                problems.append(f'{prefix}{sub}: {problem}')
+        try:
+            folded[name] = block.equivalent_kernel_bias()
+        except FoldError as err:
+            problems.append((name, block, str(err)))
+        else:
+            if block.se is not None and not all_finite(*block.se.parameters()):
+                problems.append((name, block, 'SE weights are not finite'))
     if problems:
-        more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
-        raise FoldError(f'Cannot fold: {problems[0]}{more}. The weights or BN statistics are '
-                        'broken (a diverged run or a damaged checkpoint); the folded model '
-                        'would compute NaN/Inf.')
-    for block in blocks.values():
-        block.switch_to_deploy()
+        name, block, first = problems[0]
+        raise FoldError(f'Cannot fold: {_where(name, block) or first}'
+                        + (f' (and {len(problems) - 1} more)' if len(problems) > 1 else '')
+                        + '. The weights or BN statistics are broken (a diverged run or a '
+                        'damaged checkpoint); the folded model would compute NaN/Inf.')
+    for name, (kernel, bias) in folded.items():
+        blocks[name]._take_folded(kernel, bias)
     if verbose:
         print_log(f'reparameterize: folded {len(blocks)} RepVGG blocks', logger='current')
     return model
+
+
+def _where(name: str, block: RepBlockBase) -> str | None:
+    """``'<layer>: <problem>'`` for the first broken submodule of a block that cannot fold."""
+    for sub, module in block.named_modules(prefix=name):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            problem = fold_problem(None, module)
+        else:
+            problem = next(filter(None, (nonfinite_problem(p, 'weight')
+                                         for p in module.parameters(recurse=False))), None)
+        if problem:
+            return f'{sub}: {problem}'
+    return None

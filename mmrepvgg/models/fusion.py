@@ -6,14 +6,15 @@ hook, the converter and the tests. Everything here is pure: it computes kernels 
 and changes no module.
 
 BN statistics: folding uses each BN's *running* mean and variance, i.e. the inference-time
-BN of Eq. 2. A BN in training mode normalizes with batch statistics instead, so a fused
-kernel only reproduces a block whose BNs are in eval mode (see
-:func:`mmrepvgg.models.block.reparameterize`, which refuses otherwise).
+BN of Eq. 2, so a fused kernel reproduces the block in eval mode.
 
-Arithmetic is done in float64 and the results are cast back to the kernel's dtype, so the
-fused kernel is as exact as that dtype allows.
+Arithmetic is done in float64 and the results are rounded once to the kernel's dtype. Broken inputs (NaN/Inf, ``running_var + eps <= 0``)
+always make the fused kernel or bias non-finite, so one check of the result finds them;
+only then are the inputs examined to say which one is broken.
 """
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -23,16 +24,24 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..utils.errors import FoldError
 
 
-
 def nonfinite_problem(tensor: Tensor | None, what: str) -> str | None:
     """``'<what> has N non-finite values (of M)'`` if ``tensor`` holds NaN/Inf, else None."""
     if tensor is None or not tensor.is_floating_point() or tensor.is_meta:
         return None  # (a meta tensor has no values to check: shape-only folding)
-    tensor = tensor.detach()
-    if torch.isfinite(tensor.sum()):  # one fast pass: a NaN/Inf anywhere makes the sum one
-        return None
-    bad = int((~torch.isfinite(tensor)).sum())  # (or the sum overflowed: count exactly)
+    bad = int((~torch.isfinite(tensor.detach())).sum())
     return f'{what} has {bad} non-finite values (of {tensor.numel()})' if bad else None
+
+
+def all_finite(*tensors: Tensor | None) -> bool:
+    """Whether every value of the (floating-point, non-meta) ``tensors`` is finite."""
+    for tensor in tensors:
+        if tensor is None or not tensor.is_floating_point() or tensor.is_meta:
+            continue
+        tensor = tensor.detach()
+        # one pass: NaN/Inf anywhere makes the sum non-finite (or a large sum overflowed)
+        if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
+            return False
+    return True
 
 
 def fold_problem(kernel: Tensor | None, norm: _BatchNorm) -> str | None:
@@ -67,14 +76,8 @@ def fold_problem(kernel: Tensor | None, norm: _BatchNorm) -> str | None:
     return None
 
 
-def _check_kernel(kernel: Tensor | None, what: str) -> None:
-    problem = nonfinite_problem(kernel, what)
-    if problem:
-        raise FoldError(problem)
-
-
 def bn_scale_shift(norm: _BatchNorm) -> tuple[Tensor, Tensor]:
-    """The per-channel affine map of an inference-time BN (Eq. 2), in float64.
+    """The per-channel affine map of an inference-time BN (Eq. 2), in float64, unchecked.
 
     Args:
         norm: The BN; its running statistics are used.
@@ -83,20 +86,35 @@ def bn_scale_shift(norm: _BatchNorm) -> tuple[Tensor, Tensor]:
         ``(scale, shift)`` with ``bn(x) == x * scale + shift`` per channel.
 
     Raises:
-        FoldError: If :func:`fold_problem` finds a problem (no running statistics, NaN/Inf,
-            ``running_var + eps <= 0``).
+        FoldError: If the BN has no running statistics.
     """
-    problem = fold_problem(None, norm)
-    if problem:
-        raise FoldError(problem)
+    if norm.running_mean is None or norm.running_var is None:
+        raise FoldError(fold_problem(None, norm))
     mean = norm.running_mean.double()
-    std = (norm.running_var.double() + norm.eps).sqrt()
+    # (sqrt in pieces: torch runs a sqrt of more values on several threads, and the fold
+    # stays on the calling thread, see _SLICE_ELEMENTS)
+    std = torch.cat([v.sqrt() for v in (norm.running_var.double() + norm.eps).split(64)])
     gamma = norm.weight.double() if norm.weight is not None else torch.ones_like(mean)
     beta = norm.bias.double() if norm.bias is not None else torch.zeros_like(mean)
     scale = gamma / std
     return scale, beta - mean * scale
 
 
+def _checked(kernel: Tensor, bias: Tensor, inputs: list, sums: Tensor | None = None
+             ) -> tuple[Tensor, Tensor]:
+    """``(kernel, bias)`` if finite (``sums``: the kernel's per-channel sums, to check in
+    its place); else a FoldError naming the first broken input (``(tensor, BN, name)``)."""
+    if all_finite(kernel if sums is None else sums, bias):
+        return kernel, bias
+    for tensor, norm, what in inputs:
+        problem = (fold_problem(None, norm) if norm is not None else None) or \
+            nonfinite_problem(tensor, what)
+        if problem:
+            raise FoldError(problem)
+    raise FoldError(f'the fused kernel or bias overflows {kernel.dtype}')
+
+
+@torch.no_grad()
 def fuse_conv_bn(kernel: Tensor, norm: _BatchNorm) -> tuple[Tensor, Tensor]:
     """Fold a BN into the bias-free conv kernel before it (Eq. 3).
 
@@ -110,9 +128,9 @@ def fuse_conv_bn(kernel: Tensor, norm: _BatchNorm) -> tuple[Tensor, Tensor]:
     Raises:
         FoldError: If :func:`fold_problem` finds a problem.
     """
-    _check_kernel(kernel, 'conv kernel')
     scale, shift = bn_scale_shift(norm)
-    return kernel.double() * scale.reshape(-1, 1, 1, 1), shift
+    fused = torch.mul(kernel.detach(), scale.reshape(-1, 1, 1, 1))
+    return _checked(fused, shift, [(None, norm, ''), (kernel, None, 'conv kernel')])
 
 
 def identity_kernel(channels: int, groups: int, kernel_size: int = 3, *,
@@ -153,11 +171,18 @@ def pad_to_3x3(kernel: Tensor) -> Tensor:
     return F.pad(kernel, [1, 1, 1, 1])
 
 
-#: Float64 elements per slice of output channels in :func:`fuse_branches` (1 MiB): the
-#: temporaries of one slice stay in cache, so a large kernel is read and written once.
-_SLICE_ELEMENTS = 2**17
+#: Float64 elements per slice of output channels in :func:`fuse_branches`: below torch's
+#: parallel grain size (32768), so every operation on a slice runs on the calling thread
+#: (no wait on other threads, which a busy machine makes long) and its temporaries stay in
+#: cache (whole-kernel float64 temporaries would be written to and read from memory).
+_SLICE_ELEMENTS = 2**15
 
 
+def _split(tensor: Tensor | None, step: int) -> list[Tensor | None] | itertools.repeat:
+    return itertools.repeat(None) if tensor is None else tensor.split(step)
+
+
+@torch.no_grad()
 def fuse_branches(conv3x3: tuple[Tensor, _BatchNorm],
                   conv1x1: tuple[Tensor, _BatchNorm | None] | None,
                   identity: _BatchNorm | bool | None,
@@ -166,19 +191,14 @@ def fuse_branches(conv3x3: tuple[Tensor, _BatchNorm],
     """The single 3x3 kernel and bias equal to a block's branches (Eq. 1), for both blocks.
 
     RepVGG (Eq. 1-4): ``bn3(conv3(x)) + bn1(conv1(x)) + bn0(x)``. QARepVGG (Chu et al. 2022,
-    its ``QARepVGGBlockV2``): ``post_norm(bn3(conv3(x)) + conv1(x) + x)``, a 1x1 branch and an
-    identity without BN and one BN on the sum. Both are affine in ``x``, so both fold into
-    one 3x3 conv with bias: the branches are summed as below, then a post BN with
-    ``post(y) = y * s + t`` scales that kernel by ``s`` and maps its bias ``b`` to
-    ``b * s + t`` (the same as shifting the BN's running mean by ``-b``).
+    its ``QARepVGGBlockV2``): ``post_norm(bn3(conv3(x)) + conv1(x) + x)``. Both are affine in
+    ``x``, so both fold into one 3x3 conv with bias: the branches are summed, then a post BN
+    ``post(y) = y * s + t`` scales that kernel by ``s`` and maps its bias ``b`` to ``b * s + t``.
 
     The padded 1x1 kernel (:func:`pad_to_3x3`) and the identity kernel
     (:func:`identity_kernel`) are zero except at the centre tap, so their (BN-scaled) values
-    are added to the centre tap of the scaled 3x3 kernel directly: the same float64 sums as
-    adding the padded kernels, without materializing them. Each output channel's fused
-    kernel depends only on that channel's weights and statistics, so the work is done in
-    slices of output channels whose float64 temporaries stay in cache (a B3 backbone folds
-    in under a second on two CPU cores).
+    are added to the centre tap directly: the same float64 sums as adding the padded kernels,
+    done per slice of output channels (:data:`_SLICE_ELEMENTS`).
 
     Args:
         conv3x3: Kernel and BN of the 3x3 branch.
@@ -195,46 +215,50 @@ def fuse_branches(conv3x3: tuple[Tensor, _BatchNorm],
     Raises:
         FoldError: If a kernel or BN holds NaN/Inf or a BN has ``running_var + eps <= 0``.
     """
-    kernel3, norm3 = conv3x3
-    _check_kernel(kernel3, '3x3 kernel')
-    _check_kernel(conv1x1[0] if conv1x1 is not None else None, '1x1 kernel')
+    kernel3, norm3 = conv3x3[0].detach(), conv3x3[1]
+    channels, per_group = kernel3.shape[:2]
     if kernel3.shape[-2:] != (3, 3):
         raise ValueError(f'expected a 3x3 kernel, got {tuple(kernel3.shape)}')
+    inputs = [(None, norm3, ''), (kernel3, None, '3x3 kernel')]
     scale, bias = bn_scale_shift(norm3)
-    centre = torch.zeros(kernel3.shape[:2], dtype=torch.float64, device=kernel3.device)
+    k1 = scale1 = eye = post_scale = None
     if conv1x1 is not None:
-        k1, norm1 = conv1x1
+        k1, norm1 = conv1x1[0].detach(), conv1x1[1]
         if k1.shape[-2:] != (1, 1):
             raise ValueError(f'expected a 1x1 kernel, got {tuple(k1.shape)}')
-        if norm1 is None:
-            centre += k1[:, :, 0, 0]
-        else:
+        inputs.append((k1, norm1, '1x1 kernel'))
+        if norm1 is not None:
             scale1, shift1 = bn_scale_shift(norm1)
-            centre += k1[:, :, 0, 0] * scale1.reshape(-1, 1)
             bias = bias + shift1
+        k1 = k1[:, :, 0, 0]
     if identity is not None and identity is not False:
-        eye = identity_kernel(kernel3.shape[0], groups, kernel_size=1,
-                              device=kernel3.device)[:, :, 0, 0]
-        if eye.shape != centre.shape:
+        if channels != per_group * groups:
             raise ValueError(f'an identity branch needs a square kernel: got '
                              f'{tuple(kernel3.shape)} with groups={groups}')
-        if identity is True:
-            centre += eye
-        else:
-            scale0, shift0 = bn_scale_shift(identity)
-            centre += eye * scale0.reshape(-1, 1)
+        eye = torch.ones_like(scale)  # the bare input: 1 at its centre tap
+        if identity is not True:
+            inputs.append((None, identity, ''))
+            eye, shift0 = bn_scale_shift(identity)
             bias = bias + shift0
-    post_scale = None
     if post_norm is not None:
+        inputs.append((None, post_norm, ''))
         post_scale, post_shift = bn_scale_shift(post_norm)
         bias = bias * post_scale + post_shift
-    fused = torch.empty_like(kernel3)
-    step = max(1, _SLICE_ELEMENTS // kernel3[0].numel())
-    for start in range(0, kernel3.shape[0], step):
-        rows = slice(start, start + step)
-        kernel = torch.mul(kernel3[rows], scale[rows].reshape(-1, 1, 1, 1))  # float64
-        kernel[:, :, 1, 1] += centre[rows]
-        if post_scale is not None:
-            kernel *= post_scale[rows].reshape(-1, 1, 1, 1)
-        fused[rows] = kernel  # rounded once to the kernel's dtype
-    return fused, bias.to(kernel3.dtype)
+    fused, sums = torch.empty_like(kernel3), []  # (a slice's sum is NaN/Inf if any value is)
+    step = max(1, _SLICE_ELEMENTS // max(1, kernel3[0].numel()))
+    cols = torch.arange(channels, device=kernel3.device) % per_group  # identity taps
+    rows = torch.arange(step, device=kernel3.device)
+    for k3, out, s3, k1_, s1, eye_, cols_, post in zip(*(
+            _split(t, step) for t in (kernel3, fused, scale.reshape(-1, 1, 1, 1), k1,
+                                      scale1, eye, cols, post_scale))):
+        wide = torch.mul(k3, s3)  # float64
+        centre = wide[:, :, 1, 1]  # (a view)
+        if k1_ is not None:
+            centre += k1_ if s1 is None else k1_ * s1.reshape(-1, 1)
+        if eye_ is not None:
+            centre.index_put_((rows[:len(centre)], cols_), eye_, accumulate=True)
+        if post is not None:
+            wide *= post.reshape(-1, 1, 1, 1)
+        out.copy_(wide)  # rounded once to the kernel's dtype
+        sums.append(wide.sum())
+    return _checked(fused, bias.to(kernel3.dtype), inputs, torch.stack(sums))

@@ -18,21 +18,21 @@ hands a model its state dict and nothing else, so the model adapts while loading
   weights into a dilated backbone, the paper's protocol). States without the key (older
   files, other implementations' weights) load as before.
 
-This module holds what does not depend on the block classes; the per-block steps are
-methods of :class:`~mmrepvgg.models.block.RepBlockBase`.
+This module holds what does not depend on the block classes; it uses the blocks' public
+loading protocol (:meth:`~mmrepvgg.models.block.RepBlockBase.branch_state`, ``state_form``,
+``fold_state``, ``take_deployed_form``, ``geometry``, ``geometry_pending``).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping, Sequence
 
+import torch
+from mmengine.logging import print_log
 from torch import Tensor
 
 from ..checkpoint import GEOMETRY_KEY
 from ..utils.errors import CheckpointError, FoldError
-
-#: The block-type code in a geometry (0: a block type not listed).
-BLOCK_CODES = {'RepVGGBlock': 1, 'QARepVGGBlock': 2}
 
 #: Why a state is loaded, which says what a geometry mismatch may do. ``'train'`` (a model
 #: in training mode) and ``'init'`` (``init_cfg``) accept it for a training-time state into
@@ -87,13 +87,16 @@ def _stride_dilation(geometry: Sequence[int]) -> str:
     return f'stride {geometry[1]}, dilation {geometry[2]}, groups {geometry[3]}'
 
 
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
 def read_geometry(value: Any, key: str) -> tuple[int, int, int, int]:
     """The ``(block code, stride, dilation, groups)`` stored under ``key``.
 
     Raises:
         CheckpointError: If it is not an integer tensor of at least 4 values.
     """
-    if (not isinstance(value, Tensor) or value.is_floating_point() or value.dim() != 1
+    if (not isinstance(value, Tensor) or value.dtype not in _INT_DTYPES or value.dim() != 1
             or value.numel() < 4):
         raise CheckpointError(f'{key} is not a RepVGG block geometry (an integer tensor of '
                               f'4 values): {value!r}'[:300])
@@ -155,8 +158,8 @@ def geometry_refusal(summary: LoadSummary, who: str, deployed_state: bool) -> st
             f'{why}')
 
 
-def adapt_blocks_to_state(blocks: Mapping[str, Any], state_dict: dict, prefix: str,
-                          purpose: str = 'train', owner: str = 'RepVGG') -> LoadSummary:
+def prepare_blocks(blocks: Mapping[str, Any], state_dict: dict, prefix: str,
+                   purpose: str = 'train', owner: str = 'RepVGG') -> LoadSummary:
     """Make ``blocks`` and ``state_dict`` fit each other before the state is copied in.
 
     Every check is made before anything changes: the geometries (refused as
@@ -165,7 +168,8 @@ def adapt_blocks_to_state(blocks: Mapping[str, Any], state_dict: dict, prefix: s
     switch their training-time blocks, folded kernels replace the training-time keys of
     deployed blocks, and the geometry keys are consumed (removed from ``state_dict``; the
     model's geometry is never overwritten). A block whose state is partial or mixed is left
-    alone: the loader reports its keys as usual.
+    alone: the loader reports its keys as usual. Logs one line if blocks were switched or
+    folded or a geometry change was accepted.
 
     Args:
         blocks: ``{name: block}`` (:class:`~mmrepvgg.models.block.RepBlockBase`), names
@@ -185,8 +189,7 @@ def adapt_blocks_to_state(blocks: Mapping[str, Any], state_dict: dict, prefix: s
     """
     if purpose not in PURPOSES:
         raise ValueError(f'purpose must be one of {PURPOSES}, got {purpose!r}')
-    summary = LoadSummary()
-    plans = []
+    summary, plans = LoadSummary(), []
     for name, block in blocks.items():
         key_prefix = f'{prefix}{name}.' if name else prefix
         summary.model_geometry[name] = block.geometry
@@ -194,12 +197,11 @@ def adapt_blocks_to_state(blocks: Mapping[str, Any], state_dict: dict, prefix: s
         if geometry_key in state_dict:
             summary.checkpoint_geometry[name] = read_geometry(state_dict[geometry_key],
                                                               geometry_key)
-        rel = block._incoming_state(state_dict, key_prefix)
+        rel = block.branch_state(state_dict, key_prefix)
         deployed_state = any(k.startswith('branch_reparam.') for k in rel)
         summary.loaded += bool(rel)
         plans.append((name, block, key_prefix, rel, deployed_state))
-    deployed_any = any(p[4] for p in plans)
-    if purpose == 'init' and deployed_any:
+    if purpose == 'init' and any(p[4] for p in plans):
         raise CheckpointError(f'{owner}: the pretrained weights are deployed (folded, '
                               'branch_reparam keys); initialization for training needs the '
                               'training-time (multi-branch) weights')
@@ -213,29 +215,54 @@ def adapt_blocks_to_state(blocks: Mapping[str, Any], state_dict: dict, prefix: s
     folds = {}
     for name, block, key_prefix, rel, deployed_state in plans:
         if block.deploy and rel and not deployed_state:
-            cls = block._incoming_training_class(rel)
-            if cls is None:
-                continue
             try:
-                folds[name] = block._fold_incoming(cls, rel)
+                folds[name] = block.fold_state(rel)
             except FoldError as err:
                 raise FoldError(f'{owner}: {key_prefix[:-1] or "the block"} cannot be folded '
                                 f'on loading: {err}') from err
     for name, block, key_prefix, rel, deployed_state in plans:
         state_dict.pop(key_prefix + GEOMETRY_KEY, None)
-        if deployed_state and not block.deploy and block._reparam_fits(rel):
-            block._switch_to_deployed_form()
+        if deployed_state and not block.deploy and block.state_form(rel) == 'deployed':
+            block.take_deployed_form()
             summary.switched.append(name)
-        elif name in folds:
+        elif folds.get(name) is not None:
             for key in rel:
                 del state_dict[key_prefix + key]
             kernel, bias = folds[name]
             state_dict[key_prefix + 'branch_reparam.weight'] = kernel
             state_dict[key_prefix + 'branch_reparam.bias'] = bias
             summary.folded.append(name)
+    _track_pending(summary, plans, purpose, owner)
     return summary
 
 
-__all__ = ['BLOCK_CODES', 'PURPOSES', 'LoadSummary', 'adapt_blocks_to_state',
-           'describe_geometry', 'deployed_training_message', 'geometry_refusal',
-           'read_geometry']
+def _track_pending(summary: LoadSummary, plans: list, purpose: str, owner: str) -> None:
+    """Log what loading did; mark the blocks that received weights of another geometry in
+    training mode (evaluating them is refused until trained) and clear the blocks that
+    received a whole state recorded under their own geometry."""
+    mismatched = set(_mismatches(summary)) if summary.geometry_changed else set()
+    pending = (f'{owner}: the weights loaded were trained under another geometry '
+               f'({summary.geometries()}) and the model has not been trained since: '
+               'evaluating them is refused; use the config they were trained with, or '
+               'fine-tune them first')
+    for name, block, _, rel, _ in plans:
+        if name in mismatched and purpose == 'train':
+            block.geometry_pending = pending
+        elif (name in summary.checkpoint_geometry and block.geometry_pending
+              and block.state_form(rel)):  # a whole state of its own (recorded) geometry
+            block.geometry_pending = None
+    lines = []
+    if summary.switched:
+        lines.append(f'loaded a deployed (folded) state into a training-time model: '
+                     f'{len(summary.switched)} blocks switched to the deployed form')
+    if summary.folded:
+        lines.append(f'loaded a training-time state into a deployed model: '
+                     f'{len(summary.folded)} blocks folded on the way in')
+    if summary.geometry_changed:
+        lines.append(summary.geometry_line(owner, init=purpose == 'init')[len(owner) + 2:])
+    if lines:
+        print_log(f'{owner}: ' + '; '.join(lines), logger='current')
+
+
+__all__ = ['PURPOSES', 'LoadSummary', 'prepare_blocks', 'describe_geometry',
+           'deployed_training_message', 'geometry_refusal', 'read_geometry']

@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from mmengine.evaluator import BaseMetric
 from torch import nn
 
 from mmrepvgg import QARepVGGBlock, RepVGGBlock, reparameterize
@@ -47,7 +48,8 @@ def test_deploy_block_has_the_folded_keys():
     state = block.state_dict()
     assert set(state) == {'branch_reparam.weight', 'branch_reparam.bias', 'rep_geometry'}
     assert state['rep_geometry'].tolist() == [1, 1, 2, 1]  # RepVGGBlock, stride, dilation, groups
-    assert 'rep_geometry' not in dict(block.named_buffers())  # a record, not a buffer
+    assert 'rep_geometry' in dict(block.named_buffers())  # (a non-persistent buffer:
+    assert 'rep_geometry' in block._non_persistent_buffers_set  # saved by the block)
 
 
 def test_training_mode_is_refused_and_model_untouched():
@@ -177,8 +179,6 @@ def test_qa_training_mode_is_refused_and_model_untouched():
     with pytest.raises(RuntimeError, match='eval'):
         reparameterize(model)
     assert not any(b.deploy for b in model)
-    with pytest.raises(RuntimeError, match='QARepVGGBlock.switch_to_deploy'):
-        model[2].switch_to_deploy()
     model.eval()
     reparameterize(model)
     assert all(b.deploy for b in model)
@@ -229,3 +229,98 @@ def test_broken_qa_block_is_refused_naming_the_layer():
     with pytest.raises(FoldError, match='Cannot fold: 0.branch_1x1: '):
         reparameterize(model)
     assert not model[0].deploy
+
+
+# ------------------------------------------- the duck-typed entry points (issue 23 item 10)
+
+def test_switch_to_deploy_gives_the_eval_mode_model_in_any_mode():
+    torch.manual_seed(0)
+    model = randomize_bn_(nn.Sequential(RepVGGBlock(4, 4), QARepVGGBlock(4, 4)))
+    x = torch.randn(2, 4, 9, 9)
+    expected = copy.deepcopy(model).eval()(x)  # what eval mode computes
+    assert model.training
+    for block in model:  # as mmyolo's switch_to_deploy walks the modules
+        block.switch_to_deploy()
+    assert all(b.deploy for b in model)
+    assert rel_err(model.eval()(x), expected) <= 1e-5
+    with pytest.raises(RuntimeError, match='eval'):  # the checked entry point still refuses
+        reparameterize(randomize_bn_(RepVGGBlock(4, 4)))
+
+
+def test_mmyolo_style_switch_to_deploy_hook_in_runner_test(tmp_path):
+    from mmengine.hooks import Hook
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    from mmrepvgg.models import RepVGG
+
+    class SwitchToDeployHook(Hook):  # mmyolo's hook, duck-typed
+        def before_test_epoch(self, runner) -> None:
+            for module in runner.model.modules():
+                if hasattr(module, 'switch_to_deploy'):
+                    module.switch_to_deploy()
+
+    class Model(BaseModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = RepVGG(dict(num_blocks=(1, 1, 1, 1),
+                                        width_factors=(0.25, 0.25, 0.25, 0.5)))
+
+        def forward(self, inputs, labels=None, mode='tensor'):
+            return [dict(out=o) for o in self.backbone(inputs)[-1]]
+
+    class Keep(BaseMetric):
+        def process(self, data_batch, data_samples) -> None:
+            self.results.extend(d['out'] for d in data_samples)
+
+        def compute_metrics(self, results) -> dict:
+            self.outs = torch.stack(results)
+            return dict(n=len(results))
+
+    model = Model()
+    randomize_bn_(model)
+    x = [torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    expected = torch.stack([o['out'] for o in copy.deepcopy(model).eval()(torch.stack(x))])
+    metric = Keep()
+    runner = Runner(model=model, work_dir=str(tmp_path),
+                    test_dataloader=dict(dataset=[dict(inputs=t) for t in x], batch_size=2,
+                                         sampler=dict(type='DefaultSampler', shuffle=False),
+                                         collate_fn=dict(type='default_collate')),
+                    test_cfg=dict(), test_evaluator=metric,
+                    custom_hooks=[SwitchToDeployHook()])
+    runner.test()
+    assert model.backbone.deploy
+    assert rel_err(metric.outs, expected) <= 1e-5
+
+
+# --------------------------------------------------- one declaration per block type
+
+def test_a_block_type_is_one_class_and_must_declare_its_code():
+    from mmrepvgg.models import BLOCK_TYPES, RepBlockBase, RepVGG
+    from mmrepvgg.registry import MODELS
+    with pytest.raises(TypeError, match='declare its geometry code'):
+        class Forgetful(RepBlockBase):  # noqa: F841
+            def _fuse(self):
+                return None
+    with pytest.raises(TypeError, match='not used by another block type.*RepVGGBlock'):
+        class Clash(RepVGGBlock, code=1):  # noqa: F841
+            pass
+
+    class PlainRepVGGBlock(RepVGGBlock, code=9):  # a new type: one class, nothing else
+        pass
+
+    try:
+        assert BLOCK_TYPES['PlainRepVGGBlock'] is PlainRepVGGBlock
+        assert MODELS.get('PlainRepVGGBlock') is PlainRepVGGBlock
+        model = RepVGG(dict(num_blocks=(1, 1, 1, 1), width_factors=(0.25, 0.25, 0.25, 0.5)),
+                       block_cfg=dict(type='PlainRepVGGBlock'))
+        state = randomize_bn_(model).eval().state_dict()
+        assert state['stem.rep_geometry'].tolist() == [9, 2, 1, 1]
+        plain = RepVGG(dict(num_blocks=(1, 1, 1, 1), width_factors=(0.25, 0.25, 0.25, 0.5)),
+                       deploy=True).eval()
+        plain.load_state_dict(state)  # folded on the way in
+        x = torch.randn(1, 3, 32, 32)
+        assert rel_err(plain(x)[-1], model(x)[-1]) <= 1e-5
+    finally:
+        del BLOCK_TYPES['PlainRepVGGBlock']
+        MODELS.module_dict.pop('PlainRepVGGBlock')

@@ -262,3 +262,92 @@ def test_loading_the_right_weights_after_the_wrong_ones_clears_the_refusal():
     model.load_state_dict(trained(plan=None).state_dict())  # another geometry: pending
     model.load_state_dict(trained(plan='full').state_dict())  # its own geometry
     model.eval()  # not refused: the weights are the right ones now
+
+
+# ------------------------------------------------------------- hardening (issue 23)
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('block', ['RepVGGBlock', 'QARepVGGBlock'])
+def test_a_low_precision_state_folds_in_float64_into_the_models_dtype(dtype, block):
+    from mmrepvgg.models import reparameterize
+    source = trained(block=block)
+    state = {k: v.to(dtype) if v.is_floating_point() else v
+             for k, v in source.state_dict().items()}
+    reference = RepVGG(ARCH, out_indices=(2, 3), block_cfg=dict(type=block)).eval()
+    reference.load_state_dict(state)  # load, then reparameterize: the float32 answer
+    reparameterize(reference)
+    model = RepVGG(ARCH, out_indices=(2, 3), deploy=True).eval()
+    model.load_state_dict(state)  # folded on the way in
+    assert model.stage_3[0].branch_reparam.weight.dtype == torch.float32
+    assert rel_err(outputs(model), outputs(reference)) <= 1e-4
+
+
+def test_torch_distributed_checkpoint_maps_and_round_trips_every_key():
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
+                                                         set_model_state_dict)
+    source = trained(plan='full')
+    state = get_model_state_dict(source)
+    assert state['stage_3.0.rep_geometry'].tolist() == [1, 1, 2, 1]
+    model = RepVGG(ARCH, out_indices=(2, 3), dilation_plan='full').eval()
+    set_model_state_dict(model, state)
+    assert rel_err(outputs(model), outputs(source)) <= 1e-6
+    plain = RepVGG(ARCH, out_indices=(2, 3), dilation_plan='full', deploy=True).eval()
+    set_model_state_dict(plain, get_model_state_dict(source))  # folded on the way in
+    assert rel_err(outputs(plain), outputs(source)) <= 1e-5
+    with pytest.raises(CheckpointError, match='geometry'):  # the geometry is still checked
+        set_model_state_dict(RepVGG(ARCH, out_indices=(2, 3)).eval(), state)
+
+
+@pytest.mark.parametrize('value', [torch.tensor([1, 2, 1, 1], dtype=torch.complex64),
+                                   torch.tensor([True, True, True, True])])
+def test_a_geometry_of_another_dtype_is_refused_in_one_line(value):
+    state = trained().state_dict()
+    state['stem.rep_geometry'] = value
+    with pytest.raises(CheckpointError, match='stem.rep_geometry is not a RepVGG block '
+                                              'geometry') as info:
+        RepVGG(ARCH, out_indices=(2, 3)).load_state_dict(state)
+    assert '\n' not in str(info.value)
+
+
+def test_a_partial_load_keeps_the_refusal_of_weights_of_another_geometry():
+    model = RepVGG(ARCH, dilation_plan='full')
+    model.load_state_dict(trained(plan=None).state_dict())  # stages 3-4 of another geometry
+    own = trained(plan='full').state_dict()
+    model.load_state_dict({k: v for k, v in own.items() if k.startswith('stem.')},
+                          strict=False)  # the stem's own weights: stages 3-4 unchanged
+    with pytest.raises(CheckpointError, match='has not been trained since'):
+        model.eval()
+    model.load_state_dict({k: v for k, v in own.items() if k.startswith('stage_')},
+                          strict=False)  # now every block holds weights of its geometry
+    model.eval()
+
+
+def test_a_block_on_its_own_refuses_eval_after_another_geometry_as_its_log_says():
+    source = randomize_bn_(RepVGGBlock(8, 8, dilation=1))
+    block = RepVGGBlock(8, 8, dilation=2)  # training mode: accepted as initialization
+    with Logs() as logs:
+        block.load_state_dict(source.state_dict())
+    assert any('evaluating them before training is refused' in x for x in logs)
+    with pytest.raises(CheckpointError, match='has not been trained since'):
+        block.eval()
+    block.train()  # trained from here on
+    block.eval()
+
+
+def test_ddp_training_model_given_a_deployed_state_works_in_eval_or_says_why_not(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0,
+                            world_size=1)
+    try:
+        source = trained()
+        model = DistributedDataParallel(RepVGG(ARCH, out_indices=(2, 3)))
+        model.load_state_dict({f'module.{k}': v for k, v in deployed_state(source).items()})
+        with torch.no_grad():
+            out = torch.cat([o.flatten() for o in model.eval()(X)])
+        assert rel_err(out, outputs(source)) <= 1e-5
+        model.module.stem.training = True  # (as a model left in training mode)
+        with pytest.raises(CheckpointError, match='no branches left to train'):
+            model(X)
+    finally:
+        dist.destroy_process_group()
