@@ -36,6 +36,7 @@ from typing import Mapping
 
 from torch import Tensor
 
+from ..models.block import block_type_keys
 from ..utils.errors import CheckpointError
 
 #: The layouts :func:`convert_keys` understands.
@@ -137,30 +138,24 @@ def detect_source(state: Mapping[str, Tensor]) -> str:
                           f'{sorted(keys)[:4]}); pass --source {{{",".join(SOURCES)}}}')
 
 
-#: Keys (in mmrepvgg's layout, see :func:`convert_keys`) that only one block type has.
-_BLOCK_SIGNATURES = (
-    ('QARepVGGBlock', re.compile(r'\.(post_norm\.|branch_1x1\.weight$)')),
-    ('RepVGGBlock', re.compile(r'\.(branch_norm\.|branch_1x1\.(conv|norm)\.)')),
-)
-
-
 def detect_block_type(state: Mapping[str, Tensor]) -> str | None:
-    """The block type a (mapped) training-time state dict was saved from.
+    """The block type a (mapped) training-time state dict was saved from, by the keys that
+    only one block type has (:func:`~mmrepvgg.models.block.block_type_keys`).
 
     Args:
         state: A state dict in mmrepvgg's layout (after :func:`convert_keys`).
 
     Returns:
-        ``'RepVGGBlock'``, ``'QARepVGGBlock'``, or None when no key tells (a deployed
-        checkpoint: both block types fold to the same plain conv).
+        A name of :data:`~mmrepvgg.models.block.BLOCK_TYPES`, or None when no key tells (a
+        deployed checkpoint: every block type folds to the same plain conv).
 
     Raises:
-        CheckpointError: If the keys mix both block types.
+        CheckpointError: If the keys mix block types.
     """
-    found = [name for name, pattern in _BLOCK_SIGNATURES
-             if any(pattern.search(k) for k in state)]
+    found = [name for name, own in block_type_keys().items()
+             if any(k in own or any(k.endswith('.' + o) for o in own) for k in state)]
     if len(found) > 1:
-        raise CheckpointError('The checkpoint mixes RepVGGBlock keys (branch_norm, '
-                              'branch_1x1.conv) and QARepVGGBlock keys (post_norm, bare '
+        raise CheckpointError(f'The checkpoint mixes the keys of {" and ".join(found)} (e.g. '
+                              'branch_norm / branch_1x1.conv with post_norm / a bare '
                               'branch_1x1.weight)')
     return found[0] if found else None

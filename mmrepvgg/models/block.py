@@ -444,6 +444,19 @@ class QARepVGGBlock(RepBlockBase, code=2):
                              post_norm=self.post_norm)
 
 
+def block_type_keys() -> dict[str, set[str]]:
+    """Per block type, the training-time state keys (relative to a block) that no other
+    block type has: what tells which block type a checkpoint was saved from. Derived from
+    :data:`BLOCK_TYPES`, so a new block type is recognized without another table."""
+    keys = {}
+    for name, cls in BLOCK_TYPES.items():
+        with torch.device('meta'):
+            probe = cls(8, 8)  # an identity branch too: every key a block type can have
+        keys[name] = {k for k in probe.state_dict() if k.split('.', 1)[0] in cls._branch_names}
+    return {name: own.difference(*(v for n, v in keys.items() if n != name))
+            for name, own in keys.items()}
+
+
 def build_block(block_cfg: dict | None, **kwargs) -> RepBlockBase:
     """Build a block from ``block_cfg`` (its ``type`` and extra options) and ``kwargs``.
 
