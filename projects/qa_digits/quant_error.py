@@ -52,9 +52,6 @@ def quantize_symmetric(weight: Tensor, per_channel: bool, qmax: int = INT8_QMAX)
     return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
 
 
-
-
-
 def sqnr_db(weight: Tensor, per_channel: bool, qmax: int = INT8_QMAX) -> float:
     """The SQNR in dB of :func:`quantize_symmetric` on ``weight`` (inf if it is exact).
 
