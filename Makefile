@@ -9,7 +9,7 @@ REQ := requirements
 # every package version verified together, transitive ones included
 CONSTRAINTS := $(REQ)/constraints.txt
 
-.PHONY: env test demo demo-cls demo-int8
+.PHONY: env test configs-full demo demo-cls demo-int8
 .DEFAULT_GOAL := test
 
 env: $(VENV)/.stamp-env
@@ -36,6 +36,11 @@ $(VENV)/.stamp-env: $(VENV)/.stamp-mmcv $(REQ)/runtime.txt $(REQ)/deploy.txt $(R
 
 test: env
 	$(PY) -m pytest tests
+
+# every shipped config at full size, as written (tests/configs/test_run_configs.py without the
+# shrunk backbone: one iteration, one val and one test image; docs/configs.md gives its time)
+configs-full: env
+	MMREPVGG_CONFIGS_FULL=1 $(PY) -m pytest tests/configs/test_run_configs.py -p no:cacheprovider
 
 demo: env
 	$(PY) tools/demo.py

@@ -3,27 +3,9 @@
 #   bash tools/dist_train.sh CONFIG GPUS [train.py options]
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT. PYTHON: the interpreter (default: the
 # repo's .venv/bin/python if there is one, else python from PATH). Without GPUs torchrun
-# starts CPU processes and tools/train.py switches to the gloo backend.
+# starts CPU processes and tools/train.py switches to the gloo backend. A bad input is
+# printed once, as the last line (tools/dist_launch.sh).
 set -euo pipefail
 CONFIG=$1
 GPUS=$2
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-# the repo's environment (make env) unless PYTHON names another interpreter
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
-fi
-
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
-"$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" \
-    --node_rank="$NODE_RANK" \
-    --master_addr="$MASTER_ADDR" \
-    --nproc_per_node="$GPUS" \
-    --master_port="$PORT" \
-    "$ROOT/tools/train.py" \
-    "$CONFIG" \
-    --launcher pytorch "${@:3}"
+exec bash "$(dirname "$0")/dist_launch.sh" "$GPUS" train.py "$CONFIG" --launcher pytorch "${@:3}"

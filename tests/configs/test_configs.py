@@ -102,7 +102,9 @@ def test_pspnet_protocol(name):
         assert (m.decode_head.in_channels, m.auxiliary_head.in_channels) == (2048, 1024)
     for norm in (m.backbone.norm_cfg, m.decode_head.norm_cfg, m.auxiliary_head.norm_cfg):
         assert norm.type == 'SyncBN'
-    assert m.test_cfg.crop_size == (713, 713)
+    assert m.test_cfg.crop_size == (713, 713) and m.test_cfg.mode == 'slide'
+    # batches padded to the crop (issue 22: no size stopped mmseg's stack_batch)
+    assert m.data_preprocessor.size == (713, 713)
     crops = [t for t in cfg.train_pipeline if t.type == 'RandomCrop']
     assert crops[0].crop_size == (713, 713)
     assert cfg.train_dataloader.dataset.pipeline == cfg.train_pipeline
@@ -249,7 +251,8 @@ def test_amp_and_resume_options(tmp_path, monkeypatch):
                              amp=True)
 
 
-def test_missing_pretrained_file_is_a_clear_error():
+def test_missing_pretrained_file_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the relative checkpoints/ paths: never the checkout's files
     cfg = load('pspnet_repvgg-b1g2_cityscapes.py')
     with pytest.raises(FileNotFoundError, match='tools/convert_weights.py') as err:
         check_pretrained(cfg)

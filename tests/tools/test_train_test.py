@@ -127,7 +127,8 @@ def test_dist_scripts_use_the_repo_environment(tmp_path):
                          ('dist_test.sh', ['cfg.py', 'ckpt.pth', '2'])):
         repo = tmp_path / script
         (repo / 'tools').mkdir(parents=True)
-        (repo / 'tools' / script).write_text((ROOT / 'tools' / script).read_text())
+        for name in (script, 'dist_launch.sh'):  # the launcher both scripts run
+            (repo / 'tools' / name).write_text((ROOT / 'tools' / name).read_text())
         stub = repo / '.venv' / 'bin' / 'python'
         stub.parent.mkdir(parents=True)
         stub.write_text(f'#!/bin/sh\necho "$0 $*" > {repo / "called"}\n')
@@ -167,10 +168,12 @@ def test_two_process_gloo_on_cpu(tiny_cityscapes, tmp_path):
 
 
 def test_missing_pretrained_stops_training_with_instructions(tiny_cityscapes, tmp_path):
+    # run from an empty folder: the config's relative checkpoints/ path cannot exist there,
+    # whatever the checkout holds (the README converts weights into ./checkpoints/)
     proc = subprocess.run(
-        [PY, 'tools/train.py', 'configs/pspnet_repvgg-b2_cityscapes.py', '--work-dir',
-         str(tmp_path), '--cfg-options', *data_opts(tiny_cityscapes)],
-        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+        [PY, str(ROOT / 'tools/train.py'), str(ROOT / 'configs/pspnet_repvgg-b2_cityscapes.py'),
+         '--work-dir', str(tmp_path / 'work'), '--cfg-options', *data_opts(tiny_cityscapes)],
+        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert 'Traceback' not in proc.stderr
     assert ('error: Pretrained weights not found: checkpoints/repvgg-b2_in1k.pth'

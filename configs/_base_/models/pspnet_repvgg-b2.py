@@ -13,6 +13,8 @@ norm_cfg = dict(type='SyncBN', requires_grad=True)
 # --cfg-options model.backbone.init_cfg=None.
 pretrained = 'checkpoints/repvgg-b2_in1k.pth'
 
+# `size` (the crop the batches are padded to) is set by the leaf configs from the dataset's
+# crop_size, as in mmseg's configs: data_preprocessor = dict(size=crop_size).
 data_preprocessor = dict(
     type='SegDataPreProcessor',
     mean=[123.675, 116.28, 103.53],
@@ -58,6 +60,6 @@ model = dict(
         align_corners=False,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
     train_cfg=dict(),
-    # sliding 713x713 windows over the full 1024x2048 image (stride 2/3 of the crop, as
-    # PSPNet's own evaluation)
-    test_cfg=dict(mode='slide', crop_size=(713, 713), stride=(476, 476)))
+    # sliding crop_size (713x713) windows over the full 1024x2048 image (stride 2/3 of the
+    # crop, as PSPNet's own evaluation); the leaf configs set the window to crop_size
+    test_cfg=dict(mode='slide', stride=(476, 476)))
