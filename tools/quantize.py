@@ -122,6 +122,9 @@ def quantize_file(config: str | Config, checkpoint: str | os.PathLike, out: str 
     check_output_paths([out, report_json, report_json.with_suffix('.md'), fp32_out], force,
                        sources)
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    # then the data: a missing dataset is one line before minutes of export and calibration
+    check_data(cfg, (() if options.calib_dir else ('train', ))
+               + ((eval_split(cfg), ) if options.run_eval else ()))
     result: dict[str, Any] = dict(command=command, config=cfg.filename, checkpoint=str(checkpoint),
                                   int8_onnx=str(out),
                                   fp32_onnx=str(fp32_out) if fp32_out else None)
@@ -159,9 +162,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         cfg = load_tool_config(args)
-        # the data first: a missing dataset is one line before minutes of export and calibration
-        check_data(cfg, (() if args.calib_dir else ('train', ))
-                   + ((eval_split(cfg), ) if args.eval else ()))
         options = QuantizeOptions(
             QuantSettings(args.calib_method, not args.per_tensor, args.activation_type),
             calib_images=args.calib_images, calib_dir=args.calib_dir,

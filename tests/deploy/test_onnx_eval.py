@@ -10,6 +10,7 @@ from mmengine.config import Config
 
 from demo.datasets import make_tiny_cityscapes, prepare_cityscapes
 from mmrepvgg.deploy import build_model, load_model
+from mmrepvgg.utils.errors import ExportError
 from mmrepvgg.deploy.onnx import create_session
 from mmrepvgg.deploy.onnx_eval import (
     OnnxPredictor,
@@ -71,7 +72,7 @@ def test_slide_inference_feeds_windows_of_the_graph_size(tiny_psp, tmp_path):
     # whole-image inference feeds 128x256: a 64x96 graph is a clear error
     model, _, _ = load_model(whole_cfg, ckpt)
     data = next(iter(make_loader(whole_cfg, build_dataset(whole_cfg, 'test'), 'test', [0])))
-    with pytest.raises(ValueError, match='export it with --shape 128 256'):
+    with pytest.raises(ExportError, match='export it with --shape 128 256'):
         OnnxPredictor(model, create_session(result['export'].proto))(data)
 
 
