@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from ..checkpoint import GEOMETRY_KEY
 from ..registry import MODELS
 from ..utils.errors import CheckpointError
-from .fusion import FoldError, all_finite, fold_problem, fuse_branches, nonfinite_problem
+from .fusion import (FoldError, all_finite, fold_problem, fuse_branches, nonfinite_problem,
+                     on_one_thread)
 from .loading import deployed_training_message, prepare_blocks
 
 
@@ -484,6 +485,7 @@ def build_block(block_cfg: dict | None, **kwargs) -> RepBlockBase:
     return cls(**kwargs, **cfg)
 
 
+@on_one_thread
 def reparameterize(model: nn.Module, verbose: bool = False,
                    refuse_training: bool = True) -> nn.Module:
     """Fold every RepVGG block (any :class:`RepBlockBase`) in ``model`` in place; return it.

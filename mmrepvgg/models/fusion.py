@@ -14,6 +14,7 @@ only then are the inputs examined to say which one is broken.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -91,9 +92,7 @@ def bn_scale_shift(norm: _BatchNorm) -> tuple[Tensor, Tensor]:
     if norm.running_mean is None or norm.running_var is None:
         raise FoldError(fold_problem(None, norm))
     mean = norm.running_mean.double()
-    # (sqrt in pieces: torch runs a sqrt of more values on several threads, and the fold
-    # stays on the calling thread, see _SLICE_ELEMENTS)
-    std = torch.cat([v.sqrt() for v in (norm.running_var.double() + norm.eps).split(64)])
+    std = (norm.running_var.double() + norm.eps).sqrt()
     gamma = norm.weight.double() if norm.weight is not None else torch.ones_like(mean)
     beta = norm.bias.double() if norm.bias is not None else torch.zeros_like(mean)
     scale = gamma / std
@@ -171,17 +170,33 @@ def pad_to_3x3(kernel: Tensor) -> Tensor:
     return F.pad(kernel, [1, 1, 1, 1])
 
 
-#: Float64 elements per slice of output channels in :func:`fuse_branches`: below torch's
-#: parallel grain size (32768), so every operation on a slice runs on the calling thread
-#: (no wait on other threads, which a busy machine makes long) and its temporaries stay in
-#: cache (whole-kernel float64 temporaries would be written to and read from memory).
-_SLICE_ELEMENTS = 2**15
+#: Float64 elements per slice of output channels in :func:`fuse_branches`: a slice's
+#: temporaries stay in cache (whole-kernel float64 temporaries would go through memory).
+_SLICE_ELEMENTS = 2**18
+
+
+def on_one_thread(fn):
+    """Run ``fn`` with torch on one thread, then as before: the fold is many small
+    operations that gain nothing from intra-op threads, and on a busy machine each one would
+    wait for the other threads at a barrier."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+    return wrapper
 
 
 def _split(tensor: Tensor | None, step: int) -> list[Tensor | None] | itertools.repeat:
     return itertools.repeat(None) if tensor is None else tensor.split(step)
 
 
+@on_one_thread
 @torch.no_grad()
 def fuse_branches(conv3x3: tuple[Tensor, _BatchNorm],
                   conv1x1: tuple[Tensor, _BatchNorm | None] | None,

@@ -170,3 +170,24 @@ def test_non_finite_kernel_is_refused():
     kernel[0, 0, 1, 1] = float('nan')
     with pytest.raises(FoldError, match='conv kernel has 1 non-finite values'):
         fuse_conv_bn(kernel, bn)
+
+
+def test_the_fold_runs_on_one_thread_and_restores_the_callers_threads():
+    """The fold's small operations run on one thread (no barrier waits on a busy machine);
+    the caller's thread count is back afterwards, also after a refusal."""
+    from mmrepvgg.models import RepVGG, reparameterize
+    from mmrepvgg.models.fusion import on_one_thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert on_one_thread(torch.get_num_threads)() == 1
+        arch = dict(num_blocks=(1, 1, 1, 1), width_factors=(0.25, ) * 4)
+        reparameterize(RepVGG(arch).eval())
+        assert torch.get_num_threads() == 2
+        model = RepVGG(arch).eval()
+        model.stage_1[0].branch_3x3.norm.running_var.fill_(float('nan'))
+        with pytest.raises(FoldError):
+            reparameterize(model)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
