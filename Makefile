@@ -34,13 +34,14 @@ $(VENV)/.stamp-env: $(VENV)/.stamp-mmcv $(REQ)/runtime.txt $(REQ)/deploy.txt $(R
 	$(PIP) install --no-build-isolation --no-deps -e .
 	touch $@
 
+# on every core: each test file runs whole in one worker (its session fixtures made once)
 test: env
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n auto --dist loadfile
 
 # every shipped config at full size, as written (tests/configs/test_run_configs.py without the
 # shrunk backbone: one iteration, one val and one test image; docs/configs.md gives its time)
 configs-full: env
-	MMREPVGG_CONFIGS_FULL=1 $(PY) -m pytest tests/configs/test_run_configs.py -p no:cacheprovider
+	MMREPVGG_CONFIGS_FULL=1 $(PY) -m pytest tests/configs/test_run_configs.py tests/configs/test_run_imagenet_configs.py -p no:cacheprovider
 
 demo: env
 	$(PY) tools/demo.py
