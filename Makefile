@@ -34,9 +34,10 @@ $(VENV)/.stamp-env: $(VENV)/.stamp-mmcv $(REQ)/runtime.txt $(REQ)/deploy.txt $(R
 	$(PIP) install --no-build-isolation --no-deps -e .
 	touch $@
 
-# on every core: each test file runs whole in one worker (its session fixtures made once)
+# on every core, one worker per core each on one thread (more threads only contend for the
+# cores); each test file runs whole in one worker (its session fixtures made once)
 test: env
-	$(PY) -m pytest tests -n auto --dist loadfile
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest tests -n auto --dist loadfile
 
 # every shipped config at full size, as written (tests/configs/test_run_configs.py without the
 # shrunk backbone: one iteration, one val and one test image; docs/configs.md gives its time)
